@@ -1,0 +1,59 @@
+"""The ``livecue`` console script: one entry point, lazily imported subcommands.
+
+Each subcommand lives in its own module with a ``main(argv) -> int``; this file only knows their names and one-line
+help, so ``livecue --help`` starts instantly and never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "config": ("livecue.commands.config", "show a preset, config file or checkpoint config, with --a.b=c overrides"),
+    "info": ("livecue.commands.info", "build a model and print its parts, frame layout and marker token ids"),
+    "render": ("livecue.commands.render", "render a conversation (JSON) with the LIVE template and show its labels"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: livecue <command> [options]", "",
+             "livecue: online video LLMs that watch a stream and decide when to speak (LIVE / VideoLLM-online).", "",
+             "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run 'livecue <command> --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version", "version"):
+        from . import __version__
+
+        print(f"livecue {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"livecue: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        return int(module.main(rest) or 0)
+    except KeyboardInterrupt:
+        print("livecue: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, FileNotFoundError, ImportError, OSError) as e:
+        if os.environ.get("LIVECUE_DEBUG"):
+            raise
+        print(f"livecue {name}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the ``livecue`` console script; each module exposes ``main(argv) -> int``."""

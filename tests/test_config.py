@@ -1,0 +1,93 @@
+"""Typed configs: presets, validation, dotted overrides, JSON/YAML round trips."""
+
+import json
+
+import pytest
+import yaml
+
+from livecue.config import CONFIG_FILE, LiveConfig, LMConfig, StreamConfig, VisionConfig, list_presets, preset
+
+
+def test_presets_exist_with_upstream_defaults():
+    assert {"live1", "live1_plus", "tiny"} <= set(list_presets())
+    plus = preset("live1_plus")
+    assert plus.frame_num_tokens == 10 and plus.stream.frame_interval == ","
+    assert plus.vision.name_or_path == "google/siglip-large-patch16-384" and plus.vision.resolution == 384
+    assert plus.lm.name_or_path == "meta-llama/Meta-Llama-3-8B-Instruct"
+    assert plus.stream.fps == 2 and plus.stream.max_num_frames == 1200 and plus.stream.threshold == 0.725
+    assert (plus.lora.r, plus.lora.alpha, plus.lora.dropout) == (128, 256, 0.05)
+    assert plus.lora.modules_to_save == ["connector"]
+    assert (plus.train.learning_rate, plus.train.epochs, plus.train.warmup_ratio) == (2e-4, 2, 0.05)
+    one = preset("live1")
+    assert one.frame_num_tokens == 1 and one.stream.frame_interval == "" and one.stream.max_num_frames == 7200
+    assert preset("live1+") == plus
+
+
+def test_lora_pattern_targets_projections_and_lm_head():
+    import re
+
+    pat = re.compile(preset("live1_plus").lora.target_modules)
+    for name in ["model.layers.0.self_attn.q_proj", "model.layers.31.mlp.down_proj", "lm_head"]:
+        assert pat.search(name), name
+    assert not pat.search("connector.0") and not pat.search("model.embed_tokens")
+
+
+def test_json_round_trip(tmp_path):
+    cfg = preset("tiny", ["stream.threshold=0.9", "lm.random_init.num_hidden_layers=3"])
+    assert LiveConfig.from_json(cfg.to_json()) == cfg
+    path = cfg.save(tmp_path)
+    assert path.name == CONFIG_FILE and LiveConfig.load(tmp_path) == cfg
+    assert json.loads(path.read_text())["stream"]["threshold"] == 0.9
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = preset("live1")
+    file = tmp_path / "c.yaml"
+    file.write_text(yaml.safe_dump(cfg.to_dict()))
+    assert LiveConfig.load(file) == cfg
+
+
+def test_overrides_are_typed():
+    cfg = preset("tiny", ["stream.fps=4", "vision.frozen=false", "train.epochs=3", "stream.frame_interval=;"])
+    assert cfg.stream.fps == 4.0 and isinstance(cfg.stream.fps, float)
+    assert cfg.vision.frozen is False and cfg.train.epochs == 3.0
+    assert cfg.stream.frame_interval == ";"
+    cfg = preset("tiny", {"lm.random_init": {"model_type": "qwen2", "hidden_size": 32}})
+    assert cfg.lm.random_init == {"model_type": "qwen2", "hidden_size": 32}
+
+
+@pytest.mark.parametrize("override,match", [
+    ("stream.thresold=0.5", "unknown config key.*'stream.thresold'"),
+    ("nosection.x=1", "unknown config key.*'nosection'"),
+    ("stream.threshold=1.5", r"stream.threshold must be in \[0, 1\], got 1.5"),
+    ("stream.fps=fast", "'stream.fps' must be a number, got 'fast'"),
+    ("vision.frozen=3", "'vision.frozen' must be true or false"),
+    ("vision.kind=resnet", "vision.kind must be one of"),
+    ("stream.threshold", "must look like section.key=value"),
+    ("lm.dtype=float64", "lm.dtype must be one of"),
+])
+def test_bad_overrides_name_the_value(override, match):
+    with pytest.raises(ValueError, match=match):
+        preset("tiny", [override])
+
+
+def test_validation_on_construction():
+    with pytest.raises(ValueError, match="emits no token per frame"):
+        VisionConfig(frame_token_cls=False, frame_token_pooled=0)
+    with pytest.raises(ValueError, match="needs a model_type"):
+        LMConfig(name_or_path=None, random_init={"hidden_size": 3}, tokenizer="tiny")
+    with pytest.raises(ValueError, match="must not contain the placeholder"):
+        StreamConfig(frame_interval="<v>")
+    with pytest.raises(ValueError, match="newer than this livecue"):
+        LiveConfig(config_version=99)
+
+
+def test_unknown_preset_and_sources(tmp_path):
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        preset("huge")
+    with pytest.raises(FileNotFoundError, match="no livecue_config.json"):
+        LiveConfig.load(tmp_path)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list")
+    with pytest.raises(ValueError, match="must hold a mapping"):
+        LiveConfig.load(bad)
