@@ -1,0 +1,272 @@
+"""StreamEngine: the one streaming loop behind every front door (CLI, server, evaluation). SPEC §6.
+
+One engine holds the model and tokenizer; each stream is a :class:`StreamSession` object (its KV cache, pending
+tokens, query queue and clock), so many sessions can share one model. The engine keeps a default session so that
+the simple contract reads::
+
+    engine = StreamEngine(model, tokenizer)
+    engine.reset(system_prompt)
+    engine.add_query("What colour is the square?", at=3.0)
+    for event in engine.push_frame(frame, t): ...          # Silence | Reply | Answer
+    for event in engine.finish(): ...                      # answers queries still waiting at the end
+
+Per frame the session feeds ``pending + frame tokens`` in one cached forward (the pending prefix is the interval
+``,`` after a silent frame, ``<eos>\\n[`` after a reply, ``<bos>SYS\\n\\n[`` at the start) and reads the last
+position: silent iff p(silence) ≥ θ, else it feeds ``]\\nAssistant:`` and decodes a reply. A query asked at time
+tq is answered before the first frame with t > tq is fed, or right after the frame with t == tq, by feeding
+``]\\nUser: q\\nAssistant:``. A reply that hits the token cap is closed with eos like any other, so the context
+stays well-formed.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from ..data.labels import Markers
+from ..data.template import GENERATION_PROMPT, STREAM_GENERATION_PROMPT, STREAM_PROMPT, Template
+from ..model import lm as lm_api
+from ..model.live import LiveModel
+from .decide import SamplingConfig, decide, next_token
+from .events import Answer, Event, Reply, Silence
+
+log = logging.getLogger(__name__)
+
+
+def to_frame_tensor(frame: Any) -> torch.Tensor:
+    """A frame as ``(3, H, W)`` uint8: accepts ``(H, W, 3)`` numpy/torch or ``(3, H, W)`` torch."""
+    x = torch.from_numpy(np.ascontiguousarray(frame)) if isinstance(frame, np.ndarray) else frame
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.ndim != 3:
+        raise TypeError(f"a frame must be a uint8 (H, W, 3) or (3, H, W) array, got "
+                        f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}")
+    if x.shape[0] == 3 and x.shape[-1] != 3:
+        return x
+    if x.shape[-1] == 3:
+        return x.permute(2, 0, 1)
+    raise TypeError(f"a frame must have 3 colour channels, got shape {tuple(x.shape)}")
+
+
+@dataclass
+class _Query:
+    t: float
+    text: str
+
+
+class StreamSession:
+    """The state of one stream. Create with :meth:`StreamEngine.session`."""
+
+    def __init__(self, engine: "StreamEngine", system_prompt: str | None = None, threshold: float | None = None,
+                 sampling: SamplingConfig | None = None, max_reply_tokens: int | None = None, seed: int = 0,
+                 record: bool = False) -> None:
+        cfg = engine.model.cfg.stream
+        self.engine = engine
+        self.system_prompt = cfg.system_prompt if system_prompt is None else system_prompt
+        self.threshold = cfg.threshold if threshold is None else float(threshold)
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+        self.sampling = sampling or engine.sampling
+        self.max_reply_tokens = max_reply_tokens or cfg.max_reply_tokens
+        self.generator = torch.Generator().manual_seed(seed)
+        self.cache: Any = None
+        bos = [engine.markers.bos] if engine.template.bos and engine.markers.bos is not None else []
+        self._pending_ids: list[int] = bos
+        self._pending_text: str = self.system_prompt + "\n"
+        self._in_stream = False      # "[" is open: frames may follow with the interval between them
+        self._after_frame = False    # the last thing fed was a frame
+        self.queries: collections.deque[_Query] = collections.deque()
+        self.t = float("-inf")       # time of the last frame fed
+        self.frames = 0
+        self.replies = 0
+        self.history: list[int] | None = [] if record else None  # every id fed, when recording (tests, debugging)
+
+    # ---- public -----------------------------------------------------------------------------------------------------
+    def add_query(self, text: str, at: float | None = None) -> None:
+        """Queue a user query at stream time ``at`` (default: now, i.e. the last frame's time)."""
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"a query must be a non-empty string, got {text!r}")
+        at = max(self.t, 0.0) if at is None else float(at)
+        items = sorted([*self.queries, _Query(at, text.strip())], key=lambda q: q.t)
+        self.queries = collections.deque(items)
+
+    def push_frame(self, frame: Any, t: float) -> Iterator[Event]:
+        """Feed one frame (pixels or precomputed ``(K, D_vision)`` features) at stream time ``t``; yield events."""
+        t = float(t)
+        if t < self.t:
+            raise ValueError(f"frame time {t} is earlier than the previous frame's {self.t}: times must not decrease")
+        while self.queries and self.queries[0].t < t:  # asked between the previous frame and this one
+            query = self.queries.popleft()
+            yield self._answer(query, max(query.t, self.t))
+        features = self.engine.frame_features(frame)
+        self._feed_frame(features)
+        self.t = t
+        self.frames += 1
+        logits = self._last_logits
+        if self.queries and self.queries[0].t <= t:
+            while self.queries and self.queries[0].t <= t:
+                yield self._answer(self.queries.popleft(), t)
+            return
+        d = decide(logits, self.engine.markers.silence, self.threshold)
+        if not d.speak:
+            yield Silence(t=t, p_silence=d.p_silence, frame=self.frames - 1)
+            return
+        start = time.perf_counter()
+        ids, truncated = self._generate(STREAM_GENERATION_PROMPT)
+        self.replies += 1
+        yield Reply(t=t, text=self.engine.decode(ids), token_ids=ids, latency=time.perf_counter() - start,
+                    p_silence=d.p_silence, frame=self.frames - 1, truncated=truncated)
+
+    def finish(self) -> Iterator[Event]:
+        """Answer the queries still waiting (the stream has ended)."""
+        while self.queries:
+            query = self.queries.popleft()
+            yield self._answer(query, max(query.t, self.t))
+
+    @property
+    def context_length(self) -> int:
+        """Tokens held in the KV cache."""
+        return lm_api.cache_length(self.cache)
+
+    # ---- internals ------------------------------------------------------------------------------------------------
+    def _feed_frame(self, features: torch.Tensor) -> None:
+        if not self._in_stream:
+            self._pending_text += STREAM_PROMPT
+        elif self._after_frame:
+            self._pending_text += self.engine.template.frame_interval
+        ids = self._take_pending() + self.engine.frame_ids
+        self._forward(ids, features[None])
+        self._in_stream, self._after_frame = True, True
+
+    def _answer(self, query: _Query, t: float) -> Answer:
+        start = time.perf_counter()
+        prompt = self.engine.template.query_prompt(query.text, in_stream=self._in_stream)
+        ids, truncated = self._generate(prompt)
+        return Answer(t=t, query=query.text, text=self.engine.decode(ids), token_ids=ids,
+                      latency=time.perf_counter() - start, query_t=query.t, truncated=truncated)
+
+    def _generate(self, prompt: str) -> tuple[list[int], bool]:
+        """Feed ``pending + prompt``, decode until eos or the cap; leave eos pending. Returns (reply ids, truncated)."""
+        self._pending_text += prompt
+        self._forward(self._take_pending())
+        eos = self.engine.markers.eos
+        out: list[int] = []
+        truncated = True
+        while len(out) < self.max_reply_tokens:
+            token = next_token(self._last_logits, self.sampling, out, self.generator)
+            if token == eos:
+                truncated = False
+                break
+            out.append(token)
+            if len(out) < self.max_reply_tokens:
+                self._forward([token])
+        # The turn is closed in every case: eos (sampled, or forced at the cap after the last unfed token) is the
+        # pending prefix of whatever comes next, so the context reads "... reply<eos>\n[" as in training.
+        self._pending_ids = ([out[-1]] if truncated and out else []) + [eos]
+        self._pending_text = ""
+        self._in_stream = self._after_frame = False
+        return out, truncated
+
+    def _take_pending(self) -> list[int]:
+        ids = self._pending_ids + self.engine.encode_text(self._pending_text)
+        self._pending_ids, self._pending_text = [], ""
+        return ids
+
+    @torch.inference_mode()
+    def _forward(self, ids: list[int], frame_features: torch.Tensor | None = None) -> None:
+        model = self.engine.model
+        if self.history is not None:
+            self.history.extend(ids)
+        input_ids = torch.tensor([ids], device=model.device)
+        out = model(input_ids, frame_features=frame_features, cache=self.cache, use_cache=True, logits_to_keep=1)
+        self.cache = out.cache
+        self._last_logits = out.logits[0, -1]
+
+
+class StreamEngine:
+    """Shared model + tokenizer + template; sessions hold per-stream state.
+
+    Args:
+        model: a :class:`~livecue.model.live.LiveModel`.
+        tokenizer: its tokenizer (with ``<v>``).
+        sampling: default reply decoding (greedy).
+    """
+
+    def __init__(self, model: LiveModel, tokenizer: Any, sampling: SamplingConfig | None = None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        cfg = model.cfg
+        self.template = Template.from_config(cfg, tokenizer)
+        self.markers = Markers.from_tokenizer(tokenizer, cfg.stream.v_placeholder, cfg.stream.frame_interval)
+        if self.markers.v != model.v_token_id:
+            raise ValueError(f"tokenizer <v> id {self.markers.v} differs from the model's {model.v_token_id}")
+        self.frame_ids = [self.markers.v] * cfg.frame_num_tokens
+        self.sampling = sampling or SamplingConfig()
+        self._text_ids: dict[str, list[int]] = {}
+        self._default: StreamSession | None = None
+
+    # ---- sessions -------------------------------------------------------------------------------------------------
+    def session(self, system_prompt: str | None = None, **kwargs: Any) -> StreamSession:
+        """A new independent stream sharing this engine's model."""
+        return StreamSession(self, system_prompt, **kwargs)
+
+    def reset(self, system_prompt: str | None = None, **kwargs: Any) -> StreamSession:
+        """Start the default session afresh."""
+        self._default = self.session(system_prompt, **kwargs)
+        return self._default
+
+    @property
+    def default(self) -> StreamSession:
+        if self._default is None:
+            self.reset()
+        return self._default
+
+    def add_query(self, text: str, at: float | None = None) -> None:
+        self.default.add_query(text, at)
+
+    def push_frame(self, frame: Any, t: float) -> Iterator[Event]:
+        return self.default.push_frame(frame, t)
+
+    def finish(self) -> Iterator[Event]:
+        return self.default.finish()
+
+    # ---- shared helpers -------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode(self, frames: Any) -> torch.Tensor:
+        """Vision features for a batch of frames (what a worker thread runs ahead of the LLM).
+
+        Shape: list of frames or (F, 3, H, W) uint8 -> (F, K, D_vision).
+        """
+        if isinstance(frames, (list, tuple)):
+            frames = torch.stack([to_frame_tensor(f) for f in frames])
+        return self.model.encode_frames(frames)
+
+    def frame_features(self, frame: Any) -> torch.Tensor:
+        """``(K, D_vision)`` features of one frame given as pixels or as features already."""
+        if isinstance(frame, torch.Tensor) and frame.is_floating_point():
+            if frame.ndim != 2 or frame.shape[0] != self.model.frame_num_tokens:
+                raise ValueError(f"frame features must have shape ({self.model.frame_num_tokens}, D), "
+                                 f"got {tuple(frame.shape)}")
+            return frame
+        return self.encode(to_frame_tensor(frame)[None])[0]
+
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of template text; special-token strings inside user text are NOT parsed as special tokens."""
+        if not text:
+            return []
+        ids = self._text_ids.get(text)
+        if ids is None:
+            ids = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids
+            if len(self._text_ids) < 4096:
+                self._text_ids[text] = ids
+        return list(ids)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+__all__ = ["StreamEngine", "StreamSession", "SamplingConfig", "GENERATION_PROMPT", "to_frame_tensor"]

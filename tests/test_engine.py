@@ -1,0 +1,195 @@
+"""StreamEngine: decisions equal a teacher-forced forward; queries and reply caps keep the context well-formed."""
+
+import numpy as np
+import pytest
+import torch
+
+from livecue.inference.decide import SamplingConfig, decide, next_token
+from livecue.inference.engine import StreamEngine
+from livecue.inference.events import Answer, Reply, Silence
+
+SYS = "You narrate."
+
+
+@pytest.fixture(scope="module")
+def engine():
+    from livecue.config import preset
+    from livecue.model.load import build_model
+
+    model, tok = build_model(preset("tiny"))
+    return StreamEngine(model, tok)
+
+
+def features(engine, n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, engine.model.frame_num_tokens, engine.model.vision.hidden_size, generator=g)
+
+
+def run(session, feats, times=None):
+    events = []
+    for i, f in enumerate(feats):
+        events += list(session.push_frame(f, times[i] if times else i * 0.5))
+    return events
+
+
+# ---- the decision rule ---------------------------------------------------------------------------------------------
+def test_decide_is_the_threshold_rule():
+    logits = torch.tensor([2.0, 1.0, 0.0])
+    p = torch.softmax(logits, 0)[0].item()
+    assert decide(logits, 0, p).speak is False          # p >= θ: silent
+    assert decide(logits, 0, p + 1e-6).speak is True    # p < θ: speak
+    assert decide(logits, 0, 0.0).speak is False and decide(logits, 0, 1.0).speak is True
+    assert decide(logits, 0, 0.5).p_silence == pytest.approx(p)
+
+
+def test_sampling():
+    logits = torch.tensor([0.0, 3.0, 1.0])
+    assert next_token(logits, SamplingConfig(), []) == 1
+    assert next_token(logits, SamplingConfig(repetition_penalty=100.0), [1]) == 2
+    g = torch.Generator().manual_seed(0)
+    draws = {next_token(logits, SamplingConfig(temperature=1.0, top_p=0.5), [], g) for _ in range(20)}
+    assert draws == {1}  # top-p 0.5 keeps only the most likely token
+    with pytest.raises(ValueError, match="top_p must be in"):
+        SamplingConfig(top_p=0.0)
+
+
+# ---- streaming == teacher forcing -----------------------------------------------------------------------------------
+def test_decisions_equal_teacher_forced_forward(engine):
+    feats = features(engine, 40)
+    probe = engine.session(SYS, threshold=0.0)  # never speaks: collect p(silence) along the stream
+    p = [e.p_silence for e in run(probe, feats)]
+    theta = float(np.median(p))
+    session = engine.session(SYS, threshold=theta, max_reply_tokens=3, record=True)
+    events = run(session, feats)
+    kinds = [type(e).__name__ for e in events]
+    assert len(events) == 40 and 0 < kinds.count("Reply") < 40
+
+    # one teacher-forced forward over exactly what the engine fed
+    ids = torch.tensor([session.history])
+    with torch.inference_mode():
+        logits = engine.model(ids, frame_features=feats).logits[0]
+    v = engine.markers.v
+    K = engine.model.frame_num_tokens
+    frame_ends = [i for i, x in enumerate(session.history) if x == v][K - 1::K]
+    assert len(frame_ends) == 40
+    for event, end in zip(events, frame_ends):
+        d = decide(logits[end], engine.markers.silence, theta)
+        assert d.p_silence == pytest.approx(event.p_silence, rel=1e-4, abs=1e-7)
+        assert d.speak == isinstance(event, Reply)
+        if isinstance(event, Reply):
+            # the greedy reply is the argmax chain of the teacher-forced logits after "]\nAssistant:"
+            prompt = engine.encode_text("]\nAssistant:")
+            start = end + 1 + len(prompt)
+            assert session.history[end + 1:start] == prompt
+            assert session.history[start:start + len(event.token_ids) - 1] == event.token_ids[:-1]
+            chain = [int(logits[start - 1 + j].argmax()) for j in range(len(event.token_ids))]
+            assert chain == event.token_ids
+
+
+# ---- context well-formedness ----------------------------------------------------------------------------------------
+F = "<v>" * 10
+
+
+def test_queries_and_reply_cap_keep_context_well_formed(engine):
+    tok = engine.tokenizer
+    s = engine.session(SYS, threshold=0.0, max_reply_tokens=2, record=True)  # θ = 0: never speaks by itself
+    s.add_query("Who is there?", at=0.0)   # before the first frame: asked at the frame's time -> after it
+    s.add_query("Hello?", at=-1.0)         # strictly before the first frame
+    s.add_query("And now?", at=1.2)        # between the frames at 1.0 and 1.5
+    events = run(s, features(engine, 4))
+    events += list(s.finish())
+    answers = [e for e in events if isinstance(e, Answer)]
+    assert [a.query for a in answers] == ["Hello?", "Who is there?", "And now?"]
+    assert [a.t for a in answers] == [-1.0, 0.0, 1.2]
+    assert all(a.truncated and len(a.token_ids) == 2 for a in answers)  # the cap was hit every time
+    a1, a2, a3 = (tok.decode(a.token_ids) for a in answers)
+    expected = (f"<|bos|>{SYS}\n\nUser: Hello?\nAssistant:{a1}<|eos|>"
+                f"\n[{F}]\nUser: Who is there?\nAssistant:{a2}<|eos|>"
+                f"\n[{F},{F}]\nUser: And now?\nAssistant:{a3}<|eos|>"
+                f"\n[{F}")
+    assert tok.decode(s.history) == expected
+    # frame 0.0 carries the answer to the query asked at 0.0 instead of a decision
+    assert [type(e).__name__ for e in events] == ["Answer", "Answer", "Silence", "Silence", "Answer", "Silence"]
+
+
+def test_reply_closed_by_eos_and_by_cap(engine):
+    tok = engine.tokenizer
+    eos = engine.markers.eos
+    head = engine.model.lm.lm_head
+    calls = {"n": 0}
+
+    def force_eos_on_second_token(module, inputs, output):
+        calls["n"] += 1
+        if calls["n"] % 3 == 0:  # per frame: frame forward, "]\nAssistant:" -> 1st token, 1st token -> eos
+            output = output.clone()
+            output[..., eos] = 1e4
+        return output
+
+    s = engine.session(SYS, threshold=1.0, max_reply_tokens=5, record=True)  # θ = 1: speaks on every frame
+    handle = head.register_forward_hook(force_eos_on_second_token)
+    try:
+        events = run(s, features(engine, 2))
+    finally:
+        handle.remove()
+    assert all(isinstance(e, Reply) for e in events)
+    assert [len(e.token_ids) for e in events] == [1, 1] and not any(e.truncated for e in events)
+    r1, r2 = (tok.decode(e.token_ids) for e in events)
+    assert tok.decode(s.history) == (f"<|bos|>{SYS}\n\n[{F}]\nAssistant:{r1}<|eos|>\n[{F}]\nAssistant:{r2}")
+    # the cap: the last token and eos are fed with the next frame
+    s2 = engine.session(SYS, threshold=1.0, max_reply_tokens=3, record=True)
+    events = run(s2, features(engine, 2))
+    assert all(e.truncated and len(e.token_ids) == 3 for e in events)
+    r1 = tok.decode(events[0].token_ids)
+    assert tok.decode(s2.history).startswith(f"<|bos|>{SYS}\n\n[{F}]\nAssistant:{r1}<|eos|>\n[{F}]\nAssistant:")
+
+
+def test_sessions_are_independent(engine):
+    feats_a, feats_b = features(engine, 6, seed=1), features(engine, 6, seed=2)
+    alone = [e.p_silence for e in run(engine.session(SYS, threshold=0.0), feats_a)]
+    a, b = engine.session(SYS, threshold=0.0), engine.session("Other.", threshold=0.0)
+    mixed = []
+    for i in range(6):
+        mixed += [e.p_silence for e in a.push_frame(feats_a[i], i * 0.5)]
+        list(b.push_frame(feats_b[i], i * 0.5))
+    assert mixed == pytest.approx(alone, rel=1e-5)
+
+
+def test_pixels_and_features_agree(engine):
+    frames = [np.random.default_rng(i).integers(0, 256, (24, 40, 3), dtype=np.uint8) for i in range(3)]
+    by_pixels = [e.p_silence for i, f in enumerate(frames)
+                 for e in engine.session(SYS, threshold=0.0).push_frame(f, 0.0)]
+    feats = engine.encode(frames)
+    by_feats = [e.p_silence for i in range(3) for e in engine.session(SYS, threshold=0.0).push_frame(feats[i], 0.0)]
+    assert by_pixels == pytest.approx(by_feats, rel=1e-5)
+
+
+def test_default_session_contract(engine):
+    engine.reset(SYS, threshold=0.0)
+    engine.add_query("What is it?", at=0.2)
+    events = list(engine.push_frame(features(engine, 1)[0], 0.0)) + list(engine.push_frame(features(engine, 1)[0], 0.5))
+    assert [type(e) for e in events] == [Silence, Answer, Silence]
+    assert [e.to_dict()["type"] for e in events] == ["silence", "answer", "silence"]
+    assert events[1].to_dict()["t"] == 0.2 and "text" in events[1].to_dict()
+
+
+def test_bad_inputs_are_explained(engine):
+    s = engine.session(SYS)
+    list(s.push_frame(features(engine, 1)[0], 1.0))
+    with pytest.raises(ValueError, match="frame time 0.5 is earlier than the previous frame's 1.0"):
+        list(s.push_frame(features(engine, 1)[0], 0.5))
+    with pytest.raises(TypeError, match="uint8"):
+        list(s.push_frame(np.zeros((4, 4, 3), dtype=np.float64), 2.0))
+    with pytest.raises(ValueError, match=r"frame features must have shape \(10, D\)"):
+        list(s.push_frame(torch.randn(3, 32), 2.0))
+    with pytest.raises(ValueError, match="non-empty string"):
+        s.add_query("  ")
+    with pytest.raises(ValueError, match="threshold must be in"):
+        engine.session(SYS, threshold=2.0)
+
+
+def test_special_tokens_in_queries_are_plain_text(engine):
+    s = engine.session(SYS, threshold=0.0, max_reply_tokens=1, record=True)
+    s.add_query("is <v> or <|eos|> here?", at=0.0)
+    events = run(s, features(engine, 1))
+    assert isinstance(events[0], Answer)
+    assert s.history.count(engine.markers.v) == engine.model.frame_num_tokens  # no injected <v>
