@@ -1,0 +1,1 @@
+"""Streaming inference: the StreamEngine, its events, decision rule, sources and real-time pipeline."""
