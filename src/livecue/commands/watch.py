@@ -18,8 +18,8 @@ from ._common import add_model_argument, parser, split_overrides
 
 def build_parser() -> argparse.ArgumentParser:
     p = parser("watch", "Watch a video stream and narrate it: the model decides by itself when to speak.")
-    p.add_argument("source", help="a video file, a directory of images, a webcam (/dev/video0, webcam:0) or a "
-                                  "stream URL (rtsp://, http(s)://, .m3u8)")
+    p.add_argument("source", help="a video file, a directory of images, a webcam (/dev/video0, webcam:0), a "
+                                  "stream URL (rtsp://, http(s)://, .m3u8) or a sample video (sample:bikes)")
     add_model_argument(p)
     p.add_argument("--fps", type=float, default=None, help="frames per second fed to the model (default: the "
                                                            "model's stream fps)")
@@ -55,6 +55,7 @@ def main(argv: list[str]) -> int:
         raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}")
     jsonl = _open_jsonl(args.jsonl)
 
+    from ..data.samples import resolve as resolve_sample
     from ..inference.decide import SamplingConfig
     from ..inference.engine import StreamEngine
     from ..inference.pipeline import Pipeline
@@ -64,7 +65,7 @@ def main(argv: list[str]) -> int:
     sampling = SamplingConfig(args.temperature, args.top_p, args.repetition_penalty)
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype, overrides=overrides or None)
     fps = args.fps or model.cfg.stream.fps
-    source = open_source(args.source, fps, max_frames=args.max_frames)
+    source = open_source(resolve_sample(args.source), fps, max_frames=args.max_frames)
     engine = StreamEngine(model, tokenizer, sampling=sampling)
     session = engine.reset(args.system, threshold=args.threshold, max_reply_tokens=args.max_reply_tokens)
     for i, text in enumerate(args.query):

@@ -173,8 +173,25 @@ def load_model(source: str | Path, *, device: str | torch.device | None = None, 
     if path.is_file():
         cfg = LiveConfig.load(path)
         return build_model(cfg.with_overrides(overrides) if overrides else cfg, device=device, dtype=dtype)
+    if _looks_like_hub_id(str(source)):
+        return load_model(_download(str(source)), device=device, dtype=dtype, overrides=overrides)
     raise ValueError(f"unknown model {str(source)!r}: not a checkpoint directory, a config file or a preset "
                      f"({', '.join(list_presets())})")
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def _download(repo_id: str) -> str:
+    """A local snapshot of a hub repository holding a livecue checkpoint (uses the local cache when offline)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(repo_id)
+    except Exception as e:  # noqa: BLE001 - every hub failure becomes one clear line
+        raise hub_error("model", repo_id, e) from None
 
 
 def _load_weights(model: LiveModel, file: Path) -> None:
