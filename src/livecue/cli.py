@@ -13,6 +13,9 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "watch": ("livecue.commands.watch", "watch a video file, image folder, webcam or stream URL and narrate it live"),
+    "convert-data": ("livecue.commands.convert_data", "convert official annotations (Ego4D, GoalStep, COIN, LTA) "
+                                                      "to streaming-dialogue records"),
+    "world": ("livecue.commands.world", "generate the built-in streaming world: rendered videos + dialogue records"),
     "config": ("livecue.commands.config", "show a preset, config file or checkpoint config, with --a.b=c overrides"),
     "info": ("livecue.commands.info", "build a model and print its parts, frame layout and marker token ids"),
     "render": ("livecue.commands.render", "render a conversation (JSON) with the LIVE template and show its labels"),
