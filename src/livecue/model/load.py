@@ -105,11 +105,15 @@ def build_model(cfg: LiveConfig, *, device: str | torch.device | None = None, dt
     torch_dtype = DTYPE_NAMES[dtype_name]
     tokenizer = tokenizer if tokenizer is not None else build_tokenizer(cfg)
     markers = Markers.from_tokenizer(tokenizer, cfg.stream.v_placeholder, cfg.stream.frame_interval)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]):  # each random part has its own seed: seed, seed + 1, seed + 2
         if seed is not None:
             torch.manual_seed(seed)
-        lm = build_lm(cfg, tokenizer, torch_dtype)
         vision = build_frame_encoder(cfg.vision, dtype=torch_dtype)
+        if seed is not None:
+            torch.manual_seed(seed + 1)
+        lm = build_lm(cfg, tokenizer, torch_dtype)
+        if seed is not None:
+            torch.manual_seed(seed + 2)
         model = LiveModel(vision, lm, cfg, markers.v)
     model.to(device or "cpu")
     model.eval()
@@ -177,6 +181,30 @@ def load_model(source: str | Path, *, device: str | torch.device | None = None, 
         return load_model(_download(str(source)), device=device, dtype=dtype, overrides=overrides)
     raise ValueError(f"unknown model {str(source)!r}: not a checkpoint directory, a config file or a preset "
                      f"({', '.join(list_presets())})")
+
+
+def load_frame_encoder(source: str | Path, *, device: str | torch.device | None = None, dtype: str = "float32"):
+    """Only the vision side of a model (for feature caching): ``(FrameEncoder, LiveConfig)``.
+
+    Pretrained towers load from their own source; a randomly initialised tower takes its weights from the
+    checkpoint's ``livecue_model.safetensors`` (or the preset's seed-0 initialisation).
+    """
+    path = Path(source)
+    cfg = LiveConfig.load(path if path.exists() else str(source))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # build_model's seed for the vision tower
+        encoder = build_frame_encoder(cfg.vision, dtype=DTYPE_NAMES[dtype])
+    weights = path / WEIGHTS_FILE
+    if cfg.vision.name_or_path is None and weights.is_file():
+        from safetensors import safe_open
+
+        prefix = "vision.tower."
+        with safe_open(str(weights), "pt") as f:
+            state = {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+        encoder.tower.load_state_dict(state)
+    elif cfg.vision.name_or_path is None and path.is_dir():
+        log.warning("checkpoint %s has no vision weights: using a seed-0 random tower", path)
+    return encoder.to(device or "cpu").eval(), cfg
 
 
 def _looks_like_hub_id(name: str) -> bool:

@@ -1,0 +1,96 @@
+"""``livecue encode VIDEO_DIR --out DIR --model M``: the resumable, sharded feature cache.
+
+Run on several processes (GPUs or machines) with ``accelerate launch -m livecue.cli encode ...``; each process
+encodes its share of the videos, and the main process writes the index once all have finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from ._common import parser
+
+log = logging.getLogger(__name__)
+
+
+def main(argv: list[str]) -> int:
+    p = parser("encode", "Pre-encode videos with the model's frozen vision tower into a feature cache.")
+    p.add_argument("video_dir", help="directory of video files (searched recursively; .npy frame arrays too)")
+    p.add_argument("--out", required=True, help="cache directory")
+    p.add_argument("--model", default="tiny", help="checkpoint directory, config file or preset (its vision tower "
+                                                   "is used); default: %(default)s")
+    p.add_argument("--fps", type=float, default=None, help="frames per second (default: the model's stream fps)")
+    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16",
+                   help="storage dtype of the features (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32, help="frames per vision batch")
+    p.add_argument("--device", default=None, help="torch device (default: the process's accelerate device or cpu)")
+    args = p.parse_args(argv)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+
+    import torch
+
+    from ..data.features import DTYPES, INDEX, build_index, encode_video, feature_file, list_videos, save_features
+    from ..model.load import load_frame_encoder
+
+    rank, world, device, wait, is_main = _distributed(args.device)
+    videos = list_videos(args.video_dir)
+    if not videos:
+        raise ValueError(f"no video files in {args.video_dir!r}")
+    encoder, cfg = load_frame_encoder(args.model, device=device)
+    fps = args.fps or cfg.stream.fps
+    out = Path(args.out)
+    header = {"fps": fps, "vision": cfg.to_dict()["vision"], "frame_num_tokens": cfg.frame_num_tokens,
+              "dtype": args.dtype, "model": str(args.model)}
+    _check_compatible(out / INDEX, header)
+
+    mine = videos[rank::world]
+    done = failed = skipped = 0
+    start = time.perf_counter()
+    for i, key in enumerate(mine):
+        file = feature_file(out, key)
+        if file.exists():
+            skipped += 1
+            continue
+        try:
+            with torch.inference_mode():
+                feats = encode_video(Path(args.video_dir) / key, fps, encoder, args.batch_size, DTYPES[args.dtype])
+        except (ValueError, OSError) as e:
+            failed += 1
+            print(f"[{rank}] skipped {key}: {e}", file=sys.stderr, flush=True)
+            continue
+        save_features(file, feats, {"source": key, "fps": str(fps), "num_frames": str(feats.shape[0]),
+                                    "duration": str((feats.shape[0] - 1) / fps)})
+        done += 1
+        print(f"[{rank}] {i + 1}/{len(mine)} {key}: {feats.shape[0]} frames", flush=True)
+    wait()
+    if is_main:
+        index = build_index(out, header)
+        print(f"cache {out}: {len(index['videos'])} videos indexed ({done} encoded here, {skipped} already done, "
+              f"{failed} failed) in {time.perf_counter() - start:.1f} s")
+    return 1 if failed else 0
+
+
+def _distributed(device: str | None):
+    """(rank, world size, device, barrier, is_main) from accelerate when launched with it, else one process."""
+    try:
+        from accelerate import PartialState
+    except ImportError:
+        return 0, 1, device or "cpu", lambda: None, True
+    state = PartialState()
+    return (state.process_index, state.num_processes, device or state.device, state.wait_for_everyone,
+            state.is_main_process)
+
+
+def _check_compatible(index_file: Path, header: dict) -> None:
+    if not index_file.is_file():
+        return
+    old = json.loads(index_file.read_text())
+    for key in ("fps", "vision", "frame_num_tokens", "dtype"):
+        if old.get(key) != header[key]:
+            raise ValueError(f"the cache {str(index_file.parent)!r} was encoded with a different {key} "
+                             f"({old.get(key)!r} vs {header[key]!r}); use another --out directory")
