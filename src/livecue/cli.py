@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert-data": ("livecue.commands.convert_data", "convert official annotations (Ego4D, GoalStep, COIN, LTA) "
                                                       "to streaming-dialogue records"),
     "world": ("livecue.commands.world", "generate the built-in streaming world: rendered videos + dialogue records"),
+    "train": ("livecue.commands.train", "fine-tune a LIVE model (LoRA + connector) with accelerate; resumable"),
     "encode": ("livecue.commands.encode", "pre-encode videos with the frozen vision tower into a resumable feature "
                                           "cache (sharded with accelerate)"),
     "config": ("livecue.commands.config", "show a preset, config file or checkpoint config, with --a.b=c overrides"),

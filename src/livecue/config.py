@@ -181,6 +181,11 @@ class TrainConfig:
     """Optimisation (upstream recipe, SPEC §5)."""
 
     output_dir: str = "runs/live"
+    train_data: str | None = None
+    eval_data: str | None = None
+    feature_cache: str | None = None
+    init_from: str | None = None
+    max_steps: int = -1
     epochs: float = 2.0
     learning_rate: float = 2e-4
     lr_scheduler: str = "cosine"
@@ -195,6 +200,9 @@ class TrainConfig:
     save_steps: int = 500
     eval_steps: int = 500
     log_steps: int = 10
+    eval_max_samples: int = 64
+    num_workers: int = 0
+    save_total_limit: int = 2
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0, f"train.epochs must be positive, got {self.epochs}")
@@ -205,6 +213,9 @@ class TrainConfig:
         _check(self.per_device_batch_size > 0, f"train.per_device_batch_size must be positive, got {self.per_device_batch_size}")
         _check(self.gradient_accumulation_steps > 0,
                f"train.gradient_accumulation_steps must be positive, got {self.gradient_accumulation_steps}")
+        _check(self.max_steps == -1 or self.max_steps > 0, f"train.max_steps must be -1 or positive, got {self.max_steps}")
+        _check(self.save_steps > 0 and self.eval_steps > 0 and self.log_steps > 0,
+               "train.save_steps, eval_steps and log_steps must be positive")
         _check(self.mixed_precision in ("no", "bf16", "fp16"),
                f"train.mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
 
@@ -295,13 +306,28 @@ def preset(name: str, overrides: list[str] | dict[str, Any] | None = None) -> Li
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML config; ``base: PRESET`` (or a path) merges the file over that config."""
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ValueError(f"invalid YAML in {str(path)!r}: {e}") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {str(path)!r} must hold a mapping, got {type(data).__name__}")
-    return data
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
+    merged = LiveConfig.load(base_path if base_path.exists() else base).to_dict()
+    _merge(merged, data)
+    return merged
+
+
+def _merge(into: dict[str, Any], update: dict[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict) and key != "random_init":
+            _merge(into[key], value)
+        else:
+            into[key] = value
 
 
 # ---- typed (de)serialisation --------------------------------------------------------------------------------------
@@ -314,6 +340,11 @@ def _split_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str):  # YAML 1.1 reads "3e-3" as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     return key.strip(), value
 
 

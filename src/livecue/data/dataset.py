@@ -175,9 +175,11 @@ class SeededSampler(torch.utils.data.Sampler[int]):
         self.length, self.seed, self.shuffle = length, seed, shuffle
         self.num_replicas, self.rank = num_replicas, rank
         self.epoch = 0
+        self.skip = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Select the epoch's order; ``skip`` drops its first indices (resuming mid-epoch without decoding them)."""
+        self.epoch, self.skip = epoch, skip
 
     def order(self) -> list[int]:
         if self.shuffle:
@@ -190,7 +192,7 @@ class SeededSampler(torch.utils.data.Sampler[int]):
         return order[self.rank::self.num_replicas]
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.order())
+        return iter(self.order()[self.skip:])
 
     def __len__(self) -> int:
-        return math.ceil(self.length / self.num_replicas)
+        return math.ceil(self.length / self.num_replicas) - self.skip

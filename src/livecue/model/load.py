@@ -127,20 +127,32 @@ def template_for(model: LiveModel, tokenizer: Any) -> Template:
 
 # ---- checkpoints ----------------------------------------------------------------------------------------------------
 def save_checkpoint(model: LiveModel, tokenizer: Any, directory: str | Path) -> Path:
-    """Write config, tokenizer and the non-pretrained weights to ``directory``."""
+    """Write config, tokenizer, the LoRA adapter (if any) and the weights not rebuildable from pretrained sources.
+
+    ``livecue_model.safetensors`` holds the connector, plus the base LM when it was randomly initialised or trained
+    without LoRA, plus the vision tower when it was randomly initialised. Adapter weights go to
+    ``adapter_model.safetensors`` (PEFT layout).
+    """
     from safetensors.torch import save_file
+
+    from .lora import has_lora, save_adapter
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.cfg.save(directory)
     tokenizer.save_pretrained(str(directory))
     state = {f"connector.{k}": v for k, v in model.connector.state_dict().items()}
-    if model.cfg.lm.name_or_path is None:
-        state.update({f"lm.{k}": v for k, v in model.lm.state_dict().items()})
+    lora = has_lora(model)
+    if model.cfg.lm.name_or_path is None or not lora:
+        for k, v in model.lm.state_dict().items():
+            if "lora_" not in k:
+                state[f"lm.{k.replace('.base_layer.', '.')}"] = v
     if model.cfg.vision.name_or_path is None and model.vision is not None:
         state.update({f"vision.tower.{k}": v for k, v in model.vision.tower.state_dict().items()})
     save_file({k: v.detach().contiguous().cpu() for k, v in _untie(state).items()}, str(directory / WEIGHTS_FILE),
               metadata={"format": "livecue"})
+    if lora:
+        save_adapter(model, directory)
     return directory
 
 
@@ -156,8 +168,11 @@ def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def load_model(source: str | Path, *, device: str | torch.device | None = None, dtype: str | None = None,
-               overrides: list[str] | None = None) -> tuple[LiveModel, Any]:
-    """Load ``(LiveModel, tokenizer)`` from a checkpoint directory, a preset name or a config file."""
+               overrides: list[str] | None = None, merge_lora: bool = True) -> tuple[LiveModel, Any]:
+    """Load ``(LiveModel, tokenizer)`` from a checkpoint directory, a preset name, a config file or a hub id.
+
+    A checkpoint's LoRA adapter is merged into the base weights unless ``merge_lora=False`` (for training on).
+    """
     path = Path(source)
     if path.is_dir() and (path / CONFIG_FILE).exists():
         cfg = LiveConfig.load(path)
@@ -169,6 +184,13 @@ def load_model(source: str | Path, *, device: str | torch.device | None = None, 
         weights = path / WEIGHTS_FILE
         if weights.exists():
             _load_weights(model, weights)
+        from .lora import ADAPTER_FILE, load_adapter
+        from .lora import merge_lora as merge
+
+        if (path / ADAPTER_FILE).exists():
+            load_adapter(model, path)
+            if merge_lora:
+                merge(model)
         return model, tokenizer
     if path.is_dir():
         raise FileNotFoundError(f"{str(path)!r} is not a livecue checkpoint: it has no {CONFIG_FILE}")
@@ -178,7 +200,8 @@ def load_model(source: str | Path, *, device: str | torch.device | None = None, 
         cfg = LiveConfig.load(path)
         return build_model(cfg.with_overrides(overrides) if overrides else cfg, device=device, dtype=dtype)
     if _looks_like_hub_id(str(source)):
-        return load_model(_download(str(source)), device=device, dtype=dtype, overrides=overrides)
+        return load_model(_download(str(source)), device=device, dtype=dtype, overrides=overrides,
+                          merge_lora=merge_lora)
     raise ValueError(f"unknown model {str(source)!r}: not a checkpoint directory, a config file or a preset "
                      f"({', '.join(list_presets())})")
 

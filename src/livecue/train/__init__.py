@@ -1,0 +1,1 @@
+"""Training: the LIVE fine-tuning recipe on accelerate (single device to multi-node), resumable."""
