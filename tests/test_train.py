@@ -145,3 +145,13 @@ def test_two_processes_match_one(data, tmp_path):
 def test_train_errors(tmp_path):
     with pytest.raises(ValueError, match="train.train_data is not set"):
         train(preset("tiny", {"train.output_dir": str(tmp_path)}))
+
+
+def test_accelerate_configs_load():
+    from pathlib import Path
+
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    files = sorted((Path(__file__).parent.parent / "configs" / "accelerate").glob("*.yaml"))
+    kinds = {load_config_from_file(str(f)).distributed_type.value for f in files}
+    assert {"MULTI_GPU", "FSDP", "DEEPSPEED"} <= kinds, kinds
