@@ -75,6 +75,7 @@ def main(argv: list[str]) -> int:
     print(f"watching {getattr(source, 'name', args.source)} at {fps:g} fps with {model.cfg.name} "
           f"(θ = {session.threshold:g}){' in real time' if args.realtime else ''}", flush=True)
     interrupted = False
+    failure: str | None = None
     previous = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, lambda *_: pipeline.stop())
     try:
@@ -89,6 +90,12 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         interrupted = True
         pipeline.stop()
+    except (ValueError, OSError) as e:  # the source failed mid-stream: record it, then summarise
+        failure = f"{e}"
+        if jsonl is not None:
+            from ..inference.events import Error
+
+            jsonl.write(Error(t=pipeline.stats.last_t, message=failure).to_json() + "\n")
     finally:
         signal.signal(signal.SIGTERM, previous)
         progress.clear()
@@ -98,6 +105,9 @@ def main(argv: list[str]) -> int:
     print(f"{'interrupted: ' if interrupted else ''}{s.frames} frames ({s.last_t:.1f} s of stream) in "
           f"{s.wall:.1f} s: {s.fps:.1f} FPS, {s.replies} replies, {s.answers} answers, {s.dropped} dropped"
           + (f"; events in {args.jsonl}" if args.jsonl else ""), flush=True)
+    if failure is not None:
+        print(f"livecue watch: error: {failure}", file=sys.stderr)
+        return 1
     return 130 if interrupted else 0
 
 

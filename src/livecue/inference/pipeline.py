@@ -168,15 +168,17 @@ class Pipeline:
 
     def _decode_and_encode(self, out: queue.Queue) -> None:
         batch: list[tuple[float, Any]] = []
-        for t, frame in self.source:
-            if self._stop.is_set():
-                break
-            batch.append((float(t), frame))
-            if len(batch) == self.batch_size:
+        try:
+            for t, frame in self.source:
+                if self._stop.is_set():
+                    break
+                batch.append((float(t), frame))
+                if len(batch) == self.batch_size:
+                    self._put_all(out, self._encode(batch))
+                    batch = []
+        finally:  # frames read before a source failure are still watched; the error follows them
+            if batch and not self._stop.is_set():
                 self._put_all(out, self._encode(batch))
-                batch = []
-        if batch and not self._stop.is_set():
-            self._put_all(out, self._encode(batch))
         out.put(_END)
 
     def _put_all(self, out: queue.Queue, items: list) -> None:
