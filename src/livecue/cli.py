@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("livecue.commands.train", "fine-tune a LIVE model (LoRA + connector) with accelerate; resumable"),
     "encode": ("livecue.commands.encode", "pre-encode videos with the frozen vision tower into a resumable feature "
                                           "cache (sharded with accelerate)"),
+    "convert": ("livecue.commands.convert", "convert the paper's released adapter layout to a livecue checkpoint "
+                                            "and back"),
     "config": ("livecue.commands.config", "show a preset, config file or checkpoint config, with --a.b=c overrides"),
     "info": ("livecue.commands.info", "build a model and print its parts, frame layout and marker token ids"),
     "render": ("livecue.commands.render", "render a conversation (JSON) with the LIVE template and show its labels"),

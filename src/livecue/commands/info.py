@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._common import add_model_argument, parser, split_overrides
+from ._common import add_model_argument, load_from_args, parser, split_overrides
 
 
 def main(argv: list[str]) -> int:
@@ -12,9 +12,8 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
 
     from ..data.labels import Markers
-    from ..model.load import load_model
 
-    model, tok = load_model(args.model, device=args.device, dtype=args.dtype, overrides=overrides or None)
+    model, tok = load_from_args(args, overrides)
     cfg = model.cfg
     markers = Markers.from_tokenizer(tok, cfg.stream.v_placeholder, cfg.stream.frame_interval)
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from ._common import add_model_argument, parser, split_overrides
+from ._common import add_model_argument, load_from_args, parser, split_overrides
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,10 +60,9 @@ def main(argv: list[str]) -> int:
     from ..inference.engine import StreamEngine
     from ..inference.pipeline import Pipeline
     from ..inference.sources import open_source
-    from ..model.load import load_model
 
     sampling = SamplingConfig(args.temperature, args.top_p, args.repetition_penalty)
-    model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype, overrides=overrides or None)
+    model, tokenizer = load_from_args(args, overrides)
     fps = args.fps or model.cfg.stream.fps
     source = open_source(resolve_sample(args.source), fps, max_frames=args.max_frames)
     engine = StreamEngine(model, tokenizer, sampling=sampling)

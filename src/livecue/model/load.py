@@ -168,11 +168,19 @@ def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def load_model(source: str | Path, *, device: str | torch.device | None = None, dtype: str | None = None,
-               overrides: list[str] | None = None, merge_lora: bool = True) -> tuple[LiveModel, Any]:
-    """Load ``(LiveModel, tokenizer)`` from a checkpoint directory, a preset name, a config file or a hub id.
+               overrides: list[str] | None = None, merge_lora: bool = True, base: str | None = None,
+               vision: str | None = None) -> tuple[LiveModel, Any]:
+    """Load ``(LiveModel, tokenizer)`` from a checkpoint directory, a preset name, a config file, a hub id, or the
+    paper's released adapter (alias ``videollm-online-8b-v1plus`` or a directory in its layout).
 
     A checkpoint's LoRA adapter is merged into the base weights unless ``merge_lora=False`` (for training on).
+    ``base`` / ``vision`` replace the base LM / vision tower of an upstream adapter (local copies of gated weights).
     """
+    from . import upstream
+
+    if str(source) in upstream.ALIASES or upstream.is_upstream_dir(source):
+        return upstream.load_upstream(str(source), base=base, vision=vision, device=device, dtype=dtype,
+                                      merge=merge_lora)
     path = Path(source)
     if path.is_dir() and (path / CONFIG_FILE).exists():
         cfg = LiveConfig.load(path)
@@ -194,16 +202,16 @@ def load_model(source: str | Path, *, device: str | torch.device | None = None, 
         return model, tokenizer
     if path.is_dir():
         raise FileNotFoundError(f"{str(path)!r} is not a livecue checkpoint: it has no {CONFIG_FILE}")
-    if str(source) in list_presets() or str(source).replace("-", "_").replace("+", "_plus") in list_presets():
+    if _is_preset(str(source)):
         return build_model(preset(str(source), overrides), device=device, dtype=dtype)
     if path.is_file():
         cfg = LiveConfig.load(path)
         return build_model(cfg.with_overrides(overrides) if overrides else cfg, device=device, dtype=dtype)
     if _looks_like_hub_id(str(source)):
         return load_model(_download(str(source)), device=device, dtype=dtype, overrides=overrides,
-                          merge_lora=merge_lora)
-    raise ValueError(f"unknown model {str(source)!r}: not a checkpoint directory, a config file or a preset "
-                     f"({', '.join(list_presets())})")
+                          merge_lora=merge_lora, base=base, vision=vision)
+    raise ValueError(f"unknown model {str(source)!r}: not a checkpoint directory, a config file, a preset "
+                     f"({', '.join(list_presets())}) or {', '.join(upstream.ALIASES)}")
 
 
 def load_frame_encoder(source: str | Path, *, device: str | torch.device | None = None, dtype: str = "float32"):
@@ -213,7 +221,10 @@ def load_frame_encoder(source: str | Path, *, device: str | torch.device | None 
     checkpoint's ``livecue_model.safetensors`` (or the preset's seed-0 initialisation).
     """
     path = Path(source)
-    cfg = LiveConfig.load(path if path.exists() else str(source))
+    if path.exists():
+        cfg = LiveConfig.load(path)
+    else:  # a preset, spelt as load_model accepts it (``live1+``, ``live1-plus``)
+        cfg = preset(str(source)) if _is_preset(str(source)) else LiveConfig.load(str(source))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # build_model's seed for the vision tower
         encoder = build_frame_encoder(cfg.vision, dtype=DTYPE_NAMES[dtype])
@@ -228,6 +239,10 @@ def load_frame_encoder(source: str | Path, *, device: str | torch.device | None 
     elif cfg.vision.name_or_path is None and path.is_dir():
         log.warning("checkpoint %s has no vision weights: using a seed-0 random tower", path)
     return encoder.to(device or "cpu").eval(), cfg
+
+
+def _is_preset(name: str) -> bool:
+    return name in list_presets() or name.replace("-", "_").replace("+", "_plus") in list_presets()
 
 
 def _looks_like_hub_id(name: str) -> bool:

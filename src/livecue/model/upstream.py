@@ -1,0 +1,195 @@
+"""The paper's released checkpoint and its layout (SPEC §8): load, convert to livecue, export back.
+
+``chenjoya/videollm-online-8b-v1plus`` is a PEFT LoRA adapter over ``meta-llama/Meta-Llama-3-8B-Instruct``:
+
+    adapter_config.json          peft_type LORA, r 128, lora_alpha 256, lora_dropout 0.05, target_modules (regex),
+                                 modules_to_save ["connector"], base_model_name_or_path
+    adapter_model.safetensors    base_model.model.model.layers.{i}.{self_attn,mlp}.*.lora_{A,B}.weight,
+                                 base_model.model.lm_head.lora_{A,B}.weight, base_model.model.connector.{0,2}.*
+    tokenizer files              Llama-3's, with <v> added
+
+The live config is not stored: it is the live1+ preset (SigLIP-L/16-384 frames, CLS + 3×3, ``,`` between frames,
+θ = 0.725). livecue loads it with the same template and ids taken from the tokenizer, minus upstream's bugs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import CONFIG_FILE, LiveConfig, preset
+from .lora import ADAPTER_CONFIG, ADAPTER_FILE, PREFIX
+
+log = logging.getLogger(__name__)
+CONNECTOR_PREFIX = PREFIX + "connector."
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "added_tokens.json", "chat_template.jinja")
+
+
+@dataclass(frozen=True)
+class UpstreamParts:
+    adapter: str
+    base: str
+    vision: str
+    preset: str = "live1_plus"
+
+
+ALIASES = {
+    "videollm-online-8b-v1plus": UpstreamParts("chenjoya/videollm-online-8b-v1plus",
+                                               "meta-llama/Meta-Llama-3-8B-Instruct",
+                                               "google/siglip-large-patch16-384"),
+}
+
+
+def is_upstream_dir(path: str | Path) -> bool:
+    """An upstream-layout adapter directory: PEFT adapter files and no livecue config."""
+    path = Path(path)
+    return (path / ADAPTER_CONFIG).is_file() and (path / ADAPTER_FILE).is_file() and not (path / CONFIG_FILE).exists()
+
+
+def local_dir(name: str, what: str) -> Path:
+    """A local directory for ``name`` (downloaded from the hub when it is not a directory)."""
+    path = Path(name)
+    if path.is_dir():
+        return path
+    from .load import hub_error
+
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name))
+    except Exception as e:  # noqa: BLE001 - one clear line for every hub failure (unknown, gated, offline)
+        raise hub_error(what, name, e) from None
+
+
+def read_adapter(adapter_dir: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``(adapter_config, tensors)`` of an upstream adapter, validated."""
+    from safetensors.torch import load_file
+
+    config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
+    if config.get("peft_type") != "LORA":
+        raise ValueError(f"{str(adapter_dir)!r}: peft_type must be LORA, got {config.get('peft_type')!r}")
+    tensors = load_file(str(adapter_dir / ADAPTER_FILE))
+    if not any(k.startswith(CONNECTOR_PREFIX) for k in tensors):
+        raise ValueError(f"{str(adapter_dir)!r}: the adapter holds no connector weights ({CONNECTOR_PREFIX}*)")
+    return config, tensors
+
+
+def upstream_config(adapter_config: dict[str, Any], base: str | None, vision: str | None,
+                    preset_name: str = "live1_plus") -> LiveConfig:
+    """The live1+ preset with the adapter's LoRA settings and the given base LM / vision tower."""
+    target = adapter_config.get("target_modules")
+    if isinstance(target, list):
+        target = "|".join(rf".*\.{t}$" if "." not in t else t for t in target)
+    over = {"lora.r": adapter_config["r"], "lora.alpha": adapter_config["lora_alpha"],
+            "lora.dropout": adapter_config.get("lora_dropout", 0.0), "lora.target_modules": target,
+            "lm.name_or_path": base or adapter_config.get("base_model_name_or_path")}
+    if over["lm.name_or_path"] is None:
+        raise ValueError("the adapter does not name its base model: pass --base")
+    if vision:
+        over["vision.name_or_path"] = vision
+    return preset(preset_name, over)
+
+
+def load_upstream(adapter: str, *, base: str | None = None, vision: str | None = None,
+                  device: str | torch.device | None = None, dtype: str | None = None, merge: bool = True):
+    """Load an upstream adapter (alias, hub id or directory) as ``(LiveModel, tokenizer)``."""
+    from transformers import AutoTokenizer
+
+    from ..data.labels import add_frame_placeholder
+    from .load import build_model
+    from .lora import apply_lora, merge_lora
+
+    parts = ALIASES.get(adapter)
+    if parts is not None:
+        adapter, base, vision = parts.adapter, base or parts.base, vision or parts.vision
+    adapter_dir = local_dir(adapter, "VideoLLM-online adapter")
+    config, tensors = read_adapter(adapter_dir)
+    cfg = upstream_config(config, str(local_dir(base, "base LM (Llama-3 is gated: accept its licence and log in)"))
+                          if base else None, vision)
+    tokenizer_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").exists() else cfg.lm.name_or_path
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    add_frame_placeholder(tokenizer, cfg.stream.v_placeholder)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model, tokenizer = build_model(cfg, device=device, dtype=dtype, tokenizer=tokenizer)
+    apply_lora(model)
+    load_upstream_tensors(model, tensors)
+    if merge:
+        merge_lora(model)
+    model.eval()
+    return model, tokenizer
+
+
+def load_upstream_tensors(model, tensors: dict[str, torch.Tensor]) -> None:
+    """Put upstream adapter tensors (LoRA + connector) into a LiveModel that has LoRA injected."""
+    from peft import set_peft_model_state_dict
+
+    connector = {k[len(CONNECTOR_PREFIX):]: v for k, v in tensors.items() if k.startswith(CONNECTOR_PREFIX)}
+    lora = {k[len(PREFIX):]: v for k, v in tensors.items() if k.startswith(PREFIX) and "lora_" in k}
+    other = sorted(set(tensors) - {CONNECTOR_PREFIX + k for k in connector} - {PREFIX + k for k in lora})
+    if other:
+        raise ValueError(f"unexpected tensors in the adapter: {other[:5]}")
+    model.connector.load_state_dict({k: v.to(model.dtype) for k, v in connector.items()})
+    result = set_peft_model_state_dict(model.lm, lora)
+    missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+    if missing:
+        raise ValueError(f"the adapter lacks LoRA weights the model expects, e.g. {missing[:3]}")
+
+
+# ---- conversion ----------------------------------------------------------------------------------------------------
+def convert_to_livecue(adapter_dir: str | Path, out: str | Path, *, base: str | None = None,
+                       vision: str | None = None) -> Path:
+    """Upstream adapter directory -> livecue checkpoint directory; every tensor is copied bit for bit."""
+    from safetensors.torch import save_file
+
+    adapter_dir, out = Path(adapter_dir), Path(out)
+    config, tensors = read_adapter(adapter_dir)
+    cfg = upstream_config(config, base, vision)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(out)
+    connector = {"connector." + k[len(CONNECTOR_PREFIX):]: v for k, v in tensors.items()
+                 if k.startswith(CONNECTOR_PREFIX)}
+    lora = {k: v for k, v in tensors.items() if not k.startswith(CONNECTOR_PREFIX)}
+    save_file(connector, str(out / "livecue_model.safetensors"), metadata={"format": "livecue"})
+    save_file(lora, str(out / ADAPTER_FILE), metadata={"format": "pt"})
+    adapter_config = dict(config, modules_to_save=None)
+    (out / ADAPTER_CONFIG).write_text(json.dumps(adapter_config, indent=2))
+    _copy_tokenizer(adapter_dir, out)
+    return out
+
+
+def export_upstream(checkpoint: str | Path, out: str | Path) -> Path:
+    """livecue checkpoint directory -> upstream adapter layout (LoRA + connector in one PEFT adapter)."""
+    from safetensors.torch import load_file, save_file
+
+    checkpoint, out = Path(checkpoint), Path(out)
+    cfg = LiveConfig.load(checkpoint)
+    if not (checkpoint / ADAPTER_FILE).is_file():
+        raise FileNotFoundError(f"{str(checkpoint)!r} has no LoRA adapter ({ADAPTER_FILE}) to export")
+    weights = load_file(str(checkpoint / "livecue_model.safetensors"))
+    extra = sorted(k for k in weights if not k.startswith("connector."))
+    if extra:
+        raise ValueError(f"{str(checkpoint)!r} holds non-adapter weights ({extra[:3]}...): the upstream layout "
+                         "stores only the adapter and the connector over a pretrained base")
+    tensors = dict(load_file(str(checkpoint / ADAPTER_FILE)))
+    tensors.update({CONNECTOR_PREFIX + k[len("connector."):]: v for k, v in weights.items()})
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / ADAPTER_FILE), metadata={"format": "pt"})
+    config = json.loads((checkpoint / ADAPTER_CONFIG).read_text())
+    config.update(modules_to_save=["connector"], base_model_name_or_path=cfg.lm.name_or_path)
+    (out / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
+    _copy_tokenizer(checkpoint, out)
+    return out
+
+
+def _copy_tokenizer(src: Path, dst: Path) -> None:
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
