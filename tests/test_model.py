@@ -225,3 +225,21 @@ def test_load_model_errors(tmp_path):
         load_model("nope")
     with pytest.raises(FileNotFoundError, match="has no livecue_config.json"):
         load_model(tmp_path)
+
+
+@pytest.mark.parametrize("lm", ["llama", "gpt2"])
+def test_labelled_logits_only_gives_the_same_loss(lm):
+    model, tok = build(lm)
+    tpl = Template.from_config(model.cfg, tok)
+    rs = [tpl.render([{"role": "stream", "num_frames": n, "learn": True},
+                      {"role": "assistant", "content": "Hi there.", "learn": True}]) for n in (2, 3)]
+    ts = [tokenize_conversation(r, tok, Markers.from_tokenizer(tok), tpl) for r in rs]
+    length = max(len(t) for t in ts)
+    ids = torch.tensor([t.input_ids + [tok.pad_token_id] * (length - len(t)) for t in ts])
+    labels = torch.tensor([t.labels + [IGNORE] * (length - len(t)) for t in ts])
+    mask = (torch.arange(length)[None] < torch.tensor([[len(t)] for t in ts])).long()
+    feats = torch.randn(5, model.frame_num_tokens, model.vision.hidden_size)
+    full = model(ids, frame_features=feats, labels=labels, attention_mask=mask)
+    part = model(ids, frame_features=feats, labels=labels, attention_mask=mask, labelled_logits_only=True)
+    assert part.logits.shape[1] == int((labels != IGNORE).any(0).sum()) < length
+    assert part.loss.item() == pytest.approx(full.loss.item(), rel=1e-5)

@@ -17,6 +17,7 @@ from torch import nn
 from ..config import LiveConfig
 from . import lm as lm_api
 from .connector import build_connector
+from ..data.labels import IGNORE
 from .loss import streaming_loss
 from .vision import FrameEncoder
 
@@ -125,21 +126,34 @@ class LiveModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, *, frames: torch.Tensor | None = None,
                 frame_features: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                cache: Any = None, use_cache: bool = False, logits_to_keep: int = 0) -> LiveOutput:
+                cache: Any = None, use_cache: bool = False, logits_to_keep: int = 0,
+                labelled_logits_only: bool = False) -> LiveOutput:
         """Embed, splice frames, run the LM; the streaming loss when ``labels`` are given.
 
         Shape:
             input_ids: (B, T); frames: (F, 3, H, W) uint8 or frame_features: (F, K, D_vision) for the batch's
             <v> positions in order; labels: (B, T) position-aligned (-100 = not learned); logits: (B, T, V).
+
+        ``labelled_logits_only`` (training): compute the vocabulary projection only at the positions some sample
+        of the batch learns, which saves most of the LM head's time and memory; ``logits`` then covers only those
+        positions. The loss is the same.
         """
         embeds = self.embed(input_ids, self.frame_embeddings(frames, frame_features))
+        keep: Any = logits_to_keep
+        if labelled_logits_only:
+            if labels is None:
+                raise ValueError("labelled_logits_only needs labels")
+            keep = (labels != IGNORE).any(dim=0).nonzero().flatten().to(embeds.device)  # (T',)
         logits, cache = lm_api.lm_forward(self.lm, embeds, cache=cache, attention_mask=attention_mask,
                                           position_ids=position_ids, use_cache=use_cache or cache is not None,
-                                          logits_to_keep=logits_to_keep)
+                                          logits_to_keep=keep)
         loss = None
         if labels is not None:
             if logits_to_keep:
                 raise ValueError("labels need logits for every position: leave logits_to_keep at 0")
-            loss = streaming_loss(logits, labels.to(logits.device), input_ids, self.v_token_id,
-                                  self.cfg.stream.stream_loss_weight)
+            labels = labels.to(logits.device)
+            ids = input_ids
+            if labelled_logits_only:
+                labels, ids = labels[:, keep], input_ids[:, keep]
+            loss = streaming_loss(logits, labels, ids, self.v_token_id, self.cfg.stream.stream_loss_weight)
         return LiveOutput(logits=logits, loss=loss, cache=cache)

@@ -44,11 +44,12 @@ def crop_cache(cache: Cache, length: int) -> None:
 
 def lm_forward(lm: nn.Module, inputs_embeds: torch.Tensor, *, cache: Cache | None = None,
                attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-               use_cache: bool = False, logits_to_keep: int = 0) -> tuple[torch.Tensor, Cache | None]:
+               use_cache: bool = False, logits_to_keep: int | torch.Tensor = 0) -> tuple[torch.Tensor, Cache | None]:
     """One causal-LM forward on embeddings.
 
     Shape:
-        inputs_embeds: (B, T, H); returns logits (B, T', V) with T' = T or ``logits_to_keep``.
+        inputs_embeds: (B, T, H); returns logits (B, T', V): all T positions, the last ``logits_to_keep`` ones,
+        or the positions listed by a 1-D index tensor.
 
     Returns:
         ``(logits, cache)``; ``cache`` is the updated cache when ``use_cache`` (created if ``None``).

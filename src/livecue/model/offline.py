@@ -13,7 +13,9 @@ import logging
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +77,43 @@ def convert_gguf(directory: Path, gguf_file: str, target: Path) -> None:
         del cfg.quantization_config
     plain = AutoModelForCausalLM.from_config(cfg)
     plain.load_state_dict(loaded.state_dict())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    with atomic_directory(target) as tmp:
         plain.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
+
+
+@contextmanager
+def atomic_directory(target: Path, marker: str = "config.json") -> Iterator[Path]:
+    """Yield an empty temporary sibling of ``target`` to fill; on success it is renamed to ``target`` in one step.
+
+    On an exception nothing is published and the temporary directory is removed, so ``target`` is either absent or
+    complete. A complete ``target`` (one holding ``marker``) published meanwhile by a concurrent process is kept (it
+    may be in use) and ours is discarded; an incomplete leftover is replaced.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-tmp-", dir=target.parent))
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the published cache entry is an ordinary directory
+        yield tmp
+        _publish(tmp, target, marker)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _publish(tmp: Path, target: Path, marker: str) -> None:
+    if (target / marker).exists():
+        log.info("%s was completed by another process meanwhile: keeping it", target)
+        return
+    if target.exists() or target.is_symlink():  # an incomplete leftover: move it aside in one step, then delete it
+        trash = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=target.parent))
+        try:
+            target.rename(trash / "old")
+        except FileNotFoundError:
+            pass
+        shutil.rmtree(trash, ignore_errors=True)
+    try:
+        tmp.rename(target)
+    except OSError:
+        if not (target / marker).exists():  # lost a race to a concurrent, complete publication: fine
+            raise

@@ -121,6 +121,9 @@ class FrameEncoder(nn.Module):
         hidden = out.last_hidden_state  # (F, T, D)
         n = hidden.shape[1]
         if kind == "siglip":
+            if out.pooler_output is None and self.cfg.frame_token_cls:
+                raise ValueError("this SigLIP tower has no attention-pooling head (vision_use_head=False), so it has "
+                                 "no \"CLS\" (pooler_output): set vision.frame_token_cls=false")
             return out.pooler_output, _to_grid(hidden)
         g = math.isqrt(n)
         if kind == "hf" and g * g == n:  # no CLS token: mean of the patches stands in
@@ -188,8 +191,10 @@ def _efficientnet_lite0(cfg: VisionConfig):
     except ImportError:
         raise ImportError("the EfficientNet-Lite0 tower needs the [models] extra: "
                           "pip install 'livecue[models]' (package efficientnet-lite-pytorch)") from None
+    # The "same" convolutions pad statically for the image size given at construction (224 by default): build for
+    # the configured resolution, else a resolution that is not a multiple of 32 gets the wrong padding and map size.
     if cfg.name_or_path is None:
-        tower = EfficientNet.from_name("efficientnet-lite0")
+        tower = EfficientNet.from_name("efficientnet-lite0", image_size=cfg.resolution)
     else:
         path = cfg.name_or_path
         if path == "efficientnet-lite0":
@@ -201,7 +206,7 @@ def _efficientnet_lite0(cfg: VisionConfig):
             path = EfficientnetLite0ModelFile.get_model_file_path()
         if not Path(path).is_file():
             raise FileNotFoundError(f"EfficientNet-Lite0 weights not found: {path!r}")
-        tower = EfficientNet.from_name("efficientnet-lite0")
+        tower = EfficientNet.from_name("efficientnet-lite0", image_size=cfg.resolution)
         state = torch.load(path, map_location="cpu", weights_only=True)
         state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
         missing, unexpected = tower.load_state_dict(state, strict=False)

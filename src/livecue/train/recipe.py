@@ -194,7 +194,7 @@ def train(cfg: LiveConfig, *, resume: bool = False, stop_after: int | None = Non
             micro += 1
             with acc.accumulate(model):
                 batch = to_device(batch, acc.device)
-                loss = model(**batch).loss
+                loss = model(**batch, labelled_logits_only=True).loss
                 acc.backward(loss)
                 if acc.sync_gradients and tc.max_grad_norm > 0:
                     acc.clip_grad_norm_(params, tc.max_grad_norm)
