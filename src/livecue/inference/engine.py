@@ -35,6 +35,7 @@ from ..model import lm as lm_api
 from ..model.live import LiveModel
 from .decide import SamplingConfig, decide, next_token
 from .events import Answer, Event, Reply, Silence
+from .memory import MemoryPolicy, Unbounded
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class StreamSession:
 
     def __init__(self, engine: "StreamEngine", system_prompt: str | None = None, threshold: float | None = None,
                  sampling: SamplingConfig | None = None, max_reply_tokens: int | None = None, seed: int = 0,
-                 record: bool = False) -> None:
+                 record: bool = False, memory: MemoryPolicy | None = None) -> None:
         cfg = engine.model.cfg.stream
         self.engine = engine
         self.system_prompt = cfg.system_prompt if system_prompt is None else system_prompt
@@ -83,7 +84,11 @@ class StreamSession:
         self.t = float("-inf")       # time of the last frame fed
         self.frames = 0
         self.replies = 0
-        self.history: list[int] | None = [] if record else None  # every id fed, when recording (tests, debugging)
+        self.history: list[int] | None = [] if record else None  # the ids in the cache, when recording (tests)
+        self.memory: MemoryPolicy = memory or engine.memory
+        self.units: list[tuple[int, int]] = []  # cache spans of each frame step (with its reply); before: the sink
+        self.evicted_tokens = 0
+        self._sink: int | None = None
 
     # ---- public -----------------------------------------------------------------------------------------------------
     def add_query(self, text: str, at: float | None = None) -> None:
@@ -94,32 +99,41 @@ class StreamSession:
         items = sorted([*self.queries, _Query(at, text.strip())], key=lambda q: q.t)
         self.queries = collections.deque(items)
 
-    def push_frame(self, frame: Any, t: float) -> Iterator[Event]:
-        """Feed one frame (pixels or precomputed ``(K, D_vision)`` features) at stream time ``t``; yield events."""
+    def push_frame(self, frame: Any, t: float) -> list[Event]:
+        """Feed one frame (pixels or precomputed ``(K, D_vision)`` features) at stream time ``t``.
+
+        Returns the frame's events in order: answers to queries asked before it, then its decision (``Silence`` or
+        ``Reply``) or the answers to queries asked at its time.
+        """
         t = float(t)
         if t < self.t:
             raise ValueError(f"frame time {t} is earlier than the previous frame's {self.t}: times must not decrease")
+        features = self.engine.frame_features(frame)
+        start = self.context_length
+        events: list[Event] = []
         while self.queries and self.queries[0].t < t:  # asked between the previous frame and this one
             query = self.queries.popleft()
-            yield self._answer(query, max(query.t, self.t))
-        features = self.engine.frame_features(frame)
+            events.append(self._answer(query, max(query.t, self.t)))
         self._feed_frame(features)
         self.t = t
         self.frames += 1
-        logits = self._last_logits
         if self.queries and self.queries[0].t <= t:
             while self.queries and self.queries[0].t <= t:
-                yield self._answer(self.queries.popleft(), t)
-            return
-        d = decide(logits, self.engine.markers.silence, self.threshold)
-        if not d.speak:
-            yield Silence(t=t, p_silence=d.p_silence, frame=self.frames - 1)
-            return
-        start = time.perf_counter()
-        ids, truncated = self._generate(STREAM_GENERATION_PROMPT)
-        self.replies += 1
-        yield Reply(t=t, text=self.engine.decode(ids), token_ids=ids, latency=time.perf_counter() - start,
-                    p_silence=d.p_silence, frame=self.frames - 1, truncated=truncated)
+                events.append(self._answer(self.queries.popleft(), t))
+        else:
+            d = decide(self._last_logits, self.engine.markers.silence, self.threshold)
+            if not d.speak:
+                events.append(Silence(t=t, p_silence=d.p_silence, frame=self.frames - 1))
+            else:
+                began = time.perf_counter()
+                ids, truncated = self._generate(STREAM_GENERATION_PROMPT)
+                self.replies += 1
+                events.append(Reply(t=t, text=self.engine.decode(ids), token_ids=ids,
+                                    latency=time.perf_counter() - began, p_silence=d.p_silence,
+                                    frame=self.frames - 1, truncated=truncated))
+        self.units.append((self._sink if not self.units else start, self.context_length))
+        self.memory.after_step(self)
+        return events
 
     def finish(self) -> Iterator[Event]:
         """Answer the queries still waiting (the stream has ended)."""
@@ -139,6 +153,8 @@ class StreamSession:
         elif self._after_frame:
             self._pending_text += self.engine.template.frame_interval
         ids = self._take_pending() + self.engine.frame_ids
+        if self._sink is None:  # everything before the first frame's tokens is the attention sink
+            self._sink = self.context_length + len(ids) - len(self.engine.frame_ids)
         self._forward(ids, features[None])
         self._in_stream, self._after_frame = True, True
 
@@ -194,10 +210,13 @@ class StreamEngine:
         model: a :class:`~livecue.model.live.LiveModel`.
         tokenizer: its tokenizer (with ``<v>``).
         sampling: default reply decoding (greedy).
+        memory: default memory policy of new sessions (:class:`~livecue.inference.memory.Unbounded`).
     """
 
-    def __init__(self, model: LiveModel, tokenizer: Any, sampling: SamplingConfig | None = None) -> None:
+    def __init__(self, model: LiveModel, tokenizer: Any, sampling: SamplingConfig | None = None,
+                 memory: MemoryPolicy | None = None) -> None:
         self.model = model
+        self.memory: MemoryPolicy = memory or Unbounded()
         self.tokenizer = tokenizer
         cfg = model.cfg
         self.template = Template.from_config(cfg, tokenizer)
@@ -228,7 +247,7 @@ class StreamEngine:
     def add_query(self, text: str, at: float | None = None) -> None:
         self.default.add_query(text, at)
 
-    def push_frame(self, frame: Any, t: float) -> Iterator[Event]:
+    def push_frame(self, frame: Any, t: float) -> list[Event]:
         return self.default.push_frame(frame, t)
 
     def finish(self) -> Iterator[Event]:

@@ -70,3 +70,46 @@ def input_embeddings(lm: nn.Module) -> nn.Module:
 def hidden_size(lm: nn.Module) -> int:
     cfg = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
     return int(cfg.hidden_size)
+
+
+# ---- bounded memory: evicting a span of the cache -------------------------------------------------------------------
+def rope_inv_freq(lm: nn.Module) -> torch.Tensor:
+    """The rotary embedding's inverse frequencies (RoPE models only)."""
+    for module in lm.modules():
+        inv = getattr(module, "inv_freq", None)
+        if isinstance(inv, torch.Tensor):
+            return inv
+    raise ValueError(f"{type(lm).__name__} has no rotary position embedding: bounded memory needs a RoPE model "
+                     "(Llama, Qwen2, SmolLM, Gemma, ...)")
+
+
+def _rotate(keys: torch.Tensor, shift: int, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Move RoPE-rotated keys ``shift`` positions (negative = earlier). Shape: (B, H, T, D)."""
+    rot = 2 * inv_freq.shape[0]  # partial rotary: only the first ``rot`` channels are rotated
+    angles = shift * inv_freq.to(keys.device, torch.float32)
+    cos = torch.cat([angles.cos(), angles.cos()]).to(keys.dtype)
+    sin = torch.cat([angles.sin(), angles.sin()]).to(keys.dtype)
+    k, rest = keys[..., :rot], keys[..., rot:]
+    half = rot // 2
+    rotated_half = torch.cat([-k[..., half:], k[..., :half]], dim=-1)
+    return torch.cat([k * cos + rotated_half * sin, rest], dim=-1)
+
+
+@torch.no_grad()
+def evict_span(lm: nn.Module, cache: Cache, start: int, end: int) -> None:
+    """Remove cache positions ``[start, end)`` in place; later keys are re-rotated ``end - start`` positions back, so
+    the kept entries sit at contiguous positions and new tokens continue right after them (RoPE relative distances
+    as if the evicted span had never been there). Deeper layers' entries still carry what their tokens attended to
+    when computed (as in StreamingLLM); for a 1-layer model the result equals a fresh forward over the kept tokens."""
+    length = cache_length(cache)
+    if not 0 <= start <= end <= length:
+        raise ValueError(f"cannot evict [{start}, {end}) from a cache of {length} positions")
+    if start == end:
+        return
+    inv_freq = rope_inv_freq(lm)
+    for layer in cache.layers:
+        if not getattr(layer, "is_initialized", True) or layer.keys is None or layer.keys.numel() == 0:
+            continue
+        tail_k = _rotate(layer.keys[..., end:, :], start - end, inv_freq)
+        layer.keys = torch.cat([layer.keys[..., :start, :], tail_k], dim=-2)
+        layer.values = torch.cat([layer.values[..., :start, :], layer.values[..., end:, :]], dim=-2)

@@ -1,0 +1,128 @@
+"""``livecue demo``: the default model narrating a held-out world stream in real time, offline, on a CPU.
+
+With no arguments it renders a stream of the built-in world (test split, never seen in training), plays it through
+the packaged default model on the wall clock, prints each narration as it happens next to what really happened,
+and asks one scripted question. ``--source`` takes any file, URL or webcam instead; ``--save out.mp4`` writes the
+video with the replies burned in as captions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ._common import parser, split_overrides
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_model"
+DEMO_SEED = 7  # a test-split stream: disjoint from every training stream by construction
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = parser("demo", "Watch a stream with livecue's default model and narrate it live (offline, CPU).")
+    p.add_argument("--model", default=None, help="model to use (default: the packaged default model)")
+    p.add_argument("--source", default=None, help="a video file, image folder, webcam or stream URL "
+                                                  "(default: a held-out stream of the built-in world)")
+    p.add_argument("--seed", type=int, default=DEMO_SEED, help="which held-out world stream (default: %(default)s)")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds of world stream (default: %(default)s)")
+    p.add_argument("--question", default=None, help="the question to ask (default: one from the stream)")
+    p.add_argument("--at", type=float, default=None, help="when to ask it (seconds)")
+    p.add_argument("--threshold", type=float, default=None, help="θ (default: the model's calibrated value)")
+    p.add_argument("--fast", action="store_true", help="process as fast as possible instead of in real time")
+    p.add_argument("--save", default=None, metavar="OUT.mp4", help="write the video with captions burned in")
+    p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    argv, overrides = split_overrides(argv)
+    args = build_parser().parse_args(argv)
+    if args.save and Path(args.save).parent and not Path(args.save).resolve().parent.exists():
+        raise FileNotFoundError(f"--save directory does not exist: {str(Path(args.save).parent)!r}")
+
+    from ..inference.engine import StreamEngine
+    from ..inference.pipeline import Pipeline
+    from ..inference.sources import ArraySource, open_source
+    from ..model.load import load_model
+
+    model_dir = args.model or DEFAULT_MODEL_DIR
+    if args.model is None and not (DEFAULT_MODEL_DIR / "livecue_config.json").exists():
+        raise FileNotFoundError(f"the default model is missing from {DEFAULT_MODEL_DIR}; reinstall livecue")
+    print(f"loading {'the default model' if args.model is None else args.model} ...", flush=True)
+    model, tokenizer = load_model(model_dir, overrides=overrides or None)
+    fps = model.cfg.stream.fps
+    reference: list[tuple[float, str]] = []
+    question = (args.question, args.at if args.at is not None else 5.0) if args.question else None
+    captured: list[tuple[float, object]] = []
+    if args.source is None:
+        from ..data.world import WorldConfig, generate_stream, stream_seed
+
+        cfg = WorldConfig(resolution=model.cfg.vision.resolution, fps=fps, duration=args.duration)
+        frames, record = generate_stream(cfg, stream_seed(0, "test", args.seed))
+        reference = [(e["time"], e["text"]) for e in record["meta"]["events"]]
+        if question is None and record["meta"]["questions"]:
+            q = record["meta"]["questions"][0]
+            question = (q["question"], q["time"])
+            reference.append((q["time"], f"(answer to {q['question']!r}: {q['answer']})"))
+        source = ArraySource(frames, fps, max_frames=args.max_frames, name=f"world stream {args.seed}")
+        print(f"streaming a held-out world stream ({len(frames)} frames, {args.duration:g} s); "
+              f"reference events are shown as [ref]", flush=True)
+    else:
+        from ..data.samples import resolve
+
+        source = open_source(resolve(args.source), fps, max_frames=args.max_frames)
+    if args.save:
+        source = _Recorder(source, captured)
+    engine = StreamEngine(model, tokenizer)
+    session = engine.reset(threshold=args.threshold)
+    if question:
+        session.add_query(question[0], at=question[1])
+    pipeline = Pipeline(session, source, realtime=not args.fast)
+    pending_ref = sorted(reference)
+    captions: list[tuple[float, str]] = []
+    start = time.perf_counter()
+    try:
+        for event in pipeline.run():
+            while pending_ref and pending_ref[0][0] <= event.t + 1e-6:
+                t, text = pending_ref.pop(0)
+                print(f"           [ref {t:5.1f}s] {text}", flush=True)
+            if event.type == "reply":
+                print(f"[{event.t:6.1f}s] {event.text}", flush=True)
+                captions.append((event.t, event.text))
+            elif event.type == "answer":
+                print(f"[{event.t:6.1f}s] Q: {event.query}\n{'':9} A: {event.text}", flush=True)
+                captions.append((event.t, f"Q: {event.query} A: {event.text}"))
+            elif event.type == "dropped":
+                print(f"[{event.t:6.1f}s] ({event.count} frames dropped: the model fell behind)", flush=True)
+    except KeyboardInterrupt:
+        pipeline.stop()
+        print("interrupted", file=sys.stderr)
+    s = pipeline.stats
+    print(f"{s.frames} frames in {time.perf_counter() - start:.1f} s ({s.fps:.1f} FPS), {s.replies} narrations, "
+          f"{s.answers} answers, {s.dropped} dropped")
+    if args.save:
+        from ..data.captions import write_captioned
+
+        write_captioned(args.save, captured, captions, fps)
+        print(f"wrote {args.save}")
+    return 0
+
+
+class _Recorder:
+    """Pass frames through while keeping a copy for ``--save``."""
+
+    def __init__(self, source, sink: list) -> None:
+        self.source, self.sink = source, sink
+        self.live = getattr(source, "live", False)
+        self.name = getattr(source, "name", "source")
+
+    def __iter__(self):
+        for t, frame in self.source:
+            self.sink.append((t, frame))
+            yield t, frame
+
+    def close(self) -> None:
+        close = getattr(self.source, "close", None)
+        if close:
+            close()
