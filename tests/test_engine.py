@@ -193,3 +193,19 @@ def test_special_tokens_in_queries_are_plain_text(engine):
     events = run(s, features(engine, 1))
     assert isinstance(events[0], Answer)
     assert s.history.count(engine.markers.v) == engine.model.frame_num_tokens  # no injected <v>
+
+
+def test_instruction_without_answer_matches_training_text(engine):
+    """A user instruction the model does not answer: the context reads like the training records."""
+    from livecue.data.template import Template
+
+    tok = engine.tokenizer
+    s = engine.session(SYS, threshold=0.0, record=True)
+    s.add_query("Narrate what happens.", at=0.0, answer=False)
+    events = run(s, features(engine, 3))
+    assert [type(e).__name__ for e in events] == ["Silence", "Silence"]  # frame 0 carries the instruction
+    tpl = Template.from_config(engine.model.cfg, tok)
+    expected = tpl.render([{"role": "system", "content": SYS}, {"role": "stream", "num_frames": 1},
+                           {"role": "user", "content": "Narrate what happens."},
+                           {"role": "stream", "num_frames": 2}]).text
+    assert tok.decode(s.history) == expected[:-1]  # the open stream has no closing "]" yet

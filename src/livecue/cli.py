@@ -12,16 +12,20 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("livecue.commands.demo", "the default model narrating a held-out stream in real time (offline, CPU)"),
     "watch": ("livecue.commands.watch", "watch a video file, image folder, webcam or stream URL and narrate it live"),
+    "serve": ("livecue.commands.serve", "serve a model to many live streams: WebSocket protocol + live web page"),
     "convert-data": ("livecue.commands.convert_data", "convert official annotations (Ego4D, GoalStep, COIN, LTA) "
                                                       "to streaming-dialogue records"),
     "world": ("livecue.commands.world", "generate the built-in streaming world: rendered videos + dialogue records"),
     "train": ("livecue.commands.train", "fine-tune a LIVE model (LoRA + connector) with accelerate; resumable"),
+    "eval": ("livecue.commands.eval", "evaluate: paper metrics (narration, COIN, LTA), free-running, θ calibration"),
     "encode": ("livecue.commands.encode", "pre-encode videos with the frozen vision tower into a resumable feature "
                                           "cache (sharded with accelerate)"),
     "convert": ("livecue.commands.convert", "convert the paper's released adapter layout to a livecue checkpoint "
                                             "and back"),
     "config": ("livecue.commands.config", "show a preset, config file or checkpoint config, with --a.b=c overrides"),
+    "bench": ("livecue.commands.bench", "benchmark streaming speed and memory vs stream length (forced replies)"),
     "info": ("livecue.commands.info", "build a model and print its parts, frame layout and marker token ids"),
     "render": ("livecue.commands.render", "render a conversation (JSON) with the LIVE template and show its labels"),
 }

@@ -74,8 +74,11 @@ def main(argv: list[str]) -> int:
         source = open_source(resolve(args.source), fps, max_frames=args.max_frames)
     if args.save:
         source = _Recorder(source, captured)
+    from ..data.world import INSTRUCTION
+
     engine = StreamEngine(model, tokenizer)
     session = engine.reset(threshold=args.threshold)
+    session.add_query(INSTRUCTION, at=0.0, answer=False)  # the narration request, as in the training records
     if question:
         session.add_query(question[0], at=question[1])
     pipeline = Pipeline(session, source, realtime=not args.fast)

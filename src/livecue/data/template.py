@@ -108,9 +108,13 @@ class Template:
         """What the engine feeds first: ``<bos>SYS\\n\\n[`` (an empty system prompt still gets bos)."""
         return self.system(system_prompt) + STREAM_PROMPT
 
+    def user_turn(self, text: str, *, in_stream: bool = True) -> str:
+        """Close the open stream (if any) and add a user turn: ``]\\nUser: text``."""
+        return (STREAM_CLOSE if in_stream else "") + USER_PREFIX + text
+
     def query_prompt(self, query: str, *, in_stream: bool = True) -> str:
         """Close the open stream (if any), ask, and open the assistant turn: ``]\\nUser: q\\nAssistant:``."""
-        return (STREAM_CLOSE if in_stream else "") + USER_PREFIX + query + GENERATION_PROMPT
+        return self.user_turn(query, in_stream=in_stream) + GENERATION_PROMPT
 
     # ---- rendering ------------------------------------------------------------------------------------------------
     def render(self, messages: Iterable[dict[str, Any]], *, add_generation_prompt: bool = False,

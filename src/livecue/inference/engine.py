@@ -57,6 +57,7 @@ def to_frame_tensor(frame: Any) -> torch.Tensor:
 class _Query:
     t: float
     text: str
+    answer: bool = True  # False: an instruction the model reads and then keeps watching (no reply turn)
 
 
 class StreamSession:
@@ -91,12 +92,16 @@ class StreamSession:
         self._sink: int | None = None
 
     # ---- public -----------------------------------------------------------------------------------------------------
-    def add_query(self, text: str, at: float | None = None) -> None:
-        """Queue a user query at stream time ``at`` (default: now, i.e. the last frame's time)."""
+    def add_query(self, text: str, at: float | None = None, *, answer: bool = True) -> None:
+        """Queue a user message at stream time ``at`` (default: now, i.e. the last frame's time).
+
+        With ``answer=False`` it is an instruction (e.g. "Narrate what happens..."): the model reads it and keeps
+        watching, as in training records where a user turn is followed by frames, not by a reply.
+        """
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"a query must be a non-empty string, got {text!r}")
         at = max(self.t, 0.0) if at is None else float(at)
-        items = sorted([*self.queries, _Query(at, text.strip())], key=lambda q: q.t)
+        items = sorted([*self.queries, _Query(at, text.strip(), answer)], key=lambda q: q.t)
         self.queries = collections.deque(items)
 
     def push_frame(self, frame: Any, t: float) -> list[Event]:
@@ -113,13 +118,13 @@ class StreamSession:
         events: list[Event] = []
         while self.queries and self.queries[0].t < t:  # asked between the previous frame and this one
             query = self.queries.popleft()
-            events.append(self._answer(query, max(query.t, self.t)))
+            events += self._handle(query, max(query.t, self.t))
         self._feed_frame(features)
         self.t = t
         self.frames += 1
         if self.queries and self.queries[0].t <= t:
             while self.queries and self.queries[0].t <= t:
-                events.append(self._answer(self.queries.popleft(), t))
+                events += self._handle(self.queries.popleft(), t)
         else:
             d = decide(self._last_logits, self.engine.markers.silence, self.threshold)
             if not d.speak:
@@ -139,7 +144,7 @@ class StreamSession:
         """Answer the queries still waiting (the stream has ended)."""
         while self.queries:
             query = self.queries.popleft()
-            yield self._answer(query, max(query.t, self.t))
+            yield from self._handle(query, max(query.t, self.t))
 
     @property
     def context_length(self) -> int:
@@ -157,6 +162,14 @@ class StreamSession:
             self._sink = self.context_length + len(ids) - len(self.engine.frame_ids)
         self._forward(ids, features[None])
         self._in_stream, self._after_frame = True, True
+
+    def _handle(self, query: _Query, t: float) -> list[Event]:
+        if query.answer:
+            return [self._answer(query, t)]
+        # an instruction: close the stream, add the user turn; the next frame reopens the stream ("\n[")
+        self._pending_text += self.engine.template.user_turn(query.text, in_stream=self._in_stream)
+        self._in_stream = self._after_frame = False
+        return []
 
     def _answer(self, query: _Query, t: float) -> Answer:
         start = time.perf_counter()
@@ -244,8 +257,8 @@ class StreamEngine:
             self.reset()
         return self._default
 
-    def add_query(self, text: str, at: float | None = None) -> None:
-        self.default.add_query(text, at)
+    def add_query(self, text: str, at: float | None = None, *, answer: bool = True) -> None:
+        self.default.add_query(text, at, answer=answer)
 
     def push_frame(self, frame: Any, t: float) -> list[Event]:
         return self.default.push_frame(frame, t)

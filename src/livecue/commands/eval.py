@@ -1,0 +1,191 @@
+"""``livecue eval --model M --data D --task T``: the paper's metrics, free-running evaluation, θ calibration.
+
+Prints a table, writes ``OUT/eval-<task>.json`` (means, per-sample results, notes, calibration) and PNG plots:
+``narration`` → ``OUT/narration-timing.png``; ``free`` → ``OUT/free-timeline.png``; ``lta`` → ``OUT/lta-ed.png``;
+``--calibrate`` → ``OUT/calibration.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ._common import add_model_argument, parser, split_overrides
+
+TASKS = ("narration", "free", "coin-step", "coin-next", "coin-task", "coin-procedure", "coin-taskprocedure", "lta")
+
+
+def build_parser():
+    p = parser("eval", "Evaluate a LIVE model on streaming-dialogue records: teacher-forced narration metrics "
+                       "(SPEC §7), free-running streaming, COIN, Ego4D LTA; calibrate the speak threshold θ.")
+    add_model_argument(p)
+    p.add_argument("--data", required=True, help="records JSONL (videos resolved relative to it)")
+    p.add_argument("--task", choices=TASKS, default="narration", help="default: %(default)s")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="θ: silent iff p(silence) ≥ θ (default: the model's stream.threshold)")
+    p.add_argument("--batch-size", type=int, default=1, help="records per teacher-forced forward (narration)")
+    p.add_argument("--max-samples", type=int, default=None, help="evaluate only the first N records")
+    p.add_argument("--out", default="eval_results", help="output directory (default: %(default)s)")
+    p.add_argument("--feature-cache", default=None, help="read frame features from a 'livecue encode' cache")
+    p.add_argument("--tolerance", type=int, default=1, help="free-running speak-timing tolerance in frames (±)")
+    p.add_argument("--no-similarity", action="store_true", help="skip the all-MiniLM-L6-v2 similarity (free)")
+    p.add_argument("--calibrate", action="store_true", help="sweep θ (narration/free) and recommend one")
+    p.add_argument("--grid", default=None, help="θ values for --calibrate, comma-separated (default 0.05..0.95)")
+    p.add_argument("--free-samples", type=int, default=8,
+                   help="records for the free-running part of --calibrate (one run per θ each; 0 skips it)")
+    p.add_argument("--save-threshold", action="store_true",
+                   help="write the recommended θ into the checkpoint's livecue_config.json (needs --calibrate)")
+    p.add_argument("--max-new-tokens", type=int, default=512, help="generation cap for COIN/LTA answers")
+    p.add_argument("--beams", type=int, default=5, help="LTA: K beams (returned sequences)")
+    p.add_argument("--z", type=int, default=20, help="LTA: horizon Z")
+    p.add_argument("--categories", default=None, help="COIN category list (JSON list or one per line)")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    argv, overrides = split_overrides(argv)
+    args = build_parser().parse_args(argv)
+    _check_args(args)
+
+    from ..model.load import load_model
+
+    model, tok = load_model(args.model, device=args.device, dtype=args.dtype, overrides=overrides or None)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"task": args.task, "model": str(args.model), "data": str(args.data), "notes": []}
+    plots: list[tuple[str, Any]] = []
+    if args.task in ("narration", "free"):
+        metrics = _stream_task(args, model, tok, report, plots)
+    else:
+        metrics = _benchmark_task(args, model, tok, report, plots)
+    report["metrics"] = metrics
+    written = []
+    for name, draw in plots:
+        try:
+            written.append(str(draw(out / name)))
+        except ImportError as e:
+            report["notes"].append(f"plot {name} skipped: {e}")
+    report["plots"] = written
+    path = out / f"eval-{args.task}.json"
+    path.write_text(json.dumps(report, indent=1, ensure_ascii=False, default=_jsonable))
+    print(format_table(f"livecue eval: {args.task} ({len(report.get('samples', []))} samples)", metrics))
+    if "calibration" in report:
+        cal = report["calibration"]
+        print(f"recommended θ = {cal['recommended']:.2f} (current {cal['current']:.3f}; rule: {cal['rule']})")
+        if cal.get("saved_to"):
+            print(f"saved θ to {cal['saved_to']}")
+    for note in report["notes"]:
+        print(f"note: {note}")
+    print(f"wrote {path}" + (f" and {len(written)} plot(s)" if written else ""))
+    return 0
+
+
+def _check_args(args: Any) -> None:
+    if args.threshold is not None and not 0 <= args.threshold <= 1:
+        raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.max_samples is not None and args.max_samples < 1:
+        raise ValueError(f"--max-samples must be >= 1, got {args.max_samples}")
+    if args.calibrate and args.task not in ("narration", "free"):
+        raise ValueError(f"--calibrate sweeps the speak threshold: it applies to narration and free, not {args.task}")
+    if args.save_threshold and not args.calibrate:
+        raise ValueError("--save-threshold writes the recommended θ: add --calibrate")
+    if not Path(args.data).is_file():
+        raise FileNotFoundError(f"records file not found: {args.data!r}")
+
+
+def _grid(text: str | None) -> tuple[float, ...]:
+    from ..eval.calibrate import DEFAULT_GRID
+
+    if not text:
+        return DEFAULT_GRID
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"--grid must be comma-separated numbers, got {text!r}") from None
+
+
+def _progress(n: int, total: int) -> None:
+    if sys.stderr.isatty():
+        print(f"\r  {n}/{total}", end="\n" if n == total else "", file=sys.stderr, flush=True)
+
+
+def _stream_task(args: Any, model: Any, tok: Any, report: dict[str, Any], plots: list) -> dict[str, Any]:
+    from ..eval import calibrate as cal_mod
+    from ..eval import plots as plot_mod
+    from ..eval.narration import make_dataset, narration_metrics, score_records
+
+    theta = model.cfg.stream.threshold if args.threshold is None else args.threshold
+    report["threshold"] = theta
+    grid = _grid(args.grid) if args.calibrate else ()
+    scores = None
+    if args.task == "narration" or args.calibrate:
+        dataset = make_dataset(model, tok, args.data, max_samples=args.max_samples, feature_cache=args.feature_cache)
+        scores = score_records(model, tok, dataset, [theta, *grid], batch_size=args.batch_size, progress=_progress)
+    if args.task == "narration":
+        result = narration_metrics(scores, theta)
+        report["samples"] = result.samples
+        metrics = dict(result.means)
+        diffs = [d for s in result.samples for d in s["diffs"]]
+        fps = float(dataset.records[0]["fps"])
+        plots.append(("narration-timing.png", lambda p: plot_mod.plot_frame_diffs(diffs, fps, p)))
+    else:
+        from ..eval.free import evaluate_free
+
+        free = evaluate_free(model, tok, args.data, threshold=theta, tolerance=args.tolerance,
+                             max_samples=args.max_samples, feature_cache=args.feature_cache,
+                             similarity=not args.no_similarity, progress=_progress)
+        report["samples"] = free.samples
+        report["notes"] += free.notes
+        metrics = dict(free.means, tolerance_frames=args.tolerance)
+        plots.append(("free-timeline.png", lambda p: plot_mod.plot_timelines(free.samples, p)))
+    if args.calibrate:
+        cal = cal_mod.calibrate(model, tok, args.data, grid=grid, max_samples=args.max_samples,
+                                free_samples=args.free_samples, tolerance=args.tolerance,
+                                feature_cache=args.feature_cache, scores=scores)
+        report["calibration"] = {"rows": cal.rows, "recommended": cal.recommended, "current": cal.current,
+                                 "rule": cal.rule}
+        metrics["recommended_threshold"] = cal.recommended
+        plots.append(("calibration.png", lambda p: plot_mod.plot_calibration(cal.rows, cal.recommended, p)))
+        if args.save_threshold:
+            report["calibration"]["saved_to"] = str(cal_mod.save_threshold(args.model, cal.recommended))
+    return metrics
+
+
+def _benchmark_task(args: Any, model: Any, tok: Any, report: dict[str, Any], plots: list) -> dict[str, Any]:
+    from ..eval import plots as plot_mod
+    from ..eval.benchmarks import evaluate_coin, evaluate_lta, read_list
+
+    if args.task == "lta":
+        res = evaluate_lta(model, tok, args.data, beams=args.beams, z=args.z, max_new_tokens=args.max_new_tokens,
+                           max_samples=args.max_samples, feature_cache=args.feature_cache, progress=_progress)
+        report["curves"] = res.curves
+        plots.append(("lta-ed.png", lambda p: plot_mod.plot_ed_curves(res.curves, p)))
+    else:
+        cats = read_list(args.categories) if args.categories else None
+        res = evaluate_coin(model, tok, args.data, args.task, categories=cats, max_new_tokens=args.max_new_tokens,
+                            max_samples=args.max_samples, feature_cache=args.feature_cache, progress=_progress)
+    report["samples"] = res.samples
+    report["notes"] += res.notes
+    return dict(res.means)
+
+
+def format_table(title: str, metrics: dict[str, Any]) -> str:
+    """A two-column text table of metric -> value."""
+    rows = [(k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in metrics.items()]
+    width = max([len(k) for k, _ in rows] + [6])
+    vwidth = max([len(v) for _, v in rows] + [5])
+    line = "-" * (width + vwidth + 3)
+    body = "\n".join(f"{k:<{width}}   {v:>{vwidth}}" for k, v in rows)
+    return f"{title}\n{line}\n{'metric':<{width}}   {'value':>{vwidth}}\n{line}\n{body}\n{line}"
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, tuple):
+        return list(value)
+    return str(value)
