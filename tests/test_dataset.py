@@ -143,3 +143,12 @@ def test_encode_errors(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert cli.main(["encode", str(tmp_path / "empty"), "--out", str(tmp_path / "c")]) == 1
     assert "no video files" in capsys.readouterr().err
+
+
+def test_default_system_prompt_is_prepended(world, parts):
+    _, tok, tpl = parts
+    plain = StreamDataset(world / "train.jsonl", tok, tpl)
+    with_sys = StreamDataset(world / "train.jsonl", tok, tpl, system_prompt="You narrate.")
+    assert with_sys.messages(0)[0] == {"role": "system", "content": "You narrate."}
+    text = tok.decode(with_sys[0].input_ids)
+    assert text.startswith("<|bos|>You narrate.\n\n[") and not tok.decode(plain[0].input_ids).startswith("<|bos|>")

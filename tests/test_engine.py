@@ -209,3 +209,15 @@ def test_instruction_without_answer_matches_training_text(engine):
                            {"role": "user", "content": "Narrate what happens."},
                            {"role": "stream", "num_frames": 2}]).text
     assert tok.decode(s.history) == expected[:-1]  # the open stream has no closing "]" yet
+
+
+def test_on_token_streams_every_reply_token(engine):
+    seen = []
+    s = engine.session(SYS, threshold=1.0, max_reply_tokens=3,
+                       on_token=lambda kind, t, ids, query: seen.append((kind, t, list(ids), query)))
+    s.add_query("Now?", at=0.2)
+    events = run(s, features(engine, 2))
+    reply, answer, reply2 = events
+    assert [x for x in seen if x[0] == "reply"][:3] == [("reply", 0.0, reply.token_ids[:k], None) for k in (1, 2, 3)]
+    assert [x[2] for x in seen if x[0] == "answer"] == [answer.token_ids[:k] for k in (1, 2, 3)]
+    assert all(x[3] == "Now?" for x in seen if x[0] == "answer")

@@ -243,3 +243,21 @@ def test_labelled_logits_only_gives_the_same_loss(lm):
     part = model(ids, frame_features=feats, labels=labels, attention_mask=mask, labelled_logits_only=True)
     assert part.logits.shape[1] == int((labels != IGNORE).any(0).sum()) < length
     assert part.loss.item() == pytest.approx(full.loss.item(), rel=1e-5)
+
+
+def test_merge_keeps_tied_embeddings_intact(tmp_path):
+    from livecue.model.lora import apply_lora, merge_lora
+
+    model, tok = build(**{"lm.random_init.tie_word_embeddings": True})
+    assert model.lm.lm_head.weight.data_ptr() == model.lm.get_input_embeddings().weight.data_ptr()
+    apply_lora(model)
+    with torch.no_grad():
+        for name, p in model.lm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.1)
+    ids = torch.tensor([[tok.bos_token_id, 5, 6, 7]])
+    before = model(ids).logits
+    table = model.lm.get_input_embeddings().weight.clone()
+    merge_lora(model)
+    torch.testing.assert_close(model.lm.get_input_embeddings().weight, table)  # the embedding table is untouched
+    torch.testing.assert_close(model(ids).logits, before, atol=1e-4, rtol=1e-4)

@@ -93,11 +93,13 @@ class StreamDataset(torch.utils.data.Dataset):
         frames: a frame provider (default: :class:`VideoFrames` relative to the JSONL file's directory).
         max_num_frames: truncate each record at the first stream exceeding this many frames.
         markers: marker ids (default: read from the tokenizer with the template's placeholder and interval).
+        system_prompt: put this system message first in records that have none (as the engine does at inference:
+            a model must see the same prefix in training and in streaming).
     """
 
     def __init__(self, records: str | Path | Sequence[dict[str, Any]], tokenizer: Any, template: Template, *,
                  frames: FrameProvider | None = None, max_num_frames: int | None = None,
-                 markers: Markers | None = None) -> None:
+                 markers: Markers | None = None, system_prompt: str | None = None) -> None:
         root = None
         if isinstance(records, (str, Path)):
             root = Path(records).parent
@@ -107,13 +109,20 @@ class StreamDataset(torch.utils.data.Dataset):
         self.template = template
         self.markers = markers or Markers.from_tokenizer(tokenizer, template.v_placeholder, template.frame_interval)
         self.frames = frames if frames is not None else VideoFrames(root)
+        self.system_prompt = system_prompt
+
+    def messages(self, index: int) -> list[dict[str, Any]]:
+        """The record's messages as the template renders them (with the default system prompt if it has none)."""
+        msgs = template_messages(self.records[index])
+        if self.system_prompt is not None and (not msgs or msgs[0]["role"] != "system"):
+            msgs = [{"role": "system", "content": self.system_prompt}] + msgs
+        return msgs
 
     def __len__(self) -> int:
         return len(self.records)
 
     def tokenize(self, index: int):
-        record = self.records[index]
-        rendered = self.template.render(template_messages(record))
+        rendered = self.template.render(self.messages(index))
         return tokenize_conversation(rendered, self.tokenizer, self.markers, self.template)
 
     def __getitem__(self, index: int) -> Sample:

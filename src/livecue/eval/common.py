@@ -77,6 +77,8 @@ def generate(model: Any, tokenizer: Any, template: Any, prompt: list[dict[str, A
 
     Shape: features (F, K, D_vision) for the prompt's F frames.
     """
+    if not prompt or prompt[0]["role"] != "system":  # the same prefix as in training and streaming
+        prompt = [{"role": "system", "content": model.cfg.stream.system_prompt}] + list(prompt)
     text = template.render(prompt, add_generation_prompt=True).text
     ids = torch.tensor([tokenizer(text, add_special_tokens=False).input_ids], device=model.device)
     frame_embeds = model.project(features) if features.shape[0] else None

@@ -172,4 +172,5 @@ def make_dataset(model: Any, tokenizer: Any, data: str | Path | Sequence[dict[st
     records = load_records(data, max_samples)
     provider = frames or frame_provider(model, data if isinstance(data, (str, Path)) else None, feature_cache)
     return StreamDataset(records, tokenizer, Template.from_config(model.cfg, tokenizer), frames=provider,
-                         max_num_frames=model.cfg.stream.max_num_frames)
+                         max_num_frames=model.cfg.stream.max_num_frames,
+                         system_prompt=model.cfg.stream.system_prompt)

@@ -24,7 +24,7 @@ import collections
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ import torch
 from ..data.labels import Markers
 from ..data.template import GENERATION_PROMPT, STREAM_GENERATION_PROMPT, STREAM_PROMPT, Template
 from ..model import lm as lm_api
+from ..model.attention import use_stream_attention
 from ..model.live import LiveModel
 from .decide import SamplingConfig, decide, next_token
 from .events import Answer, Event, Reply, Silence
@@ -53,6 +54,10 @@ def to_frame_tensor(frame: Any) -> torch.Tensor:
     raise TypeError(f"a frame must have 3 colour channels, got shape {tuple(x.shape)}")
 
 
+# on_token(kind: "reply" | "answer", t: stream time, ids: the reply's ids so far, query: the question or None)
+TokenCallback = Callable[[str, float, list[int], "str | None"], None]
+
+
 @dataclass
 class _Query:
     t: float
@@ -65,7 +70,8 @@ class StreamSession:
 
     def __init__(self, engine: "StreamEngine", system_prompt: str | None = None, threshold: float | None = None,
                  sampling: SamplingConfig | None = None, max_reply_tokens: int | None = None, seed: int = 0,
-                 record: bool = False, memory: MemoryPolicy | None = None) -> None:
+                 record: bool = False, memory: MemoryPolicy | None = None,
+                 on_token: TokenCallback | None = None) -> None:
         cfg = engine.model.cfg.stream
         self.engine = engine
         self.system_prompt = cfg.system_prompt if system_prompt is None else system_prompt
@@ -90,6 +96,7 @@ class StreamSession:
         self.units: list[tuple[int, int]] = []  # cache spans of each frame step (with its reply); before: the sink
         self.evicted_tokens = 0
         self._sink: int | None = None
+        self.on_token = on_token  # called after every decoded reply/answer token (servers stream them)
 
     # ---- public -----------------------------------------------------------------------------------------------------
     def add_query(self, text: str, at: float | None = None, *, answer: bool = True) -> None:
@@ -131,7 +138,7 @@ class StreamSession:
                 events.append(Silence(t=t, p_silence=d.p_silence, frame=self.frames - 1))
             else:
                 began = time.perf_counter()
-                ids, truncated = self._generate(STREAM_GENERATION_PROMPT)
+                ids, truncated = self._generate(STREAM_GENERATION_PROMPT, ("reply", t, None))
                 self.replies += 1
                 events.append(Reply(t=t, text=self.engine.decode(ids), token_ids=ids,
                                     latency=time.perf_counter() - began, p_silence=d.p_silence,
@@ -174,11 +181,11 @@ class StreamSession:
     def _answer(self, query: _Query, t: float) -> Answer:
         start = time.perf_counter()
         prompt = self.engine.template.query_prompt(query.text, in_stream=self._in_stream)
-        ids, truncated = self._generate(prompt)
+        ids, truncated = self._generate(prompt, ("answer", t, query.text))
         return Answer(t=t, query=query.text, text=self.engine.decode(ids), token_ids=ids,
                       latency=time.perf_counter() - start, query_t=query.t, truncated=truncated)
 
-    def _generate(self, prompt: str) -> tuple[list[int], bool]:
+    def _generate(self, prompt: str, turn: tuple[str, float, str | None]) -> tuple[list[int], bool]:
         """Feed ``pending + prompt``, decode until eos or the cap; leave eos pending. Returns (reply ids, truncated)."""
         self._pending_text += prompt
         self._forward(self._take_pending())
@@ -191,6 +198,8 @@ class StreamSession:
                 truncated = False
                 break
             out.append(token)
+            if self.on_token is not None:
+                self.on_token(turn[0], turn[1], out, turn[2])
             if len(out) < self.max_reply_tokens:
                 self._forward([token])
         # The turn is closed in every case: eos (sampled, or forced at the cap after the last unfed token) is the
@@ -229,6 +238,7 @@ class StreamEngine:
     def __init__(self, model: LiveModel, tokenizer: Any, sampling: SamplingConfig | None = None,
                  memory: MemoryPolicy | None = None) -> None:
         self.model = model
+        use_stream_attention(model.lm)  # exact; frame steps on a long cache without copying grouped KV heads
         self.memory: MemoryPolicy = memory or Unbounded()
         self.tokenizer = tokenizer
         cfg = model.cfg

@@ -102,9 +102,17 @@ def load_adapter(model: LiveModel, directory: str | Path) -> None:
 
 @torch.no_grad()
 def merge_lora(model: LiveModel) -> None:
-    """Fold the adapters into the base weights for inference (no LoRA cost per step); irreversible here."""
+    """Fold the adapters into the base weights for inference (no LoRA cost per step); irreversible here.
+
+    A layer whose weight is shared with the input embeddings (``lm_head`` of a model with tied embeddings, e.g.
+    SmolLM2) stays unmerged: merging would change the embedding table too.
+    """
     from peft.tuners.lora import LoraLayer
 
+    embedding = model.lm.get_input_embeddings().weight
     for module in model.lm.modules():
         if isinstance(module, LoraLayer):
+            base = module.get_base_layer().weight
+            if base.data_ptr() == embedding.data_ptr():
+                continue
             module.merge()

@@ -79,6 +79,7 @@ def make_dataset(cfg: LiveConfig, tok: Any, path: str, limit: int | None = None)
     frames = (FeatureCache(cfg.train.feature_cache) if cfg.train.feature_cache
               else VideoFrames(Path(path).parent, resolution=cfg.vision.resolution))
     return StreamDataset(records, tok, Template.from_config(cfg, tok), frames=frames,
+                         system_prompt=cfg.stream.system_prompt,
                          max_num_frames=cfg.stream.max_num_frames)
 
 
