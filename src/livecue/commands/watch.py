@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-lag", type=float, default=1.0, help="real time: drop frames this far behind (seconds)")
     p.add_argument("--jsonl", default=None, metavar="FILE", help="write every event as JSON lines to FILE")
     p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--server", default=None, metavar="URL", help="send the frames to a remote `livecue serve` "
+                   "(http://HOST:PORT) instead of loading a model here; model and sampling options are the server's")
+    p.add_argument("--token", default=None, help="the server's token (default: $LIVECUE_TOKEN)")
     return p
 
 
@@ -54,6 +57,10 @@ def main(argv: list[str]) -> int:
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}")
     jsonl = _open_jsonl(args.jsonl)
+    if args.server:
+        from .watch_remote import watch_remote
+
+        return watch_remote(args, jsonl)
 
     from ..data.samples import resolve as resolve_sample
     from ..inference.decide import SamplingConfig

@@ -1,0 +1,146 @@
+"""``livecue watch SOURCE --server URL``: feed any source to a remote ``livecue serve`` and print its events.
+
+The model runs on the server; this side only decodes the source and sends JPEG frames. A file or image folder is
+sent with flow control (at most the server's queue size of frames in flight), so no frame is dropped and the run
+goes as fast as the server allows, like local ``watch``; with ``--realtime`` a file is paced to its stream clock.
+Live sources (webcam, RTSP, …) are sent as they are captured and the server drops frames if it falls behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from typing import Any, TextIO
+
+from .watch import _format
+
+
+class _Flow:
+    """Frames in flight: sent but not yet answered by an event at or after their time."""
+
+    def __init__(self, window: int) -> None:
+        self.window = max(1, window)
+        self.sent: list[float] = []
+        self.acked = float("-inf")
+        self.changed = asyncio.Event()
+
+    def ack(self, ev: dict[str, Any]) -> None:
+        if ev.get("type") in ("silence", "reply", "answer", "dropped", "error") and ev.get("t") is not None:
+            self.acked = max(self.acked, float(ev["t"]))
+            self.sent = [t for t in self.sent if t > self.acked]
+            self.changed.set()
+
+    async def wait_room(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.sent) >= self.window and time.monotonic() < deadline:
+            self.changed.clear()
+            try:
+                await asyncio.wait_for(self.changed.wait(), max(0.01, deadline - time.monotonic()))
+            except TimeoutError:
+                break
+
+
+async def _stream(args: argparse.Namespace, jsonl: TextIO | None) -> tuple[dict[str, Any] | None, int, str | None]:
+    from ..client import LiveClient, ServerError
+    from ..data.samples import resolve as resolve_sample
+    from ..inference.sources import open_source
+
+    client = LiveClient(args.server, token=args.token or os.environ.get("LIVECUE_TOKEN"))
+    await client.connect()
+    failure: str | None = None
+    sent = 0
+    try:
+        try:
+            ready = await client.open(threshold=args.threshold, system_prompt=args.system, fps=args.fps,
+                                      max_reply_tokens=args.max_reply_tokens)
+        except ServerError as e:
+            raise ValueError(f"the server refused the session: {e}") from None
+        fps = float(ready["fps"])
+        source = open_source(resolve_sample(args.source), fps, max_frames=args.max_frames)
+        live = bool(getattr(source, "live", False))
+        print(f"watching {getattr(source, 'name', args.source)} at {fps:g} fps with {ready['model']} on {client.url} "
+              f"(session {ready['session']}, θ = {ready['threshold']:g})"
+              f"{' in real time' if args.realtime or live else ''}", flush=True)
+        for i, text in enumerate(args.query):
+            await client.ask(text, at=args.at[i] if i < len(args.at) else 0.0)
+        flow = _Flow(int(ready.get("queue_size", 4)))
+
+        async def send() -> None:
+            nonlocal sent, failure
+            frames = iter(source)
+            start = time.monotonic()
+            try:
+                while (item := await asyncio.to_thread(next, frames, None)) is not None:
+                    t, frame = item
+                    if args.realtime and not live:
+                        await asyncio.sleep(max(0.0, start + float(t) - time.monotonic()))
+                    elif not live:
+                        await flow.wait_room()
+                    flow.sent.append(float(t))
+                    await client.send_frame(frame, float(t))
+                    sent += 1
+            except (ValueError, OSError) as e:  # the source failed mid-stream: close what was sent
+                failure = str(e)
+            finally:
+                source.close()
+                with contextlib.suppress(Exception):  # the server may already be gone
+                    await client.close()
+
+        sender = asyncio.create_task(send())
+        async for ev in client:
+            flow.ack(ev)
+            if jsonl is not None and ev["type"] not in ("reply_delta", "ready"):
+                jsonl.write(_jsonl_line(ev))
+            line = _format(_Event(ev))
+            if line:
+                print(line, flush=True)
+            if ev["type"] == "closed":
+                break
+        await sender
+    finally:
+        await client.disconnect()
+    return client.closed, sent, failure
+
+
+class _Event:
+    """Attribute access to an event dict, for :func:`livecue.commands.watch._format`."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.__dict__.update(data)
+        self.type = data.get("type")
+        self.t = data.get("t") or 0.0
+
+
+def _jsonl_line(ev: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(ev, ensure_ascii=False) + "\n"
+
+
+def watch_remote(args: argparse.Namespace, jsonl: TextIO | None) -> int:
+    """Run ``livecue watch --server``; returns the exit code."""
+    start = time.perf_counter()
+    interrupted = False
+    closed, sent, failure = None, 0, None
+    try:
+        closed, sent, failure = asyncio.run(_stream(args, jsonl))
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        if jsonl is not None:
+            jsonl.close()
+    wall = time.perf_counter() - start
+    s = closed or {}
+    frames = s.get("frames", 0)
+    print(f"{'interrupted: ' if interrupted else ''}{sent} frames sent, {frames} watched "
+          f"({s.get('last_t', 0.0):.1f} s of stream) in {wall:.1f} s: {frames / wall if wall else 0:.1f} FPS, "
+          f"{s.get('replies', 0)} replies, {s.get('answers', 0)} answers, {s.get('dropped', 0)} dropped"
+          + (f"; events in {args.jsonl}" if args.jsonl else ""), flush=True)
+    if failure is not None:
+        print(f"livecue watch: error: {failure}", file=sys.stderr)
+        return 1
+    return 130 if interrupted else 0

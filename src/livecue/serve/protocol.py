@@ -1,0 +1,286 @@
+"""The livecue WebSocket protocol: client messages, server events, limits (docs/protocol.md is the reference).
+
+Client → server, on ``/ws``:
+
+* text messages are JSON objects with a ``type``: ``open``, ``frame`` (base64 image), ``query``, ``update``,
+  ``ping``, ``close``;
+* binary messages are frames: an 8-byte little-endian float64 stream time ``t`` followed by the JPEG or PNG bytes.
+
+Server → client: JSON text messages (events), each with ``type`` and ``t`` (stream seconds, or null): ``ready``,
+``silence``, ``reply_delta``, ``reply``, ``answer``, ``dropped``, ``updated``, ``pong``, ``error``, ``closed``.
+
+Everything here is pure (no I/O): parsing raises :class:`ProtocolError` with a machine-readable ``code`` and a
+one-line human message; the server answers it with an ``error`` event and the session goes on.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import struct
+from dataclasses import asdict, dataclass
+from typing import Any
+
+PROTOCOL_VERSION = 1
+FRAME_HEADER = struct.Struct("<d")  # stream time t, float64 little-endian, before the image bytes
+MESSAGE_TYPES = ("open", "frame", "query", "update", "ping", "close")
+
+
+class ProtocolError(ValueError):
+    """A message the server cannot accept: answered with an ``error`` event (the session survives)."""
+
+    def __init__(self, code: str, message: str, t: float | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.t = t  # the stream time of the frame concerned, if any
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one connection may send; anything over a limit is answered with an ``error`` event.
+
+    Attributes:
+        max_message_bytes: largest WebSocket message of any kind (a base64 JSON frame included).
+        max_frame_bytes: largest encoded image (JPEG/PNG bytes) in a frame.
+        max_pixels: largest decoded frame, width × height.
+        max_rate: sustained messages per second per connection (token bucket) ...
+        max_burst: ... with this many messages of burst.
+        max_text_chars: longest query text.
+        max_system_chars: longest system prompt.
+        max_reply_tokens: the largest reply cap a client may ask for.
+        max_fps: the highest stream fps a client may ask for.
+        queue_size: frames waiting per session; when full the oldest is dropped (and a ``dropped`` event says so).
+        max_session_frames: frames one session may stream before it is closed (None: unlimited).
+    """
+
+    max_message_bytes: int = 3 * 2**20
+    max_frame_bytes: int = 2 * 2**20
+    max_pixels: int = 1920 * 1080
+    max_rate: float = 50.0
+    max_burst: int = 100
+    max_text_chars: int = 2000
+    max_system_chars: int = 8000
+    max_reply_tokens: int = 512
+    max_fps: float = 30.0
+    queue_size: int = 4
+    max_session_frames: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_message_bytes", "max_frame_bytes", "max_pixels", "max_burst", "max_text_chars",
+                     "max_system_chars", "max_reply_tokens", "queue_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"Limits.{name} must be a positive integer, got {value!r}")
+        if not self.max_rate > 0 or not self.max_fps > 0:
+            raise ValueError(f"Limits.max_rate and max_fps must be > 0, got {self.max_rate}, {self.max_fps}")
+        if self.max_session_frames is not None and self.max_session_frames < 1:
+            raise ValueError(f"Limits.max_session_frames must be >= 1 or None, got {self.max_session_frames}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---- client messages -----------------------------------------------------------------------------------------------
+@dataclass
+class Open:
+    """Start the stream. Every field is optional (null: the server's default)."""
+
+    threshold: float | None = None
+    system_prompt: str | None = None
+    fps: float | None = None
+    max_reply_tokens: int | None = None
+    silence: bool = True  # send a ``silence`` event for every silent frame
+
+
+@dataclass
+class Frame:
+    """One image at stream time ``t`` (encoded bytes; decoded by the server)."""
+
+    t: float
+    data: bytes
+
+
+@dataclass
+class Query:
+    """A user question at stream time ``at`` (None: now, the last frame's time). With ``answer=False`` it is an
+    instruction ("Narrate what happens"): the model reads it and keeps watching, with no answer turn."""
+
+    text: str
+    at: float | None = None
+    answer: bool = True
+
+
+@dataclass
+class Update:
+    """Change the live session: θ."""
+
+    threshold: float
+
+
+@dataclass
+class Ping:
+    id: Any = None
+
+
+@dataclass
+class Close:
+    """End the stream gracefully: waiting frames are watched, pending queries answered, then ``closed``."""
+
+
+Message = Open | Frame | Query | Update | Ping | Close
+_FIELDS: dict[str, tuple[str, ...]] = {
+    "open": ("threshold", "system_prompt", "fps", "max_reply_tokens", "silence"),
+    "frame": ("t", "data"),
+    "query": ("text", "at", "answer"),
+    "update": ("threshold",),
+    "ping": ("id",),
+    "close": (),
+}
+
+
+def parse_binary(data: bytes, limits: Limits) -> Frame:
+    """A binary frame message: 8-byte LE float64 ``t`` + image bytes."""
+    if len(data) <= FRAME_HEADER.size:
+        raise ProtocolError("bad_message", f"a binary frame needs an 8-byte float64 time and image bytes, got "
+                                           f"{len(data)} bytes")
+    (t,) = FRAME_HEADER.unpack_from(data)
+    return Frame(t=_time(t, "frame t"), data=_image_bytes(data[FRAME_HEADER.size:], limits))
+
+
+def parse_text(text: str, limits: Limits) -> Message:
+    """A JSON message; raises :class:`ProtocolError` naming what is wrong."""
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise ProtocolError("bad_message", f"not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("bad_message", f"a message must be a JSON object, got {type(obj).__name__}")
+    kind = obj.get("type")
+    if kind not in _FIELDS:
+        raise ProtocolError("bad_message", f"unknown message type {kind!r}; expected one of {', '.join(MESSAGE_TYPES)}")
+    unknown = sorted(set(obj) - set(_FIELDS[kind]) - {"type"})
+    if unknown:
+        raise ProtocolError("bad_message", f"unknown field(s) {', '.join(map(repr, unknown))} in {kind!r}; allowed: "
+                                           f"{', '.join(_FIELDS[kind]) or 'none'}")
+    if kind == "open":
+        return _open(obj, limits)
+    if kind == "frame":
+        return _json_frame(obj, limits)
+    if kind == "query":
+        qtext = obj.get("text")
+        if not isinstance(qtext, str) or not qtext.strip():
+            raise ProtocolError("bad_message", f"query text must be a non-empty string, got {qtext!r}")
+        if len(qtext) > limits.max_text_chars:
+            raise ProtocolError("too_large", f"query text has {len(qtext)} characters; the limit is "
+                                             f"{limits.max_text_chars}")
+        at = obj.get("at")
+        answer = obj.get("answer", True)
+        if not isinstance(answer, bool):
+            raise ProtocolError("bad_message", f"query answer must be true or false, got {answer!r}")
+        return Query(text=qtext.strip(), at=None if at is None else _time(at, "query at"), answer=answer)
+    if kind == "update":
+        return Update(threshold=_threshold(obj.get("threshold"), required=True))
+    if kind == "ping":
+        return Ping(id=obj.get("id"))
+    return Close()
+
+
+def _open(obj: dict[str, Any], limits: Limits) -> Open:
+    system = obj.get("system_prompt")
+    if system is not None and not isinstance(system, str):
+        raise ProtocolError("bad_message", f"system_prompt must be a string, got {type(system).__name__}")
+    if system is not None and len(system) > limits.max_system_chars:
+        raise ProtocolError("too_large", f"system_prompt has {len(system)} characters; the limit is "
+                                         f"{limits.max_system_chars}")
+    fps = obj.get("fps")
+    if fps is not None and (not _is_number(fps) or not 0 < fps <= limits.max_fps):
+        raise ProtocolError("bad_message", f"fps must be a number in (0, {limits.max_fps:g}], got {fps!r}")
+    cap = obj.get("max_reply_tokens")
+    valid_cap = isinstance(cap, int) and not isinstance(cap, bool) and 1 <= cap <= limits.max_reply_tokens
+    if cap is not None and not valid_cap:
+        raise ProtocolError("bad_message", f"max_reply_tokens must be an integer in [1, {limits.max_reply_tokens}], "
+                                           f"got {cap!r}")
+    silence = obj.get("silence", True)
+    if not isinstance(silence, bool):
+        raise ProtocolError("bad_message", f"silence must be true or false, got {silence!r}")
+    return Open(threshold=_threshold(obj.get("threshold")), system_prompt=system,
+                fps=None if fps is None else float(fps), max_reply_tokens=cap, silence=silence)
+
+
+def _json_frame(obj: dict[str, Any], limits: Limits) -> Frame:
+    data = obj.get("data")
+    if not isinstance(data, str) or not data:
+        raise ProtocolError("bad_message", "a JSON frame needs 'data': the base64 JPEG/PNG bytes")
+    if data.startswith("data:"):  # a data URL, as canvas.toDataURL() gives
+        data = data.partition(",")[2]
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ProtocolError("bad_message", f"frame data is not valid base64: {e}") from None
+    return Frame(t=_time(obj.get("t"), "frame t"), data=_image_bytes(raw, limits))
+
+
+def _image_bytes(data: bytes, limits: Limits) -> bytes:
+    if len(data) > limits.max_frame_bytes:
+        raise ProtocolError("too_large", f"frame image is {len(data)} bytes; the limit is {limits.max_frame_bytes}")
+    return bytes(data)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _time(x: Any, what: str) -> float:
+    if not _is_number(x) or x < 0:
+        raise ProtocolError("bad_message", f"{what} must be a finite number of seconds >= 0, got {x!r}")
+    return float(x)
+
+
+def _threshold(x: Any, required: bool = False) -> float | None:
+    if x is None and not required:
+        return None
+    if not _is_number(x) or not 0.0 <= x <= 1.0:
+        raise ProtocolError("bad_message", f"threshold must be a number in [0, 1], got {x!r}")
+    return float(x)
+
+
+# ---- client side: building messages ------------------------------------------------------------------------------
+def pack_frame(t: float, image: bytes) -> bytes:
+    """The binary frame message for image bytes at stream time ``t``."""
+    return FRAME_HEADER.pack(float(t)) + bytes(image)
+
+
+def message(kind: str, **fields: Any) -> str:
+    """A JSON client message; fields that are None are left out (the server's defaults apply)."""
+    if kind not in _FIELDS:
+        raise ValueError(f"unknown message type {kind!r}; expected one of {', '.join(MESSAGE_TYPES)}")
+    return json.dumps({"type": kind, **{k: v for k, v in fields.items() if v is not None}}, ensure_ascii=False)
+
+
+# ---- server events -------------------------------------------------------------------------------------------------
+def error_event(code: str, message: str, t: float | None = None, **extra: Any) -> dict[str, Any]:
+    """An ``error`` event: ``code`` for programs, ``message`` for people."""
+    return {"type": "error", "t": t, "code": code, "message": message, **extra}
+
+
+def event(type_: str, t: float | None = None, **fields: Any) -> dict[str, Any]:
+    """Any other server event."""
+    return {"type": type_, "t": None if t is None else round(float(t), 6), **fields}
+
+
+@dataclass
+class SessionStats:
+    """Counters of one session, sent in ``closed`` and listed by ``GET /sessions``."""
+
+    frames: int = 0
+    replies: int = 0
+    answers: int = 0
+    dropped: int = 0
+    errors: int = 0
+    last_t: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,297 @@
+// livecue live page: webcam or local video file -> JPEG frames over the WebSocket protocol (docs/protocol.md)
+// -> replies streamed token by token, shown over the video and on a timeline. Plain JS, no build step.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const el = {
+  status: $("status"), model: $("model"), video: $("video"), caption: $("caption"), placeholder: $("placeholder"),
+  track: $("track"), now: $("now"), spanEnd: $("span-end"), start: $("start"), stop: $("stop"), file: $("file"),
+  threshold: $("threshold"), thresholdValue: $("threshold-value"), fps: $("fps"), token: $("token"),
+  ask: $("ask"), question: $("question"), askButton: $("ask-button"), log: $("log"), latency: $("latency"),
+  canvas: $("canvas"),
+};
+const MAX_SIDE = 640;          // frames are scaled so their long side is at most this many pixels
+const MAX_BUFFERED = 2 << 20;  // skip a frame while this much is still waiting in the socket's send buffer
+const MAX_LOG = 300;
+
+const state = {
+  ws: null, stream: null, timer: null, ready: null, t0: 0, lastT: -1, mode: "webcam", sending: false,
+  sentAt: new Map(), latencies: [], counts: {}, span: 30, caption: {key: null, text: "", timer: null},
+  markers: [],
+};
+
+function setStatus(s, detail) {
+  el.status.dataset.state = s;
+  el.status.textContent = detail ? `${s}: ${detail}` : s;
+}
+
+function count(kind, n = 1) {
+  state.counts[kind] = (state.counts[kind] || 0) + n;
+  const dd = document.querySelector(`[data-count="${kind}"]`);
+  if (dd) dd.textContent = String(state.counts[kind]);
+}
+
+function fmtT(t) { return t === null || t === undefined ? "" : `${Number(t).toFixed(1)}s`; }
+
+function log(type, t, text) {
+  const li = document.createElement("li");
+  li.dataset.type = type;
+  if (t !== null && t !== undefined) li.dataset.t = String(t);
+  const time = document.createElement("time");
+  time.textContent = fmtT(t);
+  li.append(time, document.createTextNode(text));
+  el.log.prepend(li);
+  while (el.log.children.length > MAX_LOG) el.log.lastChild.remove();
+  return li;
+}
+
+function mark(type, t, text) {
+  if (t === null || t === undefined) return;
+  if (t > state.span) { state.span = Math.ceil(t / 30) * 30; relayout(); }
+  const m = document.createElement("div");
+  m.className = `mark ${type}`;
+  m.title = `${fmtT(t)} ${text}`;
+  m.dataset.t = String(t);
+  m.style.left = `${(100 * t) / state.span}%`;
+  el.track.append(m);
+}
+
+function relayout() {
+  el.spanEnd.textContent = `${state.span} s`;
+  for (const m of el.track.children) m.style.left = `${(100 * Number(m.dataset.t)) / state.span}%`;
+}
+
+function showCaption(key, text, query) {
+  const c = state.caption;
+  clearTimeout(c.timer);
+  c.key = key;
+  el.caption.replaceChildren();
+  if (query) {
+    const q = document.createElement("span");
+    q.className = "q";
+    q.textContent = `Q: ${query}`;
+    el.caption.append(q);
+  }
+  el.caption.append(document.createTextNode(text));
+  el.caption.classList.add("show");
+  c.timer = setTimeout(() => el.caption.classList.remove("show"), 5000);
+}
+
+// ---- protocol --------------------------------------------------------------------------------------------------
+function wsUrl() {
+  const token = el.token.value.trim();
+  const proto = location.protocol === "https:" ? "wss:" : "ws:";
+  return `${proto}//${location.host}/ws${token ? `?token=${encodeURIComponent(token)}` : ""}`;
+}
+
+function send(obj) {
+  if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(obj));
+}
+
+function connect() {
+  return new Promise((resolve, reject) => {
+    setStatus("connecting");
+    const ws = new WebSocket(wsUrl());
+    ws.binaryType = "arraybuffer";
+    state.ws = ws;
+    ws.onopen = () => {
+      setStatus("connected");
+      send({type: "open", threshold: Number(el.threshold.value), fps: Number(el.fps.value) || undefined});
+    };
+    ws.onmessage = (msg) => {
+      let ev;
+      try { ev = JSON.parse(msg.data); } catch (e) { return; }
+      if (ev.type === "ready") { state.ready = ev; resolve(ev); }
+      if (ev.type === "error" && !state.ready) reject(new Error(`${ev.code}: ${ev.message}`));
+      onEvent(ev);
+    };
+    ws.onerror = () => setStatus("error", "connection failed");
+    ws.onclose = (e) => {
+      if (state.ws === ws) state.ws = null;
+      if (!state.ready) reject(new Error(e.reason || `connection closed (${e.code})`));
+      setStatus("closed", e.reason || (e.code === 1000 ? "" : `code ${e.code}`));
+      stopCapture();
+    };
+  });
+}
+
+function onEvent(ev) {
+  const t = ev.t;
+  if (state.sentAt.has(t) && ["silence", "reply", "answer", "reply_delta"].includes(ev.type)) {
+    state.latencies.push(performance.now() - state.sentAt.get(t));
+    state.sentAt.delete(t);
+    if (state.latencies.length > 50) state.latencies.shift();
+    const avg = state.latencies.reduce((a, b) => a + b, 0) / state.latencies.length;
+    el.latency.textContent = `${avg.toFixed(0)} ms`;
+  }
+  switch (ev.type) {
+    case "ready":
+      el.model.textContent = `${ev.model} · session ${ev.session} · ${ev.fps} fps`;
+      el.fps.value = ev.fps;
+      el.threshold.value = ev.threshold;
+      el.thresholdValue.textContent = Number(ev.threshold).toFixed(3);
+      log("ready", null, `session ${ev.session} opened (θ = ${ev.threshold}, ${ev.fps} fps)`);
+      break;
+    case "silence":
+      count("silence");
+      break;
+    case "reply_delta": {
+      const key = `${ev.kind}@${t}@${ev.query || ""}`;
+      const text = (state.caption.key === key ? state.caption.text : "") + ev.text;
+      state.caption.text = text;
+      showCaption(key, text, ev.query);
+      break;
+    }
+    case "reply":
+    case "answer":
+      count(ev.type);
+      state.caption.text = ev.text;
+      showCaption(`${ev.type}@${t}@${ev.query || ""}`, ev.text, ev.query);
+      log(ev.type, t, ev.type === "answer" ? `Q: ${ev.query} — A: ${ev.text}` : ev.text);
+      mark(ev.type, t, ev.text);
+      break;
+    case "dropped":
+      count("dropped", ev.count);
+      log("dropped", t, `${ev.count} frame(s) dropped: ${ev.reason}`);
+      mark("dropped", t, ev.reason);
+      break;
+    case "updated":
+      el.thresholdValue.textContent = Number(ev.threshold).toFixed(3);
+      break;
+    case "error":
+      count("error");
+      log("error", t, `${ev.code}: ${ev.message}`);
+      mark("error", t, ev.message);
+      break;
+    case "closed":
+      log("closed", t, `session closed (${ev.reason || ""}): ${ev.frames ?? 0} frames, ${ev.replies ?? 0} replies`);
+      break;
+  }
+}
+
+// ---- capture ---------------------------------------------------------------------------------------------------
+async function openSource() {
+  state.mode = document.querySelector('input[name="source"]:checked').value;
+  const v = el.video;
+  if (state.mode === "webcam") {
+    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+      throw new Error("the webcam needs a secure page (https:// or localhost); pick a video file instead");
+    }
+    state.stream = await navigator.mediaDevices.getUserMedia({video: {width: 640, height: 480}, audio: false});
+    v.removeAttribute("src");
+    v.srcObject = state.stream;
+    v.loop = false;
+  } else {
+    const file = el.file.files[0];
+    if (!file) throw new Error("choose a video file first");
+    v.srcObject = null;
+    v.src = URL.createObjectURL(file);
+    v.loop = false;
+  }
+  await v.play();
+  el.placeholder.hidden = true;
+}
+
+function streamTime() {
+  if (state.mode === "file") return el.video.currentTime;
+  return (performance.now() - state.t0) / 1000;
+}
+
+function captureFrame() {
+  const v = el.video;
+  const ws = state.ws;
+  if (!ws || ws.readyState !== WebSocket.OPEN || v.readyState < 2 || v.videoWidth === 0 || state.sending) return;
+  if (state.mode === "file" && (v.paused || v.ended)) return;
+  const t = Math.round(streamTime() * 1000) / 1000;
+  if (t <= state.lastT) return;  // a file rewound, or the clock has not moved: frame times must not decrease
+  if (ws.bufferedAmount > MAX_BUFFERED) { count("skipped"); return; }
+  const scale = Math.min(1, MAX_SIDE / Math.max(v.videoWidth, v.videoHeight));
+  const w = Math.max(2, Math.round(v.videoWidth * scale)), h = Math.max(2, Math.round(v.videoHeight * scale));
+  el.canvas.width = w;
+  el.canvas.height = h;
+  el.canvas.getContext("2d").drawImage(v, 0, 0, w, h);
+  state.sending = true;
+  el.canvas.toBlob(async (blob) => {
+    try {
+      if (!blob || !state.ws || state.ws.readyState !== WebSocket.OPEN) return;
+      const header = new ArrayBuffer(8);
+      new DataView(header).setFloat64(0, t, true);  // little-endian float64 stream time, then the JPEG bytes
+      state.ws.send(new Blob([header, blob]));
+      state.lastT = t;
+      state.sentAt.set(t, performance.now());
+      if (state.sentAt.size > 200) state.sentAt.delete(state.sentAt.keys().next().value);
+      count("sent");
+      el.now.style.left = `${Math.min(100, (100 * t) / state.span)}%`;
+    } finally {
+      state.sending = false;
+    }
+  }, "image/jpeg", 0.8);
+}
+
+function stopCapture() {
+  clearInterval(state.timer);
+  state.timer = null;
+  if (state.stream) { state.stream.getTracks().forEach((tr) => tr.stop()); state.stream = null; }
+  el.start.disabled = false;
+  el.stop.disabled = true;
+  el.question.disabled = el.askButton.disabled = true;
+}
+
+async function start() {
+  el.start.disabled = true;
+  try {
+    await openSource();
+    state.ready = null;
+    state.lastT = -1;
+    await connect();
+    state.t0 = performance.now();
+    const fps = Number(state.ready.fps) || 2;
+    state.timer = setInterval(captureFrame, 1000 / fps);
+    captureFrame();
+    setStatus("streaming");
+    el.stop.disabled = false;
+    el.question.disabled = el.askButton.disabled = false;
+  } catch (e) {
+    setStatus("error", e.message);
+    log("error", null, e.message);
+    stopCapture();
+  }
+}
+
+function stop() {
+  clearInterval(state.timer);
+  state.timer = null;
+  send({type: "close"});  // the server answers pending questions, sends `closed`, then closes the socket
+  if (state.stream) { state.stream.getTracks().forEach((tr) => tr.stop()); state.stream = null; }
+  if (state.mode === "file") el.video.pause();
+  el.stop.disabled = true;
+}
+
+// ---- wiring ----------------------------------------------------------------------------------------------------
+let thresholdTimer = null;
+el.threshold.addEventListener("input", () => {
+  el.thresholdValue.textContent = Number(el.threshold.value).toFixed(3);
+  clearTimeout(thresholdTimer);
+  thresholdTimer = setTimeout(() => send({type: "update", threshold: Number(el.threshold.value)}), 150);
+});
+el.start.addEventListener("click", start);
+el.stop.addEventListener("click", stop);
+el.file.addEventListener("change", () => { document.querySelector('input[value="file"]').checked = true; });
+el.ask.addEventListener("submit", (e) => {
+  e.preventDefault();
+  const text = el.question.value.trim();
+  if (!text || !state.ws) return;
+  send({type: "query", text, at: state.lastT >= 0 ? state.lastT : undefined});
+  log("question", state.lastT >= 0 ? state.lastT : null, `You: ${text}`);
+  el.question.value = "";
+});
+
+(function init() {
+  const params = new URLSearchParams(location.search);
+  if (params.get("token")) el.token.value = params.get("token");
+  if (params.get("fps")) el.fps.value = params.get("fps");
+  fetch("/health").then((r) => r.json()).then((h) => {
+    el.model.textContent = `server up · ${h.sessions}/${h.max_sessions} sessions`;
+  }).catch(() => setStatus("error", "server unreachable"));
+  window.livecue = {state, start, stop};  // for debugging from the console
+})();

@@ -1,0 +1,245 @@
+"""The live web page in a real browser: headless Chromium streams a fake webcam to `livecue serve --model tiny`.
+
+Chromium's fake capture device plays a .y4m file made here from a sample video (bikes.mp4; synthetic frames when
+the samples are not installed). The test drives the browser through chromedriver's WebDriver HTTP protocol (plain
+JSON over urllib, no selenium), presses Start, and reads the events from the page's DOM: replies, an answer to a
+typed question, a θ change that makes the model silent, and the session's close. A second test streams a local
+video file (VP8 WebM) chosen in the page's file input.
+
+Needs the Debian packages ``chromium`` and ``chromium-driver``; skipped only where they are not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi", reason="the [serve] extra is not installed")
+pytest.importorskip("uvicorn", reason="the [serve] extra is not installed")
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="headless browser test needs the Debian "
+                                "packages chromium and chromium-driver (apt-get install -y chromium chromium-driver)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pictures(n: int, size: tuple[int, int]) -> list:
+    """``n`` yuv420p frames: the bikes sample (every third frame), or moving colour bars without it."""
+    import av
+
+    from livecue.data.samples import sample_dir
+
+    w, h = size
+    sample = sample_dir() / "bikes.mp4" if sample_dir() else None
+    if sample is not None and sample.is_file():
+        with av.open(str(sample)) as video:
+            return [f.reformat(width=w, height=h, format="yuv420p") for i, f in
+                    zip(range(3 * n), video.decode(video=0)) if i % 3 == 0]
+    x = np.arange(w)[None, :, None]
+    return [av.VideoFrame.from_ndarray(((x * 3 + k * 20 + np.array([0, 85, 170])) % 256).astype(np.uint8)
+                                       .repeat(h, 0), format="rgb24").reformat(format="yuv420p") for k in range(n)]
+
+
+def make_video(path: Path, n: int = 30, size: tuple[int, int] = (320, 176)) -> Path:
+    """A 10 fps clip: YUV4MPEG2 (.y4m) for Chromium's fake webcam, or VP8 WebM (.webm) for the file input."""
+    import av
+
+    webm = path.suffix == ".webm"
+    with av.open(str(path), "w", format="webm" if webm else "yuv4mpegpipe") as out:
+        stream = out.add_stream("libvpx" if webm else "rawvideo", rate=10)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for picture in _pictures(n, size):
+            for packet in stream.encode(picture):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path
+
+
+class WebDriver:
+    """The few W3C WebDriver commands this test needs, as JSON over HTTP."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.session: str | None = None
+
+    def call(self, method: str, path: str, body: dict | None = None, timeout: float = 30) -> object:
+        data = None if body is None else json.dumps(body).encode()
+        prefix = "" if self.session is None or path.startswith("/session") and not path.startswith("/session/") \
+            else f"/session/{self.session}"
+        req = urllib.request.Request(self.base + prefix + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as response:
+                return json.loads(response.read() or b"null")["value"]
+        except urllib.error.HTTPError as e:
+            raise AssertionError(f"WebDriver {method} {path}: {e.read().decode(errors='replace')[:500]}") from None
+
+    def start(self, args: list[str]) -> None:
+        caps = {"capabilities": {"alwaysMatch": {"browserName": "chrome",
+                                                 "goog:chromeOptions": {"binary": CHROMIUM, "args": args}}}}
+        self.session = self.call("POST", "/session", caps)["sessionId"]
+
+    def js(self, script: str, *args: object) -> object:
+        return self.call("POST", "/execute/sync", {"script": script, "args": list(args)})
+
+    def element(self, css: str) -> str:
+        found = self.call("POST", "/element", {"using": "css selector", "value": css})
+        return next(iter(found.values()))
+
+    def click(self, css: str) -> None:
+        self.call("POST", f"/element/{self.element(css)}/click", {})
+
+    def type(self, css: str, text: str) -> None:
+        self.call("POST", f"/element/{self.element(css)}/value", {"text": text})
+
+    def wait(self, script: str, what: str, timeout: float = 30.0) -> object:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = self.js(script)
+            if value:
+                return value
+            time.sleep(0.2)
+        raise AssertionError(f"timed out waiting for {what}; page log: {self.js(LOG)}")
+
+
+LOG = "return Array.from(document.querySelectorAll('#log li')).map(li => li.dataset.type + ': ' + li.textContent)"
+COUNT = "return Number(document.querySelector('[data-count=\"{}\"]').textContent)"
+
+
+def wait_http(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"{url} did not come up")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """`livecue serve --model tiny` on a free loopback port; yields its URL."""
+    tmp_path = tmp_path_factory.mktemp("serve")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "livecue.cli", "serve", "--model", "tiny", "--port", "0",
+                             "--log-level", "warning"], stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+        assert match, f"unexpected first line from livecue serve: {line!r} ({(tmp_path / 'serve.log').read_text()})"
+        url = f"http://127.0.0.1:{match.group(1)}"
+        wait_http(url + "/health")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    port = free_port()
+    driver = subprocess.Popen([CHROMEDRIVER, f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wd = WebDriver(f"http://127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if wd.call("GET", "/status", timeout=2).get("ready"):
+                    break
+            except (OSError, AssertionError):
+                pass
+            assert time.monotonic() < deadline, "chromedriver did not start"
+            time.sleep(0.1)
+        video = make_video(tmp_path / "webcam.y4m")
+        wd.start(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,900",
+                  "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+                  f"--use-file-for-fake-video-capture={video}"])
+        yield wd
+    finally:
+        if wd.session is not None:
+            try:
+                wd.call("DELETE", "", timeout=10)
+            except (OSError, AssertionError):
+                pass
+        driver.terminate()
+        try:
+            driver.wait(10)
+        except subprocess.TimeoutExpired:
+            driver.kill()
+
+
+def test_page_streams_the_fake_webcam_and_shows_events(served, browser, tmp_path):
+    wd = browser
+    wd.call("POST", "/url", {"url": served + "/"})
+    wd.wait("return document.getElementById('model').textContent.includes('server up')", "the page to load")
+    wd.click("#start")
+    wd.wait("return document.getElementById('status').dataset.state === 'streaming'", "streaming to start")
+    # the tiny random model at the default θ speaks on every frame: replies stream into the caption and the log
+    wd.wait(COUNT.format("reply") + " >= 2", "two replies")
+    assert wd.js(COUNT.format("sent")) >= 2
+    assert wd.js("return document.querySelectorAll('#track .mark.reply').length") >= 2  # on the timeline
+    assert wd.js("return document.getElementById('caption').textContent.length") > 0    # over the video
+    assert wd.js("return document.getElementById('video').videoWidth") == 320           # the fake webcam
+    # a question typed into the box is answered
+    wd.type("#question", "What do you see?")
+    wd.click("#ask-button")
+    answer = wd.wait("return Array.from(document.querySelectorAll('#log li[data-type=answer]'))"
+                     ".map(li => li.textContent)[0]", "an answer")
+    assert "Q: What do you see?" in answer
+    # θ = 0 from the slider: the model goes silent
+    wd.js("const s = document.getElementById('threshold'); s.value = '0'; s.dispatchEvent(new Event('input'))")
+    wd.wait(COUNT.format("silence") + " >= 2", "silent frames after θ = 0")
+    # Stop closes the session cleanly
+    wd.click("#stop")
+    wd.wait("return document.querySelector('#log li[data-type=closed]')", "the session to close")
+    wd.wait("return document.getElementById('status').dataset.state === 'closed'", "the closed status")
+    errors = wd.js("return Array.from(document.querySelectorAll('#log li[data-type=error]')).map(l => l.textContent)")
+    assert errors == []
+    shot = wd.call("GET", "/screenshot")
+    import base64
+
+    (tmp_path / "page.png").write_bytes(base64.b64decode(shot))
+    with urllib.request.urlopen(served + "/sessions", timeout=5) as r:
+        assert json.loads(r.read())["count"] == 0
+
+
+def test_page_streams_a_local_video_file(served, browser, tmp_path):
+    video = make_video(tmp_path / "clip.webm", n=40)  # 4 s
+    wd = browser
+    wd.call("POST", "/url", {"url": served + "/?fps=2"})
+    wd.click('input[name="source"][value="file"]')
+    wd.type("#file", str(video))
+    wd.click("#start")
+    wd.wait(COUNT.format("reply") + " >= 2", "two replies on the video file")
+    times = wd.js("return Array.from(document.querySelectorAll('#log li[data-type=reply]')).map(li => +li.dataset.t)")
+    assert all(0 <= t <= 4.5 for t in times)  # stream time = the file's playback time
+    assert wd.js("return document.getElementById('video').videoWidth") == 320
+    wd.click("#stop")
+    wd.wait("return document.querySelector('#log li[data-type=closed]')", "the session to close")

@@ -1,0 +1,405 @@
+"""livecue serve: the WebSocket protocol end to end with the tiny model (in-process uvicorn on a loopback port).
+
+A full session, 8 concurrent clients, abrupt disconnects, malformed/oversized/out-of-order messages (each answered
+by an error event while the session lives on), tokens, the fair scheduler and its drop-oldest queues, token
+streaming, and `livecue watch --server`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import threading
+import time
+import weakref
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi", reason="the [serve] extra is not installed")
+pytest.importorskip("uvicorn", reason="the [serve] extra is not installed")
+pytest.importorskip("websockets", reason="the [serve] extra is not installed")
+
+from livecue import cli
+from livecue.client import LiveClient, ServerError, SyncLiveClient, http_url, ws_url
+from livecue.inference.engine import StreamEngine
+from livecue.serve.app import create_app
+from livecue.serve.images import encode_image
+from livecue.serve.protocol import Limits, Open, ProtocolError, pack_frame, parse_text
+from livecue.serve.scheduler import Scheduler
+from livecue.serve.streaming import TextDeltas, TokenStreamSession
+
+LIMITS = Limits(max_message_bytes=200_000, max_frame_bytes=100_000, max_pixels=320 * 240, queue_size=4)
+
+
+def frames(n: int, seed: int = 0, shape=(48, 64)) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (*shape, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def jpeg(seed: int = 0, shape=(48, 64)) -> bytes:
+    return encode_image(frames(1, seed, shape)[0])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One intra-op thread, as `livecue serve` uses on 2 cores: torch threads that compete with the server's other
+    threads (and other processes) for the cores make every step an order of magnitude slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def server(tiny):
+    """A real uvicorn server on a free loopback port, serving the tiny model."""
+    import uvicorn
+
+    from livecue.commands.serve import bind
+
+    model, tok = tiny
+    app = create_app(model, tok, max_sessions=12, limits=LIMITS)
+    sock = bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", ws_max_size=4 * LIMITS.max_message_bytes))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert srv.started, "the server did not start"
+    yield SimpleNamespace(url=f"http://127.0.0.1:{port}", app=app, scheduler=app.state.scheduler)
+    srv.should_exit = True
+    thread.join(10)
+
+
+def drain(client: SyncLiveClient, timeout: float = 30.0) -> list[dict]:
+    """Every event until the server closes the session."""
+    return list(client.events(timeout=timeout))
+
+
+def wait_until(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+# ---- pure parts ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text, code, words", [
+    ("{bad", "bad_message", "not valid JSON"),
+    ("[1, 2]", "bad_message", "JSON object"),
+    ('{"type": "dance"}', "bad_message", "unknown message type 'dance'"),
+    ('{"type": "open", "treshold": 0.5}', "bad_message", "unknown field(s) 'treshold'"),
+    ('{"type": "open", "threshold": 1.5}', "bad_message", "threshold must be a number in [0, 1]"),
+    ('{"type": "open", "fps": 0}', "bad_message", "fps must be a number"),
+    ('{"type": "open", "max_reply_tokens": 100000}', "bad_message", "max_reply_tokens must be an integer"),
+    ('{"type": "query", "text": "  "}', "bad_message", "non-empty string"),
+    ('{"type": "query", "text": "hi", "at": -1}', "bad_message", "query at must be a finite number"),
+    ('{"type": "frame", "t": 0, "data": "***"}', "bad_message", "not valid base64"),
+    ('{"type": "frame", "t": NaN, "data": "AAAA"}', "bad_message", "frame t must be a finite number"),
+    ('{"type": "update"}', "bad_message", "threshold must be a number"),
+])
+def test_parse_errors_name_the_problem(text, code, words):
+    with pytest.raises(ProtocolError) as info:
+        parse_text(text, LIMITS)
+    assert info.value.code == code and words in info.value.message
+
+
+def test_parse_accepts_the_documented_messages():
+    assert parse_text('{"type": "open"}', LIMITS) == Open()
+    msg = parse_text('{"type": "open", "threshold": 0.5, "system_prompt": "S", "fps": 1, "max_reply_tokens": 8, '
+                     '"silence": false}', LIMITS)
+    assert (msg.threshold, msg.system_prompt, msg.fps, msg.max_reply_tokens, msg.silence) == (0.5, "S", 1.0, 8, False)
+    import base64
+
+    data = jpeg()
+    frame = parse_text(json.dumps({"type": "frame", "t": 1.5, "data": "data:image/jpeg;base64,"
+                                   + base64.b64encode(data).decode()}), LIMITS)
+    assert frame.t == 1.5 and frame.data == data
+    assert parse_text('{"type": "query", "text": " hi ", "at": 2}', LIMITS).text == "hi"
+    assert ws_url("http://h:1") == "ws://h:1/ws" and ws_url("wss://h/x/ws") == "wss://h/x/ws"
+    assert http_url("ws://h:1/ws") == "http://h:1"
+
+
+def test_token_stream_session_equals_the_engine_session(tiny):
+    """The streaming session's events are the engine's, token for token; the deltas add up to the final text."""
+    engine = StreamEngine(*tiny)
+    video = frames(6, seed=3)
+    plain = engine.session("S", threshold=1.0, max_reply_tokens=6)
+    seen: list[tuple[str, float, list[int]]] = []
+    streamed = TokenStreamSession(engine, "S", threshold=1.0, max_reply_tokens=6,
+                                  on_token=lambda kind, t, ids, q: seen.append((kind, t, list(ids))))
+    for s in (plain, streamed):
+        s.add_query("what is it?", at=0.7)
+    a = [e for i, f in enumerate(video) for e in plain.push_frame(f, i * 0.5)]
+    b = [e for i, f in enumerate(video) for e in streamed.push_frame(f, i * 0.5)]
+    assert [e.to_dict() | {"latency": 0} for e in a] == [e.to_dict() | {"latency": 0} for e in b]
+    assert {e.type for e in b} == {"reply", "answer"}
+    for ev in b:  # every reply/answer was announced token by token
+        steps = [ids for kind, t, ids in seen if kind == ev.type and t == ev.t]
+        assert steps[-1] == ev.token_ids and [len(x) for x in steps] == list(range(1, len(ev.token_ids) + 1))
+        deltas = TextDeltas(lambda ids: engine.tokenizer.decode(ids, skip_special_tokens=True))
+        text = "".join(deltas.push(ids) for ids in steps)
+        assert text == ev.text or "\ufffd" in ev.text
+
+
+def test_scheduler_is_round_robin_and_drops_the_oldest(tiny):
+    engine = StreamEngine(*tiny)
+    sched = Scheduler(engine, limits=Limits(queue_size=3), max_batch=8)
+    out: dict[str, list[dict]] = {"a": [], "b": []}
+    a = sched.open(Open(threshold=0.0), out["a"].append)  # θ = 0: always silent, one event per frame
+    b = sched.open(Open(threshold=0.0), out["b"].append)
+    video = frames(8)
+    for i in range(8):  # a busy stream: 8 frames into a queue of 3
+        sched.push_frame(a, i * 0.5, video[i])
+    sched.push_frame(b, 0.0, video[0])
+    sched.push_frame(b, 0.5, video[1])
+    assert [t for t, _ in a.frames] == [2.5, 3.0, 3.5]  # the oldest went first
+    assert sched.step() and [e["t"] for e in out["a"]] == [2.0, 2.5] and [e["t"] for e in out["b"]] == [0.0]
+    assert out["a"][0] == {"type": "dropped", "t": 2.0, "count": 5, "reason": out["a"][0]["reason"]}
+    sched.step()
+    assert [e["t"] for e in out["b"]] == [0.0, 0.5]  # b was served every round despite a's backlog
+    sched.step()
+    assert not b.frames and not a.frames
+    sched.close(a, graceful=True)
+    sched.close(b, graceful=False)  # abrupt: gone at once
+    assert b.id not in sched.sessions and sched.step()
+    assert out["a"][-1]["type"] == "closed" and out["a"][-1]["frames"] == 3 and out["a"][-1]["dropped"] == 5
+    assert not sched.sessions and not sched.step()
+
+
+def test_bounded_memory_and_instructions(tiny):
+    """A server memory policy bounds every stream's cache; a query with answer=false is read, not answered."""
+    from livecue.inference.memory import SinkWindow
+
+    sched = Scheduler(StreamEngine(*tiny, memory=SinkWindow(120, chunk=30)), limits=Limits(queue_size=64))
+    out: list[dict] = []
+    s = sched.open(parse_text('{"type": "open", "threshold": 0}', LIMITS), out.append)
+    query = parse_text('{"type": "query", "text": "Narrate what happens.", "at": 0.2, "answer": false}', LIMITS)
+    sched.control(s, "query", (query.text, query.at, query.answer))
+    for i, f in enumerate(frames(30)):
+        sched.push_frame(s, i * 0.5, f)
+    while sched.step():
+        pass
+    assert [e["type"] for e in out] == ["silence"] * 30
+    info = sched.snapshot()[0]
+    assert info["context_tokens"] <= 120 and info["evicted_tokens"] > 0 and info["frames"] == 30
+
+
+def test_frames_faster_than_the_session_fps_are_skipped(tiny):
+    sched = Scheduler(StreamEngine(*tiny), limits=Limits(queue_size=8))
+    events: list[dict] = []
+    s = sched.open(Open(threshold=0.0, fps=2.0), events.append)
+    kept = [t for t in (0.0, 0.1, 0.2, 0.5, 0.6, 1.0) if sched.admit(s, t)]
+    assert kept == [0.0, 0.5, 1.0]
+
+
+# ---- the server --------------------------------------------------------------------------------------------------
+def test_full_session(server):
+    with SyncLiveClient(server.url) as client:
+        ready = client.open(threshold=0.9, max_reply_tokens=6, system_prompt="You narrate.")
+        assert ready["type"] == "ready" and ready["session"] and ready["fps"] == 2.0 and ready["threshold"] == 0.9
+        assert ready["limits"]["queue_size"] == 4 and ready["system_prompt"] == "You narrate."
+        assert server.app.state.scheduler.sessions
+        client.ask("What is happening?", at=0.7)
+        got: list[dict] = []
+        for i, f in enumerate(frames(4)):
+            client.send_frame(f, i * 0.5)
+            while True:  # one frame at a time: nothing is dropped
+                ev = client.recv(timeout=30)
+                got.append(ev)
+                if ev["type"] in ("silence", "reply") and ev["t"] == i * 0.5:
+                    break
+        client.set_threshold(0.0)
+        client.send_frame(jpeg(9), 2.0)  # raw JPEG bytes work too
+        client.close()
+        got += drain(client)
+    kinds = [e["type"] for e in got]
+    assert kinds[-1] == "closed" and "updated" in kinds and "answer" in kinds
+    answer = next(e for e in got if e["type"] == "answer")
+    assert answer["query"] == "What is happening?" and answer["t"] == 0.7 and answer["query_t"] == 0.7
+    replies = [e for e in got if e["type"] == "reply"]
+    assert [r["t"] for r in replies] == [0.0, 0.5, 1.0, 1.5] and all(len(r["token_ids"]) <= 6 for r in replies)
+    for r in replies + [answer]:  # streamed token by token before the final event
+        deltas = [e for e in got if e["type"] == "reply_delta" and e["t"] == r["t"] and e["kind"] == r["type"]]
+        assert deltas and got.index(deltas[-1]) < got.index(r)
+        assert "".join(d["text"] for d in deltas) == r["text"] or "\ufffd" in r["text"]
+    assert [e["t"] for e in got if e["type"] == "silence"] == [2.0]  # after θ = 0
+    closed = got[-1]
+    assert closed["frames"] == 5 and closed["replies"] == 4 and closed["answers"] == 1 and closed["dropped"] == 0
+    assert wait_until(lambda: not server.scheduler.sessions)
+
+
+def test_http_endpoints(server):
+    import httpx
+
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"
+    version = httpx.get(server.url + "/version").json()
+    assert version["protocol"] == 1 and version["livecue"]
+    model = httpx.get(server.url + "/model").json()
+    assert model["frame_num_tokens"] == 10 and model["stream"]["fps"] == 2.0 and model["parameters"] > 0
+    assert model["memory"] == {"policy": "Unbounded"}
+    page = httpx.get(server.url + "/")
+    assert page.status_code == 200 and "getUserMedia" in httpx.get(server.url + "/static/app.js").text
+    with SyncLiveClient(server.url) as client:
+        sid = client.open()["session"]
+        listed = client.get("/sessions")
+        assert listed["count"] >= 1 and sid in [s["id"] for s in listed["sessions"]]
+
+
+def test_eight_concurrent_clients_complete_sessions(server):
+    n, per_client = 8, 6
+    peak: list[int] = []
+
+    async def one(k: int) -> dict:
+        async with LiveClient(server.url) as client:
+            ready = await client.open(threshold=0.0 if k % 2 else 1.0, max_reply_tokens=4)
+            await client.ask(f"question {k}", at=1.2)  # answered before the frame at 1.5
+            results: list[dict] = []
+            for i, f in enumerate(frames(per_client, seed=k)):
+                await client.send_frame(f, i * 0.5)
+                while (ev := await client.recv(timeout=60))["type"] not in ("silence", "reply") or ev["t"] < i * 0.5:
+                    results.append(ev)
+                results.append(ev)
+                peak.append(len(server.scheduler.sessions))
+            await client.close()
+            results += [ev async for ev in client]
+            return {"ready": ready, "events": results}
+
+    async def everyone() -> list[dict]:
+        return await asyncio.gather(*(one(k) for k in range(n)))
+
+    outcomes = asyncio.run(everyone())
+    assert max(peak) == n  # all eight were open at once
+    sessions = {o["ready"]["session"] for o in outcomes}
+    assert len(sessions) == n
+    for k, o in enumerate(outcomes):
+        closed = o["events"][-1]
+        assert closed["type"] == "closed" and closed["frames"] == per_client and closed["errors"] == 0
+        assert closed["answers"] == 1 and closed["replies"] == (0 if k % 2 else per_client)
+        assert not [e for e in o["events"] if e["type"] == "error"]
+    assert wait_until(lambda: not server.scheduler.sessions)
+
+
+def test_abrupt_disconnect_frees_the_session(server):
+    client = SyncLiveClient(server.url).connect()
+    sid = client.open(threshold=0.0)["session"]
+    session = server.scheduler.sessions[sid]
+    stream = weakref.ref(session.stream)
+    for i, f in enumerate(frames(6)):
+        client.send_frame(f, i * 0.5)
+    client.ws.socket.close()  # no close handshake: the TCP connection just goes away
+    assert wait_until(lambda: sid not in server.scheduler.sessions), "the session outlived its client"
+    assert session.gone and not session.frames
+    del session
+    assert wait_until(lambda: gc.collect() is not None and stream() is None), "the engine session was not freed"
+
+
+def test_bad_messages_get_error_events_and_the_session_survives(server):
+    with SyncLiveClient(server.url) as client:
+        client.send_raw(pack_frame(0.0, jpeg()))                      # before open
+        assert client.recv(10)["code"] == "not_open"
+        client.send_raw('{"type": "query", "text": "hi"}')
+        assert client.recv(10)["code"] == "not_open"
+        client.open(threshold=0.0)
+        bad = [
+            ("{nope", "bad_message"),
+            ('{"type": "open"}', "already_open"),
+            ('{"type": "frame", "t": 1}', "bad_message"),
+            (b"\x00\x01", "bad_message"),                               # binary shorter than its header
+            (pack_frame(0.5, b"GIF89a-not-supported"), "bad_image"),
+            (pack_frame(1.0, b"\xff\xd8\xff\xe0 broken jpeg"), "bad_image"),
+            (pack_frame(1.5, jpeg(1, (300, 400))), "too_many_pixels"),   # 120,000 px > 76,800
+            (pack_frame(2.0, b"\xff\xd8\xff" + bytes(150_000)), "too_large"),  # image bytes over the frame limit
+            ("x" * 250_000, "too_large"),                                # any message over the message limit
+            ('{"type": "update", "threshold": "high"}', "bad_message"),
+            ('{"type": "query", "text": "' + "q" * 3000 + '"}', "too_large"),
+        ]
+        for msg, code in bad:
+            client.send_raw(msg)
+            ev = client.recv(10)
+            assert ev["type"] == "error" and ev["code"] == code, (msg[:40], ev)
+            assert ev["message"]
+        client.send_frame(jpeg(2), 3.0)
+        assert client.recv(30)["type"] == "silence"
+        client.send_frame(jpeg(3), 1.0)                                 # out of order
+        ev = client.recv(10)
+        assert ev["code"] == "out_of_order" and ev["t"] == 1.0 and "must not decrease" in ev["message"]
+        client.send_frame(jpeg(4), 3.5)                                 # the session lives on
+        assert client.recv(30) | {"p_silence": 0} == {"type": "silence", "t": 3.5, "p_silence": 0, "frame": 1}
+        client.close()
+        closed = drain(client)[-1]
+    assert closed["type"] == "closed" and closed["frames"] == 2 and closed["errors"] == len(bad) + 1
+
+
+def test_rate_limit_token_and_capacity(tiny):
+    from starlette.testclient import TestClient
+
+    model, tok = tiny
+    app = create_app(model, tok, max_sessions=1, token="s3cret", limits=Limits(max_rate=2, max_burst=5))
+    with TestClient(app) as http:
+        assert http.get("/health").status_code == 200                  # public
+        assert http.get("/sessions").status_code == 401
+        assert http.get("/model", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert http.get("/model", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert http.get("/sessions?token=s3cret").json()["count"] == 0
+        for url in ("/ws", "/ws?token=wrong"):
+            with http.websocket_connect(url) as ws:
+                ev = ws.receive_json()
+                assert ev["type"] == "error" and ev["code"] == "unauthorized" and "token" in ev["message"]
+                assert ws.receive_json()["type"] == "closed"
+        with http.websocket_connect("/ws", headers={"Authorization": "Bearer s3cret"}) as ws:
+            ws.send_text('{"type": "open"}')
+            assert ws.receive_json()["type"] == "ready"
+            with http.websocket_connect("/ws?token=s3cret") as second:  # max_sessions = 1
+                second.send_text('{"type": "open"}')
+                assert second.receive_json()["code"] == "busy"
+        with http.websocket_connect("/ws?token=s3cret") as ws:     # 2 messages/s, burst 5
+            for i in range(12):
+                ws.send_text(json.dumps({"type": "ping", "id": i}))
+            got = [ws.receive_json() for _ in range(6)]
+            assert [e["id"] for e in got[:5]] == [0, 1, 2, 3, 4]
+            assert got[5]["code"] == "rate_limited" and "2 per second" in got[5]["message"]
+            time.sleep(0.6)
+            ws.send_text('{"type": "ping", "id": "again"}')
+            assert ws.receive_json()["id"] == "again"                  # the connection survived
+
+
+def test_serve_refuses_a_public_address_without_token(capsys):
+    from livecue.commands.serve import is_loopback
+
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("example.org")
+    assert cli.main(["serve", "--host", "0.0.0.0", "--port", "0"]) == 1
+    assert "refusing to listen on '0.0.0.0' without a token" in capsys.readouterr().err
+
+
+def test_open_errors_reach_the_client(server):
+    with SyncLiveClient(server.url) as client:
+        with pytest.raises(ServerError, match="fps must be a number"):
+            client.open(fps=1000)
+        assert client.open()["type"] == "ready"                        # the connection survived
+
+
+def test_watch_server_feeds_a_source(server, tmp_path, capsys):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, f in enumerate(frames(5, seed=7)):
+        (folder / f"{i:03d}.png").write_bytes(encode_image(f, "png"))
+    out = tmp_path / "events.jsonl"
+    rc = cli.main(["watch", str(folder), "--server", server.url, "--threshold", "0", "--query", "what now?",
+                   "--at", "1.0", "--jsonl", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [e["t"] for e in events if e["type"] == "silence"] == [0.0, 0.5, 1.5, 2.0]
+    assert [e["type"] for e in events].count("answer") == 1 and events[-1]["type"] == "closed"
+    assert "Q: what now?" in text and "5 frames sent, 5 watched" in text and "0 dropped" in text
