@@ -219,7 +219,7 @@ class StreamSession:
         model = self.engine.model
         if self.history is not None:
             self.history.extend(ids)
-        input_ids = torch.tensor([ids], device=model.device)
+        input_ids = self.engine.ids_tensor(ids)
         out = model(input_ids, frame_features=frame_features, cache=self.cache, use_cache=True, logits_to_keep=1)
         self.cache = out.cache
         self._last_logits = out.logits[0, -1]
@@ -249,6 +249,7 @@ class StreamEngine:
         self.frame_ids = [self.markers.v] * cfg.frame_num_tokens
         self.sampling = sampling or SamplingConfig()
         self._text_ids: dict[str, list[int]] = {}
+        self._id_tensors: dict[tuple[int, ...], torch.Tensor] = {}
         self._default: StreamSession | None = None
 
     # ---- sessions -------------------------------------------------------------------------------------------------
@@ -306,6 +307,17 @@ class StreamEngine:
             if len(self._text_ids) < 4096:
                 self._text_ids[text] = ids
         return list(ids)
+
+    def ids_tensor(self, ids: list[int]) -> torch.Tensor:
+        """``(1, T)`` CPU tensor of ``ids`` (the model moves it to its device), reused for repeated id lists (each
+        silent frame's, each reply token's): building a tensor costs more than looking one up. Never modified."""
+        key = tuple(ids)
+        tensor = self._id_tensors.get(key)
+        if tensor is None:
+            tensor = torch.tensor([ids])
+            if len(self._id_tensors) < 8192:
+                self._id_tensors[key] = tensor
+        return tensor
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()

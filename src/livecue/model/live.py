@@ -109,7 +109,8 @@ class LiveModel(nn.Module):
             batch in row-major (batch, then time) order; returns (B, T, H).
         """
         table = lm_api.input_embeddings(self.lm)
-        embeds = table(input_ids.clamp(max=self.vocab_size - 1))  # (B, T, H)
+        input_ids = input_ids.to(table.weight.device)  # no-op when already there (the engine passes CPU ids)
+        embeds = table(input_ids.clamp(max=table.num_embeddings - 1))  # (B, T, H)
         is_v = input_ids == self.v_token_id
         n_v = int(is_v.sum())
         n_frames = 0 if frame_embeds is None else frame_embeds.shape[0] * (

@@ -24,10 +24,67 @@ def _cache_kwarg(forward) -> str:
 
 
 def new_cache(lm: nn.Module) -> Cache:
-    """An empty dynamic KV cache for ``lm``."""
+    """An empty dynamic KV cache for ``lm`` whose full-attention layers append in place (:func:`_growing_layer`)."""
     from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
 
-    return DynamicCache(config=lm.config)
+    cache = DynamicCache(config=lm.config)
+    growing = _growing_layer()
+    cache.layers = [growing() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    if getattr(cache, "layer_class_to_replicate", None) is DynamicLayer:
+        cache.layer_class_to_replicate = growing
+    return cache
+
+
+@lru_cache(maxsize=None)
+def _growing_layer() -> type:
+    """A ``DynamicLayer`` whose keys/values are prefix views of buffers with spare room.
+
+    ``DynamicLayer.update`` concatenates, which copies (and reallocates) the whole layer cache on every step: O(T)
+    per step, and at long context mostly page faults on fresh allocations. Here new entries are written in place
+    and the buffer grows by a quarter (at least 256 positions) when full, so appending costs O(new tokens)
+    amortised. ``keys``/``values`` stay ordinary ``(B, H, T, D)`` tensors (views), so crop and eviction, which
+    assign or slice them, keep working: an update adopts whatever tensors it finds. With autograd recording, or
+    when an inference-mode buffer would be written outside inference mode, it concatenates like the base class.
+    """
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        _buf_k: torch.Tensor | None = None
+        _buf_v: torch.Tensor | None = None
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            if torch.is_grad_enabled() and (key_states.requires_grad or value_states.requires_grad):
+                return super().update(key_states, value_states, *args, **kwargs)
+            keys, values = self.keys, self.values
+            n = keys.shape[-2] if keys.ndim == 4 else 0
+            end = n + key_states.shape[-2]
+            buf_k, buf_v = self._buf_k, self._buf_v
+            usable = (buf_k is not None and end <= buf_k.shape[-2] and buf_k.shape[:2] == key_states.shape[:2]
+                      and buf_k.shape[-1] == key_states.shape[-1] and buf_v.shape[-1] == value_states.shape[-1]
+                      and buf_k.dtype == key_states.dtype and buf_k.device == key_states.device
+                      and (torch.is_inference_mode_enabled() or not buf_k.is_inference()))
+            if not usable:  # (re)allocate with room to grow
+                b, h, _, d = key_states.shape
+                capacity = end + max(256, end // 4)
+                buf_k = key_states.new_empty(b, h, capacity, d)
+                buf_v = value_states.new_empty(b, value_states.shape[1], capacity, value_states.shape[-1])
+                self._buf_k, self._buf_v = buf_k, buf_v
+            if n and not (keys.data_ptr() == buf_k.data_ptr() and keys.stride() == buf_k.stride()):
+                buf_k[..., :n, :].copy_(keys)  # adopt tensors assigned from outside (eviction) or a new buffer
+                buf_v[..., :n, :].copy_(values)
+            buf_k[..., n:end, :].copy_(key_states)
+            buf_v[..., n:end, :].copy_(value_states)
+            self.keys, self.values = buf_k[..., :end, :], buf_v[..., :end, :]
+            return self.keys, self.values
+
+        def reset(self) -> None:
+            self._buf_k = self._buf_v = None
+            super().reset()
+
+    return GrowingLayer
 
 
 def cache_length(cache: Cache | None) -> int:

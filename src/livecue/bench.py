@@ -1,0 +1,399 @@
+"""Streaming benchmark: speed and memory of the StreamEngine versus stream length (issue 10).
+
+Random frame features (or random pixels through the vision tower) are streamed at the model's fps with a **forced
+speak schedule**: every ``speak_every`` seconds a frame is forced to speak a reply of exactly ``reply_tokens``
+tokens; every other frame is forced silent, so random weights cost what a trained model costs. The forcing lives in
+:class:`ForcedSession`, a benchmark-only subclass (θ = 0 / 1 before each frame, eos masked while decoding).
+
+Per stream, in windows of frames ending at each mark: frames/s, silent and speaking frame latency p50/p99, cached
+tokens, memory (RSS on CPU, allocated accelerator memory otherwise). :func:`measure_overhead` compares the engine's
+end-to-end time with exactly the same LM forwards (ids, features, cache growth, evictions) called through
+``model(...)``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .inference.engine import StreamEngine, StreamSession
+from .inference.events import Reply
+from .inference.memory import MemoryPolicy, SinkWindow, Unbounded
+from .model import lm as lm_api
+
+log = logging.getLogger(__name__)
+
+
+# ---- configuration --------------------------------------------------------------------------------------------------
+def parse_memory(spec: str) -> MemoryPolicy:
+    """``unbounded`` | ``sink:MAX_TOKENS`` | ``sink:MAX_TOKENS:CHUNK`` -> a memory policy (chunk: at most 256,
+    an eighth of the budget)."""
+    parts = spec.strip().lower().split(":")
+    if parts == ["unbounded"]:
+        return Unbounded()
+    if parts[0] == "sink" and len(parts) in (2, 3) and all(p.isdigit() for p in parts[1:]):
+        budget = int(parts[1])
+        return SinkWindow(budget, int(parts[2]) if len(parts) == 3 else min(256, budget // 8))
+    raise ValueError(f"memory must be 'unbounded', 'sink:MAX_TOKENS' or 'sink:MAX_TOKENS:CHUNK', got {spec!r}")
+
+
+@dataclass
+class BenchConfig:
+    """What one benchmark stream does.
+
+    Attributes:
+        marks: frame counts at which statistics are taken; the stream runs to the largest.
+        speak_every: seconds between forced replies (0: never speak).
+        reply_tokens: exact length of every forced reply.
+        memory: memory policy spec (:func:`parse_memory`).
+        pixels: feed random uint8 frames through the vision tower instead of random features.
+        window: frames per statistics window (ending at each mark; at most half the mark).
+        seed: seed of the random frames.
+        time_budget: stop the stream after this many seconds (marks not reached are reported missing).
+    """
+
+    marks: list[int] = field(default_factory=lambda: [100, 1000])
+    speak_every: float = 3.0
+    reply_tokens: int = 15
+    memory: str = "unbounded"
+    pixels: bool = False
+    window: int = 120
+    seed: int = 0
+    time_budget: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.marks or min(self.marks) <= 0:
+            raise ValueError(f"marks must be positive frame counts, got {self.marks}")
+        if self.speak_every < 0 or self.reply_tokens <= 0 or self.window <= 0:
+            raise ValueError(f"need speak_every >= 0, reply_tokens > 0, window > 0; got {self.speak_every}, "
+                             f"{self.reply_tokens}, {self.window}")
+        self.marks = sorted(set(self.marks))
+        parse_memory(self.memory)
+
+
+# ---- the forced session ---------------------------------------------------------------------------------------------
+class ForcedSession(StreamSession):
+    """A session whose replies never end early (eos masked) and that can record its forwards for a pure replay.
+
+    The bench sets ``threshold`` before each frame: 0.0 forces silence (p ≥ 0 always), 1.0 forces speech (unless
+    p(silence) is exactly 1.0, which the runner reports). ``max_reply_tokens`` makes every reply that long.
+    """
+
+    def __init__(self, engine: StreamEngine, reply_tokens: int, memory: MemoryPolicy, record: bool = False) -> None:
+        self.trace: list[tuple[str, Any, Any]] | None = [] if record else None
+        super().__init__(engine, threshold=0.0, max_reply_tokens=reply_tokens,
+                         memory=_TracedPolicy(memory) if record else memory)
+        self._ban_eos = False
+
+    def _generate(self, prompt: str, turn: tuple[str, float, str | None]) -> tuple[list[int], bool]:
+        self._ban_eos = True
+        try:
+            return super()._generate(prompt, turn)
+        finally:
+            self._ban_eos = False
+
+    def _forward(self, ids: list[int], frame_features: torch.Tensor | None = None) -> None:
+        if self.trace is not None:
+            self.trace.append(("forward", ids, frame_features))
+        super()._forward(ids, frame_features)
+        if self._ban_eos:
+            with torch.inference_mode():
+                self._last_logits[self.engine.markers.eos] = float("-inf")
+
+
+class _TracedPolicy:
+    """Wraps a memory policy and writes its evictions into the session's trace."""
+
+    def __init__(self, inner: MemoryPolicy) -> None:
+        self.inner = inner
+
+    def after_step(self, session: ForcedSession) -> None:
+        before = session.evicted_tokens
+        start = session.units[0][0] if session.units else 0
+        self.inner.after_step(session)
+        if session.evicted_tokens != before and session.trace is not None:
+            session.trace.append(("evict", start, start + session.evicted_tokens - before))
+
+
+# ---- memory and devices ---------------------------------------------------------------------------------------------
+def _is_accel(device: torch.device) -> bool:
+    return device.type not in ("cpu", "meta")
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the accelerator (no-op on CPU)."""
+    if _is_accel(device):
+        torch.accelerator.synchronize()
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Restart peak-memory accounting (accelerator stats, or the process's peak RSS via /proc/self/clear_refs)."""
+    if _is_accel(device):
+        torch.accelerator.reset_peak_memory_stats()
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        log.debug("cannot reset the peak RSS: it covers the whole process")
+
+
+def memory_mb(device: torch.device) -> tuple[float, float]:
+    """``(current, peak)`` MiB: allocated accelerator memory, or the process's RSS on CPU."""
+    if _is_accel(device):
+        return torch.accelerator.memory_allocated() / 2**20, torch.accelerator.max_memory_allocated() / 2**20
+    try:
+        with open("/proc/self/status") as f:
+            status = dict(line.split(":", 1) for line in f if ":" in line)
+        return int(status["VmRSS"].split()[0]) / 1024, int(status["VmHWM"].split()[0]) / 1024
+    except (OSError, KeyError, ValueError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return peak, peak
+
+
+def environment(model: Any, device: torch.device) -> dict[str, Any]:
+    """What a result depends on: versions, threads, device, load average, model size."""
+    import transformers
+
+    env = {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+           "platform": platform.platform(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+           "device": str(device), "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+           "model": model.cfg.name, "dtype": str(model.dtype).removeprefix("torch."),
+           "lm_params": sum(p.numel() for p in model.lm.parameters()),
+           "vision_params": sum(p.numel() for p in model.vision.parameters()) if model.vision is not None else 0}
+    if _is_accel(device):
+        backend = getattr(torch, device.type, None)  # torch.cuda, torch.xpu, ...
+        name = getattr(backend, "get_device_name", None)
+        env["accelerator"] = name(device) if callable(name) else device.type
+    return env
+
+
+def load_bench_model(source: str, device: str | None = None, dtype: str | None = None,
+                     overrides: list[str] | None = None) -> tuple[Any, Any]:
+    """``load_model`` with every tensor created directly on ``device`` (default-device context), so a real-size
+    random model (e.g. 8B parameters) is allocated and initialised on the GPU in seconds instead of on the CPU."""
+    from .model.load import load_model
+
+    target = torch.device(device or "cpu")
+    with torch.device(target):
+        return load_model(source, device=target, dtype=dtype, overrides=overrides or None)
+
+
+# ---- the stream -----------------------------------------------------------------------------------------------------
+@dataclass
+class MarkStats:
+    """Statistics of the window of frames ending at ``frame``."""
+
+    frame: int
+    window: int
+    fps: float
+    silent_p50_ms: float | None
+    silent_p99_ms: float | None
+    reply_p50_ms: float | None
+    reply_p99_ms: float | None
+    replies: int
+    cache_tokens: int
+    evicted_tokens: int
+    mem_mb: float
+    peak_mem_mb: float
+
+
+@dataclass
+class StreamResult:
+    """One benchmark stream."""
+
+    memory: str
+    stream_fps: float
+    frames: int
+    seconds: float
+    cpu_seconds: float
+    fps: float
+    replies: int
+    reply_tokens: int
+    peak_mem_mb: float
+    memory_kind: str
+    marks: list[MarkStats]
+    missing_marks: list[int]
+    complete: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def frame_pool(engine: StreamEngine, pixels: bool, seed: int, size: int = 32) -> list[torch.Tensor]:
+    """Random inputs cycled through by a stream: ``(K, D_vision)`` features or ``(3, R, R)`` uint8 frames."""
+    model = engine.model
+    g = torch.Generator().manual_seed(seed)
+    if pixels and model.vision is None:
+        raise ValueError("--pixels needs a model with a vision tower")
+    if pixels:
+        r = model.cfg.vision.resolution
+        return [torch.randint(0, 256, (3, r, r), generator=g, dtype=torch.uint8) for _ in range(size)]
+    width = model.vision.hidden_size if model.vision is not None else model.connector[0].in_features
+    return [torch.randn(model.frame_num_tokens, width, generator=g).to(model.device, model.dtype)
+            for _ in range(size)]
+
+
+def speak_schedule(frames: int, fps: float, speak_every: float) -> np.ndarray:
+    """Which frames are forced to speak: the first frame at or after each multiple of ``speak_every`` seconds."""
+    speak = np.zeros(frames, dtype=bool)
+    if speak_every > 0:
+        t = np.arange(frames) / fps
+        slot = np.floor(t / speak_every + 1e-9).astype(np.int64)
+        speak[1:] = slot[1:] > slot[:-1]
+    return speak
+
+
+def _pct(values: np.ndarray, q: float) -> float | None:
+    return float(np.percentile(values, q) * 1e3) if len(values) else None
+
+
+def run_stream(engine: StreamEngine, cfg: BenchConfig, record: bool = False) -> tuple[StreamResult, ForcedSession]:
+    """Stream up to the largest mark with the forced schedule and collect statistics at every mark."""
+    device, fps, n = engine.model.device, engine.model.cfg.stream.fps, cfg.marks[-1]
+    speak = speak_schedule(n, fps, cfg.speak_every)
+    pool = frame_pool(engine, cfg.pixels, cfg.seed)
+    session = ForcedSession(engine, cfg.reply_tokens, parse_memory(cfg.memory), record=record)
+    latency, cpu = np.zeros(n), 0.0
+    tokens = np.zeros((n, 2), dtype=np.int64)  # cached, evicted
+    memory: dict[int, tuple[float, float]] = {}
+    reset_peak_memory(device)
+    started, done = time.perf_counter(), 0
+    for i in range(n):
+        session.threshold = 1.0 if speak[i] else 0.0
+        c0, t0 = time.process_time(), time.perf_counter()
+        events = session.push_frame(pool[i % len(pool)], i / fps)
+        sync(device)
+        latency[i] = time.perf_counter() - t0
+        cpu += time.process_time() - c0
+        _check(events, bool(speak[i]), cfg.reply_tokens, i)
+        tokens[i] = session.context_length, session.evicted_tokens
+        done = i + 1
+        if done in cfg.marks:
+            memory[done] = memory_mb(device)
+            log.info("%s: frame %d, %.1f ms/frame in the last window, %d cached tokens", cfg.memory, done,
+                     latency[max(0, done - cfg.window):done].mean() * 1e3, tokens[i, 0])
+        if cfg.time_budget is not None and time.perf_counter() - started > cfg.time_budget:
+            log.warning("time budget of %.0f s spent after %d frames", cfg.time_budget, done)
+            break
+    stats = []
+    for mark in (m for m in cfg.marks if m in memory):
+        w = min(cfg.window, max(1, mark // 2))
+        lat, spk = latency[mark - w:mark], speak[mark - w:mark]
+        stats.append(MarkStats(frame=mark, window=w, fps=w / lat.sum(), silent_p50_ms=_pct(lat[~spk], 50),
+                               silent_p99_ms=_pct(lat[~spk], 99), reply_p50_ms=_pct(lat[spk], 50),
+                               reply_p99_ms=_pct(lat[spk], 99), replies=int(spk.sum()),
+                               cache_tokens=int(tokens[mark - 1, 0]), evicted_tokens=int(tokens[mark - 1, 1]),
+                               mem_mb=memory[mark][0], peak_mem_mb=memory[mark][1]))
+    total = float(latency[:done].sum())
+    result = StreamResult(memory=cfg.memory, stream_fps=fps, frames=done, seconds=total, cpu_seconds=cpu,
+                          fps=done / total, replies=int(speak[:done].sum()), reply_tokens=cfg.reply_tokens,
+                          peak_mem_mb=memory_mb(device)[1], memory_kind="allocated" if _is_accel(device) else "rss",
+                          marks=stats, missing_marks=[m for m in cfg.marks if m > done], complete=done == n)
+    return result, session
+
+
+def _check(events: list, speak: bool, reply_tokens: int, frame: int) -> None:
+    last = events[-1]
+    if speak and not isinstance(last, Reply):
+        raise RuntimeError(f"frame {frame} was forced to speak but p(silence) is exactly 1.0: the decision cannot "
+                           "be forced through the threshold for this model")
+    if speak and len(last.token_ids) != reply_tokens:
+        raise RuntimeError(f"frame {frame}: a forced reply has {len(last.token_ids)} tokens, not {reply_tokens}")
+    if not speak and isinstance(last, Reply):
+        raise RuntimeError(f"frame {frame} was forced silent but spoke")
+
+
+# ---- engine overhead over pure model time ---------------------------------------------------------------------------
+class _Replayer:
+    """Runs recorded forwards and evictions directly through ``model(...)`` on its own cache."""
+
+    def __init__(self, model: Any) -> None:
+        self.model, self.cache = model, None
+
+    @torch.inference_mode()
+    def run(self, entries: list[tuple[str, Any, Any]]) -> tuple[float, float]:
+        """``(wall, cpu)`` seconds for ``entries``; their input tensors are built before the clock starts."""
+        model, device = self.model, self.model.device
+        steps = [(kind, torch.tensor([a], device=device) if kind == "forward" else a, b) for kind, a, b in entries]
+        sync(device)
+        c0, t0 = time.process_time(), time.perf_counter()
+        for kind, a, b in steps:
+            if kind == "forward":
+                self.cache = model(a, frame_features=b, cache=self.cache, use_cache=True, logits_to_keep=1).cache
+            else:
+                lm_api.evict_span(model.lm, self.cache, a, b)
+        sync(device)
+        return time.perf_counter() - t0, time.process_time() - c0
+
+
+def replay(model: Any, trace: list[tuple[str, Any, Any]]) -> tuple[float, float]:
+    """``(wall, cpu)`` seconds to run a session's recorded forwards and evictions directly through ``model(...)``:
+    the same ids and features, the cache growing and evicted exactly as in the session."""
+    return _Replayer(model).run(trace)
+
+
+@dataclass
+class OverheadResult:
+    """Engine time / time of the same forwards called directly (lockstep, per repeat): ``ratio`` of median wall
+    times, ``ratio_min`` of minima (least disturbed), ``ratio_cpu`` of median process CPU times."""
+
+    frames: int
+    forwards: int
+    engine_s: list[float]
+    pure_s: list[float]
+    engine_cpu_s: list[float]
+    pure_cpu_s: list[float]
+    ratio: float
+    ratio_min: float
+    ratio_cpu: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def measure_overhead(engine: StreamEngine, cfg: BenchConfig, frames: int, repeats: int = 3) -> OverheadResult:
+    """Stream ``frames`` frames (features, not pixels: vision is not part of the LM replay) ``repeats`` times; after
+    every frame, replay that frame's forwards (and evictions) directly on a second cache, so that both sides see the
+    same machine load. Only ``push_frame`` and the replayed calls are timed."""
+    fps = engine.model.cfg.stream.fps
+    device = engine.model.device
+    speak = speak_schedule(frames, fps, cfg.speak_every)
+    pool = frame_pool(engine, False, cfg.seed)
+    engine_s, pure_s, engine_cpu, pure_cpu, forwards = [], [], [], [], 0
+    for _ in range(repeats):
+        session = ForcedSession(engine, cfg.reply_tokens, parse_memory(cfg.memory), record=True)
+        replayer = _Replayer(engine.model)
+        totals = np.zeros(4)  # engine wall, engine cpu, pure wall, pure cpu
+        forwards = 0
+        for i in range(frames):
+            session.threshold = 1.0 if speak[i] else 0.0
+            c0, t0 = time.process_time(), time.perf_counter()
+            session.push_frame(pool[i % len(pool)], i / fps)
+            sync(device)
+            totals[:2] += (time.perf_counter() - t0, time.process_time() - c0)
+            entries, session.trace = session.trace, []
+            forwards += sum(1 for kind, _, _ in entries if kind == "forward")
+            totals[2:] += replayer.run(entries)
+        engine_s.append(float(totals[0]))
+        engine_cpu.append(float(totals[1]))
+        pure_s.append(float(totals[2]))
+        pure_cpu.append(float(totals[3]))
+    med = statistics.median
+    return OverheadResult(frames=frames, forwards=forwards, engine_s=engine_s, pure_s=pure_s,
+                          engine_cpu_s=engine_cpu, pure_cpu_s=pure_cpu, ratio=med(engine_s) / med(pure_s),
+                          ratio_min=min(engine_s) / min(pure_s), ratio_cpu=med(engine_cpu) / med(pure_cpu))
+
+
+__all__ = ["BenchConfig", "ForcedSession", "MarkStats", "OverheadResult", "StreamResult", "environment",
+           "load_bench_model", "measure_overhead", "memory_mb", "parse_memory", "replay", "run_stream",
+           "speak_schedule"]

@@ -1,0 +1,127 @@
+"""``livecue bench``: streaming speed and memory versus stream length, with a forced speak schedule (issue 10)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from ._common import parser, split_overrides
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x.replace("_", "")) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--frames needs comma-separated frame counts, got {text!r}") from None
+
+
+def _ms(v: float | None) -> str:
+    return "–" if v is None else f"{v:.1f}"
+
+
+def markdown_table(result) -> str:
+    """A markdown table of a :class:`~livecue.bench.StreamResult`'s windows (one row per mark, reached or not)."""
+    mem = "RSS" if result.memory_kind == "rss" else "allocated"
+    header = (f"| frame | stream time | frames/s | silent p50 / p99 ms | reply p50 / p99 ms (n) | cached tokens "
+              f"| evicted | {mem} MiB | peak {mem} MiB |")
+    rows = [header, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for m in result.marks:
+        rows.append(f"| {m.frame:,} | {_clock(m.frame, result.stream_fps)} | {m.fps:.1f} | {_ms(m.silent_p50_ms)} / "
+                    f"{_ms(m.silent_p99_ms)} | {_ms(m.reply_p50_ms)} / {_ms(m.reply_p99_ms)} ({m.replies}) "
+                    f"| {m.cache_tokens:,} | {m.evicted_tokens:,} | {m.mem_mb:,.0f} | {m.peak_mem_mb:,.0f} |")
+    for mark in result.missing_marks:
+        rows.append(f"| {mark:,} | {_clock(mark, result.stream_fps)} | not reached | | | | | | |")
+    return "\n".join(rows)
+
+
+def _clock(frame: int, fps: float) -> str:
+    seconds = round(frame / fps)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _join(values: list[float]) -> str:
+    return ", ".join(f"{v:.2f}" for v in values)
+
+
+def main(argv: list[str]) -> int:
+    argv, overrides = split_overrides(argv)
+    p = parser("bench", "Stream random frames through the engine with a forced speak schedule (a reply of exactly "
+                        "--reply-tokens tokens every --speak-every seconds) and report frames/s, per-frame and reply "
+                        "latency p50/p99, cached tokens and peak memory in windows ending at each --frames mark, "
+                        "plus the engine's end-to-end time over pure model time.")
+    p.add_argument("--model", default="tiny", help="preset, config file (e.g. configs/bench/"
+                                                   "llama3_8b_siglip_random.yaml) or checkpoint; default: tiny")
+    p.add_argument("--device", default=None, help="torch device (default: cpu)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="override the dtype")
+    p.add_argument("--frames", type=_int_list, default=[100, 1000], help="marks, e.g. 100,1000,3600,14400")
+    p.add_argument("--speak-every", type=float, default=3.0, help="seconds between forced replies (0: never)")
+    p.add_argument("--reply-tokens", type=int, default=15, help="exact tokens per forced reply")
+    p.add_argument("--memory", default="unbounded",
+                   help="memory policy, or several comma-separated: unbounded, sink:4096, sink:4096:256")
+    p.add_argument("--pixels", action="store_true", help="feed random pixels through the vision tower")
+    p.add_argument("--window", type=int, default=120, help="frames per statistics window (default: 120)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--time-budget", type=float, default=None, help="stop a stream after this many seconds")
+    p.add_argument("--overhead-frames", type=int, default=1000,
+                   help="frames of the engine-vs-pure-forward comparison (0: skip)")
+    p.add_argument("--overhead-repeats", type=int, default=3, help="interleaved repeats of that comparison")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="write all results to this JSON file")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+
+    import torch
+
+    from ..bench import (
+        BenchConfig,
+        environment,
+        load_bench_model,
+        measure_overhead,
+        run_stream,
+    )
+    from ..inference.engine import StreamEngine
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    began = time.time()
+    model, tokenizer = load_bench_model(args.model, args.device, args.dtype, overrides)
+    print(f"model built in {time.time() - began:.1f} s")
+    engine = StreamEngine(model, tokenizer)
+    env = environment(model, model.device)
+    env["command"] = "livecue bench " + " ".join(argv + [f"--{o}" for o in overrides])
+    print(f"{env['model']} ({env['lm_params'] / 1e6:,.1f}M LM + {env['vision_params'] / 1e6:,.1f}M vision params, "
+          f"{env['dtype']}) on {env['device']}, {env['threads']} threads, load average {env['loadavg']}")
+    out: dict = {"environment": env, "streams": [], "overhead": None}
+    for memory in [m.strip() for m in args.memory.split(",") if m.strip()]:
+        cfg = BenchConfig(marks=args.frames, speak_every=args.speak_every, reply_tokens=args.reply_tokens,
+                          memory=memory, pixels=args.pixels, window=args.window, seed=args.seed,
+                          time_budget=args.time_budget)
+        load = os.getloadavg()
+        result, _ = run_stream(engine, cfg)
+        print(f"\n### memory {memory}: {result.frames:,} frames in {result.seconds:.1f} s = {result.fps:.1f} "
+              f"frames/s, {result.replies} replies of {result.reply_tokens} tokens, peak {result.memory_kind} "
+              f"{result.peak_mem_mb:,.0f} MiB (load average {load[0]:.2f} before, {os.getloadavg()[0]:.2f} after)\n")
+        print(markdown_table(result))
+        out["streams"].append({**result.to_dict(), "loadavg_before": list(load), "loadavg_after":
+                               list(os.getloadavg())})
+    if args.overhead_frames > 0:
+        cfg = BenchConfig(marks=[args.overhead_frames], speak_every=args.speak_every,
+                          reply_tokens=args.reply_tokens, memory=args.memory.split(",")[0].strip(), seed=args.seed)
+        load = os.getloadavg()
+        over = measure_overhead(engine, cfg, args.overhead_frames, args.overhead_repeats)
+        print(f"\n### engine overhead ({over.frames:,} frames, {over.forwards:,} forwards, memory {cfg.memory}, "
+              f"{args.overhead_repeats} repeats): end-to-end / pure model time = {over.ratio:.3f} (median wall), "
+              f"{over.ratio_min:.3f} (min wall), {over.ratio_cpu:.3f} (median CPU time); engine wall s "
+              f"{_join(over.engine_s)}, pure wall s {_join(over.pure_s)}; load average {load[0]:.2f})")
+        out["overhead"] = {**over.to_dict(), "memory": cfg.memory, "loadavg_before": list(load),
+                           "loadavg_after": list(os.getloadavg())}
+    env["loadavg_end"] = list(os.getloadavg())
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=1))
+        print(f"\nresults written to {args.json}")
+    return 0
