@@ -1,0 +1,24 @@
+"""`livecue demo`: the packaged default model runs offline (needs the [models] extra)."""
+
+import pytest
+
+from livecue import cli
+
+
+@pytest.mark.realism
+def test_demo_runs_with_the_default_model(tmp_path, capsys):
+    from livecue.model import offline
+
+    if not offline.available():
+        pytest.skip("the [models] extra is not installed (SmolLM2 package missing)")
+    pytest.importorskip("efficientnet_lite_pytorch", reason="the [models] extra is not installed")
+    rc = cli.main(["demo", "--fast", "--duration", "6", "--seed", "3"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "frames in" in out and "narrations" in out
+    assert "[ref" in out  # reference events are printed beside the model's narration
+
+
+def test_demo_save_directory_must_exist(tmp_path, capsys):
+    rc = cli.main(["demo", "--save", str(tmp_path / "nope" / "out.mp4")])
+    assert rc == 1 and "--save directory does not exist" in capsys.readouterr().err
