@@ -29,7 +29,7 @@ from livecue.serve.app import create_app
 from livecue.serve.images import encode_image
 from livecue.serve.protocol import Limits, Open, ProtocolError, pack_frame, parse_text
 from livecue.serve.scheduler import Scheduler
-from livecue.serve.streaming import TextDeltas, TokenStreamSession
+from livecue.serve.streaming import TextDeltas
 
 LIMITS = Limits(max_message_bytes=200_000, max_frame_bytes=100_000, max_pixels=320 * 240, queue_size=4)
 
@@ -135,8 +135,8 @@ def test_token_stream_session_equals_the_engine_session(tiny):
     video = frames(6, seed=3)
     plain = engine.session("S", threshold=1.0, max_reply_tokens=6)
     seen: list[tuple[str, float, list[int]]] = []
-    streamed = TokenStreamSession(engine, "S", threshold=1.0, max_reply_tokens=6,
-                                  on_token=lambda kind, t, ids, q: seen.append((kind, t, list(ids))))
+    streamed = engine.session("S", threshold=1.0, max_reply_tokens=6,
+                              on_token=lambda kind, t, ids, q: seen.append((kind, t, list(ids))))
     for s in (plain, streamed):
         s.add_query("what is it?", at=0.7)
     a = [e for i, f in enumerate(video) for e in plain.push_frame(f, i * 0.5)]

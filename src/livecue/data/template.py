@@ -119,7 +119,11 @@ class Template:
     # ---- rendering ------------------------------------------------------------------------------------------------
     def render(self, messages: Iterable[dict[str, Any]], *, add_generation_prompt: bool = False,
                add_stream_prompt: bool = False, add_stream_generation_prompt: bool = False) -> Rendered:
-        """Render ``messages`` to the upstream text and its learned spans."""
+        """Render ``messages`` to the upstream text and its learned spans.
+
+        ``add_stream_generation_prompt`` (``]\nAssistant:``) closes a stream left open by the caller, as upstream's
+        template does; after a rendered stream message (which already ends with ``]``) use ``add_generation_prompt``.
+        """
         messages = list(messages)
         if sum((add_generation_prompt, add_stream_prompt, add_stream_generation_prompt)) > 1:
             raise ValueError("choose at most one of add_generation_prompt, add_stream_prompt, "

@@ -31,7 +31,8 @@ import numpy as np
 from ..inference.engine import StreamEngine
 from ..inference.events import Answer, Reply, Silence
 from .protocol import Limits, Open, SessionStats, error_event, event
-from .streaming import TextDeltas, TokenStreamSession
+from ..inference.engine import StreamSession
+from .streaming import TextDeltas
 
 log = logging.getLogger(__name__)
 Emit = Callable[[dict[str, Any]], None]
@@ -52,7 +53,7 @@ class ServeSession:
     """One client's stream inside the scheduler."""
 
     id: str
-    stream: TokenStreamSession
+    stream: StreamSession
     emit: Emit
     fps: float
     silence: bool
@@ -117,8 +118,8 @@ class Scheduler:
                 raise SchedulerFull(f"the server is full: {self.max_sessions} sessions are open; try again later")
             sid = f"s{next(self._ids)}"
             holder: dict[str, ServeSession] = {}
-            stream = TokenStreamSession(
-                self.engine, params.system_prompt, threshold=params.threshold,
+            stream = self.engine.session(
+                params.system_prompt, threshold=params.threshold,
                 max_reply_tokens=params.max_reply_tokens or min(cfg.max_reply_tokens, self.limits.max_reply_tokens),
                 on_token=lambda kind, t, ids, q: self._on_token(holder["s"], kind, t, ids, q))
             session = ServeSession(sid, stream, emit, fps=params.fps or self.fps, silence=params.silence,

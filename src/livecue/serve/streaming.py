@@ -1,23 +1,10 @@
-"""Token streaming for the server: sessions report every reply token as it is decoded (``reply_delta`` events).
-
-The engine's ``StreamSession(on_token=...)`` hook calls back after each decoded token; :class:`TextDeltas` turns the
-growing token list into the new visible text.
+"""Token streaming for the server: the engine's ``session(on_token=...)`` hook calls back after each decoded reply
+token; :class:`TextDeltas` turns the growing token list into the new visible text (``reply_delta`` events).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
-
-from ..inference.engine import StreamSession, TokenCallback
-
-
-class TokenStreamSession(StreamSession):
-    """A :class:`StreamSession` that calls ``on_token`` after each decoded reply/answer token (the engine's hook)."""
-
-    def __init__(self, engine: Any, system_prompt: str | None = None, *, on_token: TokenCallback | None = None,
-                 **kwargs: Any) -> None:
-        super().__init__(engine, system_prompt, on_token=on_token, **kwargs)
 
 
 class TextDeltas:
