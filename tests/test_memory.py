@@ -5,7 +5,7 @@ deeper layers keep what their tokens saw when computed, as in StreamingLLM); the
 import pytest
 import torch
 
-from livecue.inference.engine import StreamEngine
+from livecue.inference.engine import Step, StreamEngine
 from livecue.inference.memory import SinkWindow, Unbounded
 from livecue.model import lm as lm_api
 
@@ -80,14 +80,14 @@ def test_after_eviction_cache_equals_fresh_forward():
         s.push_frame(f[i], i * 0.5)
         lengths.append(s.context_length)
     assert s.evicted_tokens > 0 and max(lengths) <= 200 + 60  # bounded by the budget plus one step
-    s._forward(engine.encode_text(","))  # one more step on the evicted cache (the last eviction came after a step)
+    last = engine._execute([Step(s, engine.encode_text(","))])[0]  # one more step on the evicted cache (the last eviction came after a step)
     v = engine.markers.v
     K = engine.model.frame_num_tokens
     kept_frames = s.history.count(v) // K
     kept = f[60 - kept_frames:]
     with torch.inference_mode():
         fresh = engine.model(torch.tensor([s.history]), frame_features=kept).logits[0, -1]
-    torch.testing.assert_close(s._last_logits, fresh, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(last, fresh, atol=1e-4, rtol=1e-4)
     # the sink (system prompt + "\n[") is still there
     assert engine.tokenizer.decode(s.history).startswith("<|bos|>S\n\n[")
 

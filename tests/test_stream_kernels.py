@@ -53,8 +53,10 @@ def test_folded_gqa_attention_is_exact(over):
 
 
 def test_stream_attention_leaves_other_models_alone():
-    model = _model({"lm.random_init.num_key_value_heads": 4})  # no grouped heads
-    assert not use_stream_attention(model.lm) and model.lm.config._attn_implementation == "sdpa"
+    model = _model({"lm.random_init.num_key_value_heads": 4})  # no grouped heads: still switched (ragged batches)
+    assert use_stream_attention(model.lm) and model.lm.config._attn_implementation == NAME
+    model.lm.set_attn_implementation("eager")
+    assert not use_stream_attention(model.lm) and model.lm.config._attn_implementation == "eager"
 
 
 def test_growing_cache_equals_concatenation():

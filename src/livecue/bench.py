@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .inference.engine import StreamEngine, StreamSession
+from .inference.engine import Program, StreamEngine, StreamSession
 from .inference.events import Reply
 from .inference.memory import MemoryPolicy, SinkWindow, Unbounded
 from .model import lm as lm_api
@@ -92,20 +92,27 @@ class ForcedSession(StreamSession):
                          memory=_TracedPolicy(memory) if record else memory)
         self._ban_eos = False
 
-    def _generate(self, prompt: str, turn: tuple[str, float, str | None]) -> tuple[list[int], bool]:
+    def _generate(self, prompt: str, turn: tuple[str, float, str | None]) -> Program:
         self._ban_eos = True
         try:
-            return super()._generate(prompt, turn)
+            return (yield from super()._generate(prompt, turn))
         finally:
             self._ban_eos = False
 
-    def _forward(self, ids: list[int], frame_features: torch.Tensor | None = None) -> None:
-        if self.trace is not None:
-            self.trace.append(("forward", ids, frame_features))
-        super()._forward(ids, frame_features)
-        if self._ban_eos:
-            with torch.inference_mode():
-                self._last_logits[self.engine.markers.eos] = float("-inf")
+    def frame_program(self, features: torch.Tensor, t: float) -> Program:
+        """The base program, with its forwards traced and eos masked out of the logits while a reply is decoded."""
+        program, logits = super().frame_program(features, t), None
+        while True:
+            try:
+                step = program.send(logits)
+            except StopIteration as done:
+                return done.value
+            if self.trace is not None:
+                self.trace.append(("forward", step.ids, step.features))
+            logits = yield step
+            if self._ban_eos:
+                logits = logits.clone()
+                logits[self.engine.markers.eos] = float("-inf")
 
 
 class _TracedPolicy:

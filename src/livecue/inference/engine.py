@@ -24,7 +24,7 @@ import collections
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Generator, Iterator
 
 import numpy as np
 import torch
@@ -117,28 +117,50 @@ class StreamSession:
         Returns the frame's events in order: answers to queries asked before it, then its decision (``Silence`` or
         ``Reply``) or the answers to queries asked at its time.
         """
+        t = self._check_time(t)
+        return self.engine.run([self.frame_program(self.engine.frame_features(frame), t)])[0]
+
+    def finish(self) -> Iterator[Event]:
+        """Answer the queries still waiting (the stream has ended)."""
+        while self.queries:
+            query = self.queries.popleft()
+            yield from self.engine.run([self._handle(query, max(query.t, self.t))])[0]
+
+    @property
+    def context_length(self) -> int:
+        """Tokens held in the KV cache."""
+        return lm_api.cache_length(self.cache)
+
+    # ---- the step program -------------------------------------------------------------------------------------------
+    # A session's logic is a generator ("program") that yields each forward it needs as a :class:`Step` and receives
+    # the last position's logits back. The engine runs programs one at a time (``push_frame``) or many side by side,
+    # one forward for all of them per round (``StreamEngine.step``): the same code decides in both cases.
+    def _check_time(self, t: float) -> float:
         t = float(t)
         if t < self.t:
             raise ValueError(f"frame time {t} is earlier than the previous frame's {self.t}: times must not decrease")
-        features = self.engine.frame_features(frame)
+        return t
+
+    def frame_program(self, features: torch.Tensor, t: float) -> Program:
+        """The program of one frame (``features``: ``(K, D_vision)``); its return value is the frame's events."""
         start = self.context_length
         events: list[Event] = []
         while self.queries and self.queries[0].t < t:  # asked between the previous frame and this one
             query = self.queries.popleft()
-            events += self._handle(query, max(query.t, self.t))
-        self._feed_frame(features)
+            events += yield from self._handle(query, max(query.t, self.t))
+        yield from self._feed_frame(features)
         self.t = t
         self.frames += 1
         if self.queries and self.queries[0].t <= t:
             while self.queries and self.queries[0].t <= t:
-                events += self._handle(self.queries.popleft(), t)
+                events += yield from self._handle(self.queries.popleft(), t)
         else:
             d = decide(self._last_logits, self.engine.markers.silence, self.threshold)
             if not d.speak:
                 events.append(Silence(t=t, p_silence=d.p_silence, frame=self.frames - 1))
             else:
                 began = time.perf_counter()
-                ids, truncated = self._generate(STREAM_GENERATION_PROMPT, ("reply", t, None))
+                ids, truncated = yield from self._generate(STREAM_GENERATION_PROMPT, ("reply", t, None))
                 self.replies += 1
                 events.append(Reply(t=t, text=self.engine.decode(ids), token_ids=ids,
                                     latency=time.perf_counter() - began, p_silence=d.p_silence,
@@ -147,19 +169,7 @@ class StreamSession:
         self.memory.after_step(self)
         return events
 
-    def finish(self) -> Iterator[Event]:
-        """Answer the queries still waiting (the stream has ended)."""
-        while self.queries:
-            query = self.queries.popleft()
-            yield from self._handle(query, max(query.t, self.t))
-
-    @property
-    def context_length(self) -> int:
-        """Tokens held in the KV cache."""
-        return lm_api.cache_length(self.cache)
-
-    # ---- internals ------------------------------------------------------------------------------------------------
-    def _feed_frame(self, features: torch.Tensor) -> None:
+    def _feed_frame(self, features: torch.Tensor) -> Program:
         if not self._in_stream:
             self._pending_text += STREAM_PROMPT
         elif self._after_frame:
@@ -167,28 +177,28 @@ class StreamSession:
         ids = self._take_pending() + self.engine.frame_ids
         if self._sink is None:  # everything before the first frame's tokens is the attention sink
             self._sink = self.context_length + len(ids) - len(self.engine.frame_ids)
-        self._forward(ids, features[None])
+        self._last_logits = yield Step(self, ids, features[None])
         self._in_stream, self._after_frame = True, True
 
-    def _handle(self, query: _Query, t: float) -> list[Event]:
+    def _handle(self, query: _Query, t: float) -> Program:
         if query.answer:
-            return [self._answer(query, t)]
+            return [(yield from self._answer(query, t))]
         # an instruction: close the stream, add the user turn; the next frame reopens the stream ("\n[")
         self._pending_text += self.engine.template.user_turn(query.text, in_stream=self._in_stream)
         self._in_stream = self._after_frame = False
         return []
 
-    def _answer(self, query: _Query, t: float) -> Answer:
+    def _answer(self, query: _Query, t: float) -> Program:
         start = time.perf_counter()
         prompt = self.engine.template.query_prompt(query.text, in_stream=self._in_stream)
-        ids, truncated = self._generate(prompt, ("answer", t, query.text))
+        ids, truncated = yield from self._generate(prompt, ("answer", t, query.text))
         return Answer(t=t, query=query.text, text=self.engine.decode(ids), token_ids=ids,
                       latency=time.perf_counter() - start, query_t=query.t, truncated=truncated)
 
-    def _generate(self, prompt: str, turn: tuple[str, float, str | None]) -> tuple[list[int], bool]:
+    def _generate(self, prompt: str, turn: tuple[str, float, str | None]) -> Program:
         """Feed ``pending + prompt``, decode until eos or the cap; leave eos pending. Returns (reply ids, truncated)."""
         self._pending_text += prompt
-        self._forward(self._take_pending())
+        self._last_logits = yield Step(self, self._take_pending())
         eos = self.engine.markers.eos
         out: list[int] = []
         truncated = True
@@ -201,7 +211,7 @@ class StreamSession:
             if self.on_token is not None:
                 self.on_token(turn[0], turn[1], out, turn[2])
             if len(out) < self.max_reply_tokens:
-                self._forward([token])
+                self._last_logits = yield Step(self, [token])
         # The turn is closed in every case: eos (sampled, or forced at the cap after the last unfed token) is the
         # pending prefix of whatever comes next, so the context reads "... reply<eos>\n[" as in training.
         self._pending_ids = ([out[-1]] if truncated and out else []) + [eos]
@@ -214,15 +224,18 @@ class StreamSession:
         self._pending_ids, self._pending_text = [], ""
         return ids
 
-    @torch.inference_mode()
-    def _forward(self, ids: list[int], frame_features: torch.Tensor | None = None) -> None:
-        model = self.engine.model
-        if self.history is not None:
-            self.history.extend(ids)
-        input_ids = self.engine.ids_tensor(ids)
-        out = model(input_ids, frame_features=frame_features, cache=self.cache, use_cache=True, logits_to_keep=1)
-        self.cache = out.cache
-        self._last_logits = out.logits[0, -1]
+
+@dataclass
+class Step:
+    """One forward a session's program asks for: ``ids`` (with ``<v>`` placeholders) and the features of its frame
+    (``(1, K, D_vision)``) when it feeds one."""
+
+    session: StreamSession
+    ids: list[int]
+    features: torch.Tensor | None = None
+
+
+Program = Generator[Step, torch.Tensor, Any]
 
 
 class StreamEngine:
@@ -238,7 +251,8 @@ class StreamEngine:
     def __init__(self, model: LiveModel, tokenizer: Any, sampling: SamplingConfig | None = None,
                  memory: MemoryPolicy | None = None) -> None:
         self.model = model
-        use_stream_attention(model.lm)  # exact; frame steps on a long cache without copying grouped KV heads
+        # exact; frame steps on a long cache without copying grouped KV heads; ragged multi-session forwards
+        self.batched = use_stream_attention(model.lm)
         self.memory: MemoryPolicy = memory or Unbounded()
         self.tokenizer = tokenizer
         cfg = model.cfg
@@ -277,6 +291,70 @@ class StreamEngine:
     def finish(self) -> Iterator[Event]:
         return self.default.finish()
 
+    # ---- many sessions at once --------------------------------------------------------------------------------------
+    def step(self, items: list[tuple[StreamSession, Any, float]]) -> list[list[Event]]:
+        """Advance several sessions by one frame each, together: ``items`` is ``[(session, frame, t), ...]`` (any
+        subset of this engine's sessions: sessions join and leave between calls). Pixel frames are encoded in one
+        vision batch (per frame size); then every round runs one LM forward for all sessions that need one (frame
+        tokens, prompts, reply tokens side by side, each attending to its own cache), until every session is done
+        with its frame. Returns each session's events, as its ``push_frame`` would (tested: same events, same
+        caches up to float rounding).
+        """
+        sessions = [item[0] for item in items]
+        if len({id(s) for s in sessions}) != len(sessions):
+            raise ValueError("step() got the same session twice: one frame per session per step")
+        for session in sessions:
+            if session.engine is not self:
+                raise ValueError("step() got a session of another engine")
+        times = [session._check_time(t) for session, _, t in items]
+        features = self.frame_features_batch([frame for _, frame, _ in items])
+        return self.run([s.frame_program(f, t) for s, f, t in zip(sessions, features, times)])
+
+    def run(self, programs: list[Program]) -> list[Any]:
+        """Run session programs to completion side by side (one forward per round for all programs that need one);
+        returns their results. Programs must belong to distinct sessions."""
+        results: list[Any] = [None] * len(programs)
+        waiting: list[tuple[int, Program, Step]] = []
+
+        def advance(i: int, program: Program, logits: torch.Tensor | None) -> None:
+            try:
+                waiting.append((i, program, program.send(logits)))
+            except StopIteration as done:
+                results[i] = done.value
+
+        for i, program in enumerate(programs):
+            advance(i, program, None)
+        while waiting:
+            batch, waiting = waiting, []
+            logits = self._execute([step for _, _, step in batch])
+            for (i, program, _), row in zip(batch, logits):
+                advance(i, program, row)
+        return results
+
+    @torch.inference_mode()
+    def _execute(self, steps: list[Step]) -> list[torch.Tensor]:
+        """Run the forwards of ``steps`` (distinct sessions): one ragged forward when the LM supports it, else one
+        forward each. Returns each step's last-position logits ``(V,)``."""
+        for step in steps:
+            if step.session.history is not None:
+                step.session.history.extend(step.ids)
+        if len(steps) == 1 or not self.batched:
+            out = []
+            for step in steps:
+                res = self.model(self.ids_tensor(step.ids), frame_features=step.features, cache=step.session.cache,
+                                 use_cache=True, logits_to_keep=1)
+                step.session.cache = res.cache
+                out.append(res.logits[0, -1])
+            return out
+        features = [step.features for step in steps if step.features is not None]
+        ids = self.ids_tensor([i for step in steps for i in step.ids])
+        logits, caches = self.model.forward_streams(ids, torch.cat(features) if features else None,
+                                                    [step.session.cache for step in steps],
+                                                    [len(step.ids) for step in steps])
+        for step, cache in zip(steps, caches):
+            step.session.cache = cache
+        return list(logits)
+
     # ---- shared helpers -------------------------------------------------------------------------------------------
     @torch.inference_mode()
     def encode(self, frames: Any) -> torch.Tensor:
@@ -287,6 +365,23 @@ class StreamEngine:
         if isinstance(frames, (list, tuple)):
             frames = torch.stack([to_frame_tensor(f) for f in frames])
         return self.model.encode_frames(frames)
+
+    def frame_features_batch(self, frames: list[Any]) -> list[torch.Tensor]:
+        """``(K, D_vision)`` features of each frame (pixels or features already); pixel frames of the same size are
+        encoded in one vision batch."""
+        out: list[Any] = [None] * len(frames)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        pixels: dict[int, torch.Tensor] = {}
+        for i, frame in enumerate(frames):
+            if isinstance(frame, torch.Tensor) and frame.is_floating_point():
+                out[i] = self.frame_features(frame)
+            else:
+                pixels[i] = to_frame_tensor(frame)
+                groups.setdefault(tuple(pixels[i].shape), []).append(i)
+        for idx in groups.values():
+            for i, features in zip(idx, self.encode(torch.stack([pixels[i] for i in idx]))):
+                out[i] = features
+        return out
 
     def frame_features(self, frame: Any) -> torch.Tensor:
         """``(K, D_vision)`` features of one frame given as pixels or as features already."""

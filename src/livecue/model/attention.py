@@ -10,7 +10,8 @@ trick transformers already uses for single-token decoding.
 
 :func:`use_stream_attention` switches an ``sdpa`` LM to it (an ``AttentionInterface`` registration: every other case,
 e.g. training without a cache, single-token steps, soft-capping, attention sinks, falls through to transformers'
-own ``sdpa`` function).
+own ``sdpa`` function). The same function runs the attention of ragged multi-stream forwards
+(:func:`livecue.model.lm.ragged_forward`: one forward, each stream attending to its own cache).
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ def packed_gqa_sdpa(module: nn.Module, query: torch.Tensor, key: torch.Tensor, v
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    ragged = kwargs.pop("livecue_ragged", None)
+    if ragged is not None:  # several streams in one forward (livecue.model.lm.ragged_forward)
+        from .lm import ragged_attention
+
+        return ragged_attention(module, query, ragged, scaling)
     groups = int(getattr(module, "num_key_value_groups", 1))
     b, h, q, d = query.shape
     if (groups == 1 or q == 1 or attention_mask is None or attention_mask.ndim != 4 or attention_mask.shape[1] != 1
@@ -82,16 +88,13 @@ def _register() -> None:
 
 
 def use_stream_attention(lm: nn.Module) -> bool:
-    """Switch an LM that uses ``sdpa`` attention to :func:`packed_gqa_sdpa` (same results). Returns whether it did;
-    LMs with another attention implementation (eager, flash, ...) or no grouped KV heads are left alone."""
+    """Switch an LM that uses ``sdpa`` attention to :func:`packed_gqa_sdpa` (same results; it also runs ragged
+    multi-stream forwards). Returns whether the LM now uses it; LMs with another attention implementation (eager,
+    flash, ...) are left alone."""
     config = getattr(lm, "config", None)
     if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
         return getattr(config, "_attn_implementation", None) == NAME
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    heads, kv_heads = getattr(text, "num_attention_heads", None), getattr(text, "num_key_value_heads", None)
-    if not heads or not kv_heads or heads == kv_heads:
-        return False
     _register()
     lm.set_attn_implementation(NAME)
-    log.debug("%s: grouped-query attention without repeat_kv for streaming steps", type(lm).__name__)
+    log.debug("%s: livecue attention (GQA without repeat_kv, ragged batches)", type(lm).__name__)
     return True

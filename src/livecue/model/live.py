@@ -158,3 +158,14 @@ class LiveModel(nn.Module):
                 labels, ids = labels[:, keep], input_ids[:, keep]
             loss = streaming_loss(logits, labels, ids, self.v_token_id, self.cfg.stream.stream_loss_weight)
         return LiveOutput(logits=logits, loss=loss, cache=cache)
+
+    def forward_streams(self, input_ids: torch.Tensor, frame_features: torch.Tensor | None, caches: list[Any],
+                        lengths: list[int]) -> tuple[torch.Tensor, list[Any]]:
+        """One forward for several streams (inference): stream i's ``lengths[i]`` new tokens, side by side in
+        ``input_ids``, continue ``caches[i]`` (``None``: a new stream). See :func:`livecue.model.lm.ragged_forward`.
+
+        Shape: input_ids (1, Σq); frame_features (F, K, D_vision) for the ``<v>`` positions in order; returns
+        logits (N, V) at each stream's last new token and the updated caches.
+        """
+        embeds = self.embed(input_ids, self.frame_embeddings(frame_features=frame_features))
+        return lm_api.ragged_forward(self.lm, embeds, caches, lengths)

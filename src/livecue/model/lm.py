@@ -170,3 +170,73 @@ def evict_span(lm: nn.Module, cache: Cache, start: int, end: int) -> None:
         tail_k = _rotate(layer.keys[..., end:, :], start - end, inv_freq)
         layer.keys = torch.cat([layer.keys[..., :start, :], tail_k], dim=-2)
         layer.values = torch.cat([layer.values[..., :start, :], layer.values[..., end:, :]], dim=-2)
+
+
+# ---- ragged batches: several streams' new tokens in one forward --------------------------------------------------
+class _RaggedCache:
+    """The cache object of a ragged forward: the new tokens of N streams sit side by side in one ``(1, Σq)`` row;
+    each layer's update appends every stream's slice to that stream's own cache (in place, :func:`_growing_layer`)
+    and keeps the stream's whole keys/values for the attention of the same layer (:func:`ragged_attention`)."""
+
+    def __init__(self, caches: list[Cache], bounds: list[tuple[int, int]]) -> None:
+        self.caches, self.bounds = caches, bounds
+        self.kv: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        self.kv[layer_idx] = [cache.update(key_states[:, :, a:b], value_states[:, :, a:b], layer_idx)
+                              for cache, (a, b) in zip(self.caches, self.bounds)]
+        return key_states, value_states
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0
+
+
+def ragged_attention(module: nn.Module, query: torch.Tensor, ragged: _RaggedCache, scaling: float | None):
+    """Each stream's queries attend to that stream's cache only (bottom-right causal within its new tokens).
+
+    Shape: query (1, H, Σq, d) -> ((1, Σq, H, d_v), None), like transformers' attention functions.
+    """
+    import torch.nn.functional as F
+
+    kv = ragged.kv.pop(module.layer_idx)
+    _, h, _, d = query.shape
+    outs = []
+    for (a, b), (keys, values) in zip(ragged.bounds, kv):
+        q, total = b - a, keys.shape[-2]
+        h_kv = keys.shape[1]
+        folded = query[:, :, a:b].reshape(1, h_kv, (h // h_kv) * q, d)  # GQA without copying the cache
+        mask = None
+        if q > 1:  # query i (at position total - q + i) sees keys 0 .. total - q + i
+            rows = torch.arange(q, device=query.device)[:, None] + (total - q)
+            mask = (torch.arange(total, device=query.device)[None] <= rows).repeat(h // h_kv, 1)
+        out = F.scaled_dot_product_attention(folded, keys, values, attn_mask=mask, scale=scaling)
+        outs.append(out.reshape(1, h, q, values.shape[-1]))
+    return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
+
+
+def ragged_forward(lm: nn.Module, inputs_embeds: torch.Tensor, caches: list[Cache | None],
+                   lengths: list[int]) -> tuple[torch.Tensor, list[Cache]]:
+    """One LM forward for N streams: stream i's ``lengths[i]`` new tokens (in order, side by side in
+    ``inputs_embeds``) continue stream i's cache at its own positions; the projections and MLPs run once for all.
+    Needs an LM whose attention is livecue's (:func:`livecue.model.attention.use_stream_attention`).
+
+    Shape: inputs_embeds (1, Σq, H) -> logits (N, V) at each stream's last new token; caches updated in place
+    (``None`` ones created). Each stream's result equals its own :func:`lm_forward` up to float rounding.
+    """
+    if inputs_embeds.shape[:2] != (1, sum(lengths)) or min(lengths, default=0) < 1:
+        raise ValueError(f"ragged forward: {tuple(inputs_embeds.shape)} embeddings for segment lengths {lengths}")
+    caches = [new_cache(lm) if c is None else c for c in caches]
+    device = inputs_embeds.device
+    bounds, positions, start = [], [], 0
+    for cache, n in zip(caches, lengths):
+        bounds.append((start, start + n))
+        past = cache_length(cache)
+        positions.append(torch.arange(past, past + n))
+        start += n
+    ragged = _RaggedCache(caches, bounds)
+    last = torch.tensor([b - 1 for _, b in bounds], device=device)
+    dummy_mask = torch.ones(1, 1, start, 1, dtype=torch.bool, device=device)  # 4-D: transformers builds no mask
+    kwargs = {_cache_kwarg(type(lm).forward): ragged}
+    out = lm(inputs_embeds=inputs_embeds, attention_mask=dummy_mask, position_ids=torch.cat(positions)[None].to(device),
+             use_cache=True, logits_to_keep=last, livecue_ragged=ragged, **kwargs)
+    return out.logits[0], caches
