@@ -401,6 +401,79 @@ def measure_overhead(engine: StreamEngine, cfg: BenchConfig, frames: int, repeat
                           ratio_min=min(engine_s) / min(pure_s), ratio_cpu=med(engine_cpu) / med(pure_cpu))
 
 
-__all__ = ["BenchConfig", "ForcedSession", "MarkStats", "OverheadResult", "StreamResult", "environment",
+# ---- many streams: batched stepping vs one session at a time --------------------------------------------------------
+@dataclass
+class MultiStreamResult:
+    """N streams stepped together for ``frames`` ticks (one frame per stream per tick).
+
+    ``round_*``: wall time of a tick (all N frames with their replies: the latency every stream's frame sees when
+    stepped together; stepped one at a time, stream j waits for streams 0..j, so ``frame_*`` takes each stream's
+    own completion time from the tick's start). ``fps``: aggregate frames/s over all streams; ``realtime_streams``:
+    how many streams at the model fps this throughput sustains."""
+
+    streams: int
+    batched: bool
+    frames: int
+    seconds: float
+    fps: float
+    per_stream_fps: float
+    realtime_streams: float
+    round_p50_ms: float
+    round_p99_ms: float
+    frame_p50_ms: float
+    frame_p99_ms: float
+    replies: int
+    peak_mem_mb: float
+    memory_kind: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_streams(engine: StreamEngine, cfg: BenchConfig, streams: int, frames: int, batched: bool = True,
+                warmup: int = 5) -> MultiStreamResult:
+    """``streams`` forced sessions (each on its own random frames, speak schedules staggered by one frame per
+    stream so that replies do not all fall on the same tick) advanced ``frames`` ticks, either together
+    (:meth:`StreamEngine.step`) or one ``push_frame`` at a time. The first ``warmup`` ticks are not timed."""
+    device, fps = engine.model.device, engine.model.cfg.stream.fps
+    total = frames + warmup
+    pools = [frame_pool(engine, cfg.pixels, cfg.seed + i, size=8) for i in range(streams)]
+    speak = [np.roll(speak_schedule(total + streams, fps, cfg.speak_every), i)[:total] for i in range(streams)]
+    sessions = [ForcedSession(engine, cfg.reply_tokens, parse_memory(cfg.memory)) for _ in range(streams)]
+    rounds, done_at = [], []
+    replies = 0
+    reset_peak_memory(device)
+    for k in range(total):
+        for i, session in enumerate(sessions):
+            session.threshold = 1.0 if speak[i][k] else 0.0
+        items = [(session, pools[i][k % len(pools[i])], k / fps) for i, session in enumerate(sessions)]
+        t0 = time.perf_counter()
+        if batched:
+            results = engine.step(items)
+            sync(device)
+            finished = [time.perf_counter() - t0] * streams
+        else:
+            results, finished = [], []
+            for session, frame, t in items:
+                results.append(session.push_frame(frame, t))
+                sync(device)
+                finished.append(time.perf_counter() - t0)
+        for i, events in enumerate(results):
+            _check(events, bool(speak[i][k]), cfg.reply_tokens, k)
+        if k >= warmup:
+            rounds.append(finished[-1])
+            done_at.extend(finished)
+            replies += sum(int(speak[i][k]) for i in range(streams))
+    seconds = float(sum(rounds))
+    agg = streams * frames / seconds
+    return MultiStreamResult(streams=streams, batched=batched, frames=frames, seconds=seconds, fps=agg,
+                             per_stream_fps=agg / streams, realtime_streams=agg / fps,
+                             round_p50_ms=_pct(np.array(rounds), 50), round_p99_ms=_pct(np.array(rounds), 99),
+                             frame_p50_ms=_pct(np.array(done_at), 50), frame_p99_ms=_pct(np.array(done_at), 99),
+                             replies=replies, peak_mem_mb=memory_mb(device)[1],
+                             memory_kind="allocated" if _is_accel(device) else "rss")
+
+
+__all__ = ["BenchConfig", "MultiStreamResult", "run_streams", "ForcedSession", "MarkStats", "OverheadResult", "StreamResult", "environment",
            "load_bench_model", "measure_overhead", "memory_mb", "parse_memory", "replay", "run_stream",
            "speak_schedule"]

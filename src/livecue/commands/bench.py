@@ -10,6 +10,8 @@ from pathlib import Path
 
 from ._common import parser, split_overrides
 
+log = logging.getLogger(__name__)
+
 
 def _int_list(text: str) -> list[int]:
     try:
@@ -68,6 +70,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--overhead-frames", type=int, default=1000,
                    help="frames of the engine-vs-pure-forward comparison (0: skip)")
     p.add_argument("--overhead-repeats", type=int, default=3, help="interleaved repeats of that comparison")
+    p.add_argument("--streams", type=_int_list, default=[],
+                   help="also run N concurrent streams for each N listed (e.g. 1,4,16,32), stepped together (one "
+                        "forward per round) and one at a time, for --streams-frames ticks")
+    p.add_argument("--streams-frames", type=int, default=120, help="ticks of each --streams run (default: 120)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write all results to this JSON file")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
@@ -82,6 +88,7 @@ def main(argv: list[str]) -> int:
         load_bench_model,
         measure_overhead,
         run_stream,
+        run_streams,
     )
     from ..inference.engine import StreamEngine
 
@@ -119,6 +126,31 @@ def main(argv: list[str]) -> int:
               f"{_join(over.engine_s)}, pure wall s {_join(over.pure_s)}; load average {load[0]:.2f})")
         out["overhead"] = {**over.to_dict(), "memory": cfg.memory, "loadavg_before": list(load),
                            "loadavg_after": list(os.getloadavg())}
+    if args.streams:
+        cfg = BenchConfig(marks=[args.streams_frames], speak_every=args.speak_every, reply_tokens=args.reply_tokens,
+                          memory=args.memory.split(",")[0].strip(), pixels=args.pixels, seed=args.seed)
+        rows = []
+        out["multi_stream"] = []
+        for n in args.streams:
+            pair = {}
+            for batched in (True, False):
+                load = os.getloadavg()
+                r = run_streams(engine, cfg, n, args.streams_frames, batched=batched)
+                pair[batched] = r
+                out["multi_stream"].append({**r.to_dict(), "loadavg_before": list(load)})
+            b, q = pair[True], pair[False]
+            rows.append(f"| {n} | {b.fps:.1f} | {q.fps:.1f} | {b.fps / q.fps:.2f}x | {b.realtime_streams:.1f} | "
+                        f"{b.round_p50_ms:.1f} / {b.round_p99_ms:.1f} | {q.frame_p50_ms:.1f} / {q.frame_p99_ms:.1f} | "
+                        f"{b.peak_mem_mb:,.0f} |")
+            log.info("streams %d done", n)
+        print(f"\n### {len(args.streams)} concurrency levels, {args.streams_frames} ticks each, a "
+              f"{args.reply_tokens}-token reply every {args.speak_every:g} s per stream (staggered), memory "
+              f"{cfg.memory}\n")
+        print("| streams | batched frames/s (all streams) | one-at-a-time frames/s | speed-up | real-time "
+              f"{model.cfg.stream.fps:g}-fps streams (batched) | batched frame latency p50 / p99 ms | one-at-a-time "
+              f"p50 / p99 ms | peak {'RSS' if b.memory_kind == 'rss' else 'allocated'} MiB |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print("\n".join(rows))
     env["loadavg_end"] = list(os.getloadavg())
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

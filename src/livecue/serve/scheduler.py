@@ -7,7 +7,8 @@ of decoded frames and an inbox of controls (queries, θ updates). One worker thr
 2. take **one** frame from each session that has frames waiting, round-robin from where the last round stopped
    (at most ``max_batch`` sessions a round), so a busy stream cannot starve the others;
 3. encode those frames with the vision tower in one batch per frame size;
-4. step each session's LLM on its frame, streaming reply tokens as ``reply_delta`` events as they are decoded.
+4. step all those sessions' LLM together (:meth:`StreamEngine.step`: one forward per round for every session that
+   needs one), streaming reply tokens as ``reply_delta`` events as they are decoded.
 
 A full queue drops its **oldest** frame: the model always watches recent footage. Drops are counted and reported
 as one ``dropped`` event before the session's next processed frame (or at its close). Every event goes to the
@@ -236,8 +237,7 @@ class Scheduler:
         for s, items in controls:
             for kind, payload in items:
                 self._apply(s, kind, payload)
-        for (s, t, _, drops), feats in zip(picks, self._encode([p[2] for p in picks])):
-            self._step_session(s, feats, t, drops)
+        self._step_sessions([(s, t, drops) for s, t, _, drops in picks], self._encode([p[2] for p in picks]))
         for s in finishing:
             self._finish(s)
         self.rounds += 1
@@ -260,15 +260,35 @@ class Scheduler:
                     feats[i] = e
         return feats
 
-    def _step_session(self, s: ServeSession, feats: Any, t: float, drops: list[dict[str, Any]]) -> None:
-        try:
+    def _step_sessions(self, picks: list[tuple[ServeSession, float, list[dict[str, Any]]]], feats: list[Any]) -> None:
+        """Step every picked session on its frame with one :meth:`StreamEngine.step` (one LM forward per round for
+        all of them); a session whose frame cannot be processed gets an error and the others go on."""
+        ready: list[tuple[ServeSession, Any, float]] = []
+        for (s, t, drops), f in zip(picks, feats):
             if s.gone:
-                return
+                s.busy = False
+                continue
             for ev in drops:
                 self._send(s, ev)
-            if isinstance(feats, Exception):
-                raise feats
-            for ev in s.stream.push_frame(feats, t):
+            if isinstance(f, Exception) or t < s.stream.t:
+                reason = f if isinstance(f, Exception) else f"its time is earlier than the previous frame's {s.stream.t:g}"
+                self._frame_failed(s, t, reason)
+                continue
+            ready.append((s, f, t))
+        try:
+            results = self.engine.step([(s.stream, f, t) for s, f, t in ready]) if ready else []
+        except Exception as e:  # noqa: BLE001 - reported to every session of the batch; the server goes on
+            log.exception("batched step failed")
+            results = [e] * len(ready)
+        for (s, _, t), events in zip(ready, results):
+            if isinstance(events, Exception):
+                self._frame_failed(s, t, events)
+            else:
+                self._deliver(s, t, events)
+
+    def _deliver(self, s: ServeSession, t: float, events: list[Any]) -> None:
+        try:
+            for ev in events:
                 self._count(s, ev)
                 if isinstance(ev, Silence) and not s.silence:
                     continue
@@ -280,12 +300,15 @@ class Scheduler:
                 self._send(s, error_event("frame_limit", f"this session has streamed {cap} frames, the server's "
                                                          f"limit; it is closing: open a new one to go on", t=t))
                 self.close(s)
-        except Exception as e:  # noqa: BLE001 - one bad frame must not end the session
-            log.warning("session %s: frame at t=%s failed: %s", s.id, t, e)
-            s.stats.errors += 1
-            self._send(s, error_event("frame_failed", f"the frame at t={t:g} could not be processed: {e}", t=t))
         finally:
             s.busy = False
+
+    def _frame_failed(self, s: ServeSession, t: float, reason: Any) -> None:
+        """One bad frame must not end the session: count it and tell the client."""
+        log.warning("session %s: frame at t=%s failed: %s", s.id, t, reason)
+        s.stats.errors += 1
+        s.busy = False
+        self._send(s, error_event("frame_failed", f"the frame at t={t:g} could not be processed: {reason}", t=t))
 
     def _apply(self, s: ServeSession, kind: str, payload: Any) -> None:
         try:
