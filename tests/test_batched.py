@@ -144,3 +144,67 @@ def test_step_encodes_pixel_frames_in_one_batch():
     res = engine.step([(a, torch.zeros(32, 32, 3, dtype=torch.uint8).numpy(), 0.0),
                                   (b, torch.ones(3, 32, 32, dtype=torch.uint8), 0.0)])
     assert calls == [2] and [type(e[0]) for e in res] == [Silence, Silence]
+
+
+def test_continuous_batch_equals_sequential():
+    """Each session takes its next frame as soon as its previous one is done (silent frames take one round, replies
+    more), so sessions drift apart in stream time inside one batch; every session still sees exactly its own
+    sequential behaviour."""
+    engine = _engine()
+    streams = [_feats(engine, 8, seed) for seed in range(3)]
+    thetas = [1.0, 0.0, 0.5]
+
+    def make():
+        out = []
+        for theta in thetas:
+            s = engine.session(threshold=theta, record=True)
+            s.add_query("Why?", at=1.2)
+            out.append(s)
+        return out
+
+    seq = make()
+    seq_events = [[e for k in range(8) for e in s.push_frame(streams[i][k], k * 0.5)] for i, s in enumerate(seq)]
+    con = make()
+    con_events: list[list] = [[] for _ in con]
+    nxt = [0, 0, 0]
+    batch = engine.batch()
+    rounds, spread = 0, 0
+    while any(n < 8 for n in nxt) or len(batch):
+        busy = batch.sessions
+        for i, s in enumerate(con):
+            if nxt[i] < 8 and s not in busy:
+                batch.add_frame(s, streams[i][nxt[i]], nxt[i] * 0.5, key=i)
+                nxt[i] += 1
+        for i, events in batch.round():
+            con_events[i] += events
+        rounds += 1
+        spread = max(spread, max(nxt) - min(nxt))
+    assert spread >= 3  # the silent session ran ahead of the talking one
+    for i in range(3):
+        assert _key(con_events[i]) == _key(seq_events[i])
+        assert con[i].history == seq[i].history
+    with pytest.raises(ValueError, match="already has a frame"):
+        batch.add_frame(con[0], streams[0][0], 9.0)
+        batch.add_frame(con[0], streams[0][1], 9.5)
+
+
+def test_a_failing_program_does_not_stop_the_others():
+    from livecue.inference.engine import Step
+
+    engine = _engine()
+    good, bad = engine.session(threshold=0.0), engine.session(threshold=0.0)
+    f = _feats(engine, 1, 0)[0]
+
+    def broken():
+        yield Step(bad, engine.encode_text("x"))
+        raise RuntimeError("boom")
+
+    batch = engine.batch()
+    batch.add_frame(good, f, 0.0, key="good")
+    batch.add(broken(), key="bad")
+    results = {}
+    while len(batch):
+        results.update(batch.round())
+    assert isinstance(results["bad"], RuntimeError) and [type(e) for e in results["good"]] == [Silence]
+    with pytest.raises(RuntimeError, match="boom"):
+        engine.run([broken()])

@@ -147,3 +147,19 @@ def test_gpu_config_has_real_sizes():
     assert sum(p.numel() for p in model.lm.parameters()) == 8_030_261_248  # Llama-3-8B
     assert model.lm.config.num_key_value_heads == 8 and model.vocab_size == 128256
     assert model.vision.hidden_size == 1024 and model.cfg.vision.resolution == 384
+
+
+@pytest.mark.parametrize("mode", ["continuous", "batched", "sequential"])
+def test_multi_stream_bench_runs_every_frame(mode):
+    from livecue.bench import run_streams
+    from livecue.config import preset
+    from livecue.model.load import build_model
+
+    engine = StreamEngine(*build_model(preset("tiny")))
+    cfg = BenchConfig(marks=[6], speak_every=1.0, reply_tokens=3)
+    r = run_streams(engine, cfg, streams=3, frames=6, mode=mode, warmup=2)
+    # 2 fps, a reply every 1 s = every other frame, staggered per stream: 3 streams x 3 timed replies (±1)
+    assert r.streams == 3 and r.mode == mode and r.fps > 0 and 8 <= r.replies <= 10
+    assert 0 < r.frame_p50_ms <= r.frame_p99_ms
+    with pytest.raises(ValueError, match="mode must be"):
+        run_streams(engine, cfg, 1, 1, mode="nope")

@@ -404,22 +404,18 @@ def measure_overhead(engine: StreamEngine, cfg: BenchConfig, frames: int, repeat
 # ---- many streams: batched stepping vs one session at a time --------------------------------------------------------
 @dataclass
 class MultiStreamResult:
-    """N streams stepped together for ``frames`` ticks (one frame per stream per tick).
+    """N streams of ``frames`` frames (plus warm-up) each, stepped in one of three modes (:func:`run_streams`).
 
-    ``round_*``: wall time of a tick (all N frames with their replies: the latency every stream's frame sees when
-    stepped together; stepped one at a time, stream j waits for streams 0..j, so ``frame_*`` takes each stream's
-    own completion time from the tick's start). ``fps``: aggregate frames/s over all streams; ``realtime_streams``:
-    how many streams at the model fps this throughput sustains."""
+    ``fps``: aggregate frames/s over all streams; ``realtime_streams``: how many streams at the model fps this
+    throughput sustains; ``frame_*``: frame latency (see :func:`run_streams`)."""
 
     streams: int
-    batched: bool
+    mode: str
     frames: int
     seconds: float
     fps: float
     per_stream_fps: float
     realtime_streams: float
-    round_p50_ms: float
-    round_p99_ms: float
     frame_p50_ms: float
     frame_p99_ms: float
     replies: int
@@ -430,48 +426,78 @@ class MultiStreamResult:
         return asdict(self)
 
 
-def run_streams(engine: StreamEngine, cfg: BenchConfig, streams: int, frames: int, batched: bool = True,
+def run_streams(engine: StreamEngine, cfg: BenchConfig, streams: int, frames: int, mode: str = "batched",
                 warmup: int = 5) -> MultiStreamResult:
     """``streams`` forced sessions (each on its own random frames, speak schedules staggered by one frame per
-    stream so that replies do not all fall on the same tick) advanced ``frames`` ticks, either together
-    (:meth:`StreamEngine.step`) or one ``push_frame`` at a time. The first ``warmup`` ticks are not timed."""
+    stream so that replies do not all fall on the same tick), ``frames`` frames each, stepped
+
+    * ``batched``: in lockstep ticks, one :meth:`StreamEngine.step` per tick (a tick lasts as long as its longest
+      reply);
+    * ``continuous``: through one continuous :class:`~livecue.inference.engine.Batch`, each session taking its next
+      frame as soon as its previous one is done (as the server's scheduler does with frames waiting);
+    * ``sequential``: one ``push_frame`` at a time.
+
+    Frame latency is a frame's own time from the start of its tick (lockstep) or from joining the batch
+    (continuous) to its events; the first ``warmup`` frames of each stream are left out of the latency percentiles
+    (not out of the throughput)."""
+    if mode not in ("batched", "continuous", "sequential"):
+        raise ValueError(f"mode must be batched, continuous or sequential, got {mode!r}")
     device, fps = engine.model.device, engine.model.cfg.stream.fps
     total = frames + warmup
     pools = [frame_pool(engine, cfg.pixels, cfg.seed + i, size=8) for i in range(streams)]
     speak = [np.roll(speak_schedule(total + streams, fps, cfg.speak_every), i)[:total] for i in range(streams)]
     sessions = [ForcedSession(engine, cfg.reply_tokens, parse_memory(cfg.memory)) for _ in range(streams)]
-    rounds, done_at = [], []
-    replies = 0
+    latencies, replies = [], 0
     reset_peak_memory(device)
-    for k in range(total):
-        for i, session in enumerate(sessions):
-            session.threshold = 1.0 if speak[i][k] else 0.0
-        items = [(session, pools[i][k % len(pools[i])], k / fps) for i, session in enumerate(sessions)]
-        t0 = time.perf_counter()
-        if batched:
-            results = engine.step(items)
-            sync(device)
-            finished = [time.perf_counter() - t0] * streams
-        else:
-            results, finished = [], []
-            for session, frame, t in items:
-                results.append(session.push_frame(frame, t))
-                sync(device)
-                finished.append(time.perf_counter() - t0)
-        for i, events in enumerate(results):
-            _check(events, bool(speak[i][k]), cfg.reply_tokens, k)
+
+    def start(i: int, k: int) -> tuple[Any, torch.Tensor, float]:
+        sessions[i].threshold = 1.0 if speak[i][k] else 0.0
+        return sessions[i], pools[i][k % len(pools[i])], k / fps
+
+    def record(i: int, k: int, events: list, seconds: float) -> None:
+        nonlocal replies
+        _check(events, bool(speak[i][k]), cfg.reply_tokens, k)
         if k >= warmup:
-            rounds.append(finished[-1])
-            done_at.extend(finished)
-            replies += sum(int(speak[i][k]) for i in range(streams))
-    seconds = float(sum(rounds))
-    agg = streams * frames / seconds
-    return MultiStreamResult(streams=streams, batched=batched, frames=frames, seconds=seconds, fps=agg,
+            latencies.append(seconds)
+            replies += int(speak[i][k])
+
+    timed = 0.0
+    if mode == "continuous":
+        batch, nxt, began = engine.batch(), [0] * streams, {}
+        t_start = time.perf_counter()
+        while len(batch) or min(nxt) < total:
+            for i in range(streams):
+                if nxt[i] < total and sessions[i] not in batch.sessions:
+                    batch.add_frame(*start(i, nxt[i]), key=(i, nxt[i]))
+                    began[i] = time.perf_counter()
+                    nxt[i] += 1
+            for (i, k), events in batch.round():
+                sync(device)
+                record(i, k, events, time.perf_counter() - began[i])
+        timed = time.perf_counter() - t_start
+    else:
+        for k in range(total):
+            items = [start(i, k) for i in range(streams)]
+            t0 = time.perf_counter()
+            if mode == "batched":
+                results = engine.step(items)
+                sync(device)
+                finished = [time.perf_counter() - t0] * streams
+            else:
+                results, finished = [], []
+                for item in items:
+                    results.append(item[0].push_frame(item[1], item[2]))
+                    sync(device)
+                    finished.append(time.perf_counter() - t0)
+            for i, events in enumerate(results):
+                record(i, k, events, finished[i])
+            timed += finished[-1]
+    lat = np.array(latencies)
+    agg = streams * total / timed
+    return MultiStreamResult(streams=streams, mode=mode, frames=frames, seconds=timed, fps=agg,
                              per_stream_fps=agg / streams, realtime_streams=agg / fps,
-                             round_p50_ms=_pct(np.array(rounds), 50), round_p99_ms=_pct(np.array(rounds), 99),
-                             frame_p50_ms=_pct(np.array(done_at), 50), frame_p99_ms=_pct(np.array(done_at), 99),
-                             replies=replies, peak_mem_mb=memory_mb(device)[1],
-                             memory_kind="allocated" if _is_accel(device) else "rss")
+                             frame_p50_ms=_pct(lat, 50), frame_p99_ms=_pct(lat, 99), replies=replies,
+                             peak_mem_mb=memory_mb(device)[1], memory_kind="allocated" if _is_accel(device) else "rss")
 
 
 __all__ = ["BenchConfig", "MultiStreamResult", "run_streams", "ForcedSession", "MarkStats", "OverheadResult", "StreamResult", "environment",

@@ -238,6 +238,68 @@ class Step:
 Program = Generator[Step, torch.Tensor, Any]
 
 
+class Batch:
+    """Continuous batching of session programs: every :meth:`round` runs one LM forward for all programs in the
+    batch and returns those that finished; new programs may join before any round. A session whose frame is done
+    (silent frames take one round) takes its next frame while others are still decoding replies, so a frame's
+    latency is its own work, not the longest reply of the batch."""
+
+    def __init__(self, engine: "StreamEngine") -> None:
+        self.engine = engine
+        self._waiting: list[tuple[Any, Program, Step]] = []
+        self._done: list[tuple[Any, Any]] = []
+
+    def __len__(self) -> int:
+        return len(self._waiting) + len(self._done)
+
+    @property
+    def sessions(self) -> list[StreamSession]:
+        """Sessions with a program in the batch."""
+        return [step.session for _, _, step in self._waiting]
+
+    def add(self, program: Program, key: Any = None) -> None:
+        """Start ``program`` (it runs up to its first forward); ``key`` comes back with its result."""
+        self._advance(key, program, None)
+
+    def add_frame(self, session: StreamSession, frame: Any, t: float, key: Any = None) -> None:
+        """Add the program of one frame of ``session`` (pixels or ``(K, D)`` features) at time ``t``."""
+        if any(step.session is session for _, _, step in self._waiting):
+            raise ValueError("this session already has a frame in the batch: one frame per session at a time")
+        t = session._check_time(t)
+        self.add(session.frame_program(self.engine.frame_features(frame), t), key=session if key is None else key)
+
+    def round(self) -> list[tuple[Any, Any]]:
+        """One forward for every waiting program; returns ``(key, result)`` of the programs that finished."""
+        batch, self._waiting = self._waiting, []
+        if batch:
+            logits = self.engine._execute([step for _, _, step in batch])
+            for (key, program, _), row in zip(batch, logits):
+                self._advance(key, program, row)
+        done, self._done = self._done, []
+        return done
+
+    @property
+    def keys(self) -> list[Any]:
+        """Keys of the programs still running."""
+        return [key for key, _, _ in self._waiting]
+
+    def _advance(self, key: Any, program: Program, logits: torch.Tensor | None) -> None:
+        """Run ``program`` up to its next forward. A program that raises finishes with the exception as its result
+        (the others go on)."""
+        try:
+            step = program.send(logits)
+            if any(s.session is step.session for _, _, s in self._waiting):
+                raise ValueError("two programs of the same session in one batch")
+        except StopIteration as finished:
+            self._done.append((key, finished.value))
+            return
+        except Exception as e:  # noqa: BLE001 - reported as this program's result
+            program.close()
+            self._done.append((key, e))
+            return
+        self._waiting.append((key, program, step))
+
+
 class StreamEngine:
     """Shared model + tokenizer + template; sessions hold per-stream state.
 
@@ -313,23 +375,21 @@ class StreamEngine:
     def run(self, programs: list[Program]) -> list[Any]:
         """Run session programs to completion side by side (one forward per round for all programs that need one);
         returns their results. Programs must belong to distinct sessions."""
-        results: list[Any] = [None] * len(programs)
-        waiting: list[tuple[int, Program, Step]] = []
-
-        def advance(i: int, program: Program, logits: torch.Tensor | None) -> None:
-            try:
-                waiting.append((i, program, program.send(logits)))
-            except StopIteration as done:
-                results[i] = done.value
-
+        batch = self.batch()
         for i, program in enumerate(programs):
-            advance(i, program, None)
-        while waiting:
-            batch, waiting = waiting, []
-            logits = self._execute([step for _, _, step in batch])
-            for (i, program, _), row in zip(batch, logits):
-                advance(i, program, row)
+            batch.add(program, key=i)
+        results: list[Any] = [None] * len(programs)
+        while batch:
+            for i, result in batch.round():
+                results[i] = result
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
         return results
+
+    def batch(self) -> "Batch":
+        """An empty continuous batch (:class:`Batch`): add programs at any round, collect each when it is done."""
+        return Batch(self)
 
     @torch.inference_mode()
     def _execute(self, steps: list[Step]) -> list[torch.Tensor]:

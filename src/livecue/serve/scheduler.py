@@ -4,11 +4,14 @@ Each connected client owns a :class:`ServeSession`: an engine session (KV cache,
 of decoded frames and an inbox of controls (queries, θ updates). One worker thread owns the model and runs rounds:
 
 1. apply every session's controls (in arrival order);
-2. take **one** frame from each session that has frames waiting, round-robin from where the last round stopped
-   (at most ``max_batch`` sessions a round), so a busy stream cannot starve the others;
-3. encode those frames with the vision tower in one batch per frame size;
-4. step all those sessions' LLM together (:meth:`StreamEngine.step`: one forward per round for every session that
-   needs one), streaming reply tokens as ``reply_delta`` events as they are decoded.
+2. take **one** frame from each session that has frames waiting and none in flight, round-robin from where the
+   last round stopped (at most ``max_batch`` sessions in flight), so a busy stream cannot starve the others;
+3. encode those frames with the vision tower in one batch per frame size and add them to the engine's continuous
+   batch (:class:`~livecue.inference.engine.Batch`);
+4. run **one** LM forward for every frame in flight (frame tokens, prompts and reply tokens of all sessions side
+   by side) and deliver the frames that finished: a silent frame takes one round, a reply one round per token,
+   and a session whose frame is done takes its next frame while others are still speaking. Reply tokens stream
+   as ``reply_delta`` events as they are decoded.
 
 A full queue drops its **oldest** frame: the model always watches recent footage. Drops are counted and reported
 as one ``dropped`` event before the session's next processed frame (or at its close). Every event goes to the
@@ -107,6 +110,7 @@ class Scheduler:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stop = False
+        self._batch = engine.batch()  # frames in flight (continuous batching; only the worker touches it)
         self.rounds = 0
 
     # ---- client side (any thread) ---------------------------------------------------------------------------------
@@ -213,7 +217,7 @@ class Scheduler:
                 log.exception("scheduler round failed")
 
     def _has_work(self) -> bool:
-        return any(s.frames or s.controls or s.closing for s in self.sessions.values())
+        return bool(self._batch) or any(s.frames or s.controls or s.closing for s in self.sessions.values())
 
     def step(self) -> bool:
         """Run one round (see the module docstring). Returns whether there was anything to do."""
@@ -222,26 +226,38 @@ class Scheduler:
             for s, _ in controls:
                 s.controls.clear()
             picks: list[tuple[ServeSession, float, np.ndarray, list[dict[str, Any]]]] = []
+            room = self.max_batch - len(self._batch.keys)
             for _ in range(len(self._ring)):
+                if len(picks) >= room:
+                    break
                 sid = self._ring[0]
                 self._ring.rotate(-1)
                 s = self.sessions[sid]
-                if s.frames:
+                if s.frames and not s.busy:
                     t, frame = s.frames.popleft()
                     picks.append((s, t, frame, self._take_drops(s, before=t)))
                     s.busy = True
-                    if len(picks) == self.max_batch:
-                        break
-            finishing = [s for s in self.sessions.values() if s.closing and not s.frames and s not in
-                         [p[0] for p in picks]]
+            finishing = [s for s in self.sessions.values() if s.closing and not s.frames and not s.busy]
         for s, items in controls:
             for kind, payload in items:
                 self._apply(s, kind, payload)
-        self._step_sessions([(s, t, drops) for s, t, _, drops in picks], self._encode([p[2] for p in picks]))
+        self._start_frames([(s, t, drops) for s, t, _, drops in picks], self._encode([p[2] for p in picks]))
+        running = bool(self._batch.keys)
+        try:
+            done = self._batch.round()
+        except Exception as e:  # noqa: BLE001 - the forward of the whole batch failed: each of its frames fails
+            log.exception("batched step failed")
+            done = [(key, e) for key in self._batch.keys]
+            self._batch = self.engine.batch()
+        for (s, t), result in done:
+            if isinstance(result, Exception):
+                self._frame_failed(s, t, result)
+            else:
+                self._deliver(s, t, result)
         for s in finishing:
             self._finish(s)
         self.rounds += 1
-        return bool(controls or picks or finishing)
+        return bool(controls or picks or finishing or running)
 
     def _encode(self, frames: list[np.ndarray]) -> list[Any]:
         """Vision features of the picked frames, one batch per frame size (an exception where a batch failed)."""
@@ -260,34 +276,26 @@ class Scheduler:
                     feats[i] = e
         return feats
 
-    def _step_sessions(self, picks: list[tuple[ServeSession, float, list[dict[str, Any]]]], feats: list[Any]) -> None:
-        """Step every picked session on its frame with one :meth:`StreamEngine.step` (one LM forward per round for
-        all of them); a session whose frame cannot be processed gets an error and the others go on."""
-        ready: list[tuple[ServeSession, Any, float]] = []
+    def _start_frames(self, picks: list[tuple[ServeSession, float, list[dict[str, Any]]]], feats: list[Any]) -> None:
+        """Add every picked session's frame to the continuous batch (its forwards join the next rounds); a session
+        whose frame cannot be processed gets an error and the others go on."""
         for (s, t, drops), f in zip(picks, feats):
             if s.gone:
                 s.busy = False
                 continue
             for ev in drops:
                 self._send(s, ev)
-            if isinstance(f, Exception) or t < s.stream.t:
-                reason = f if isinstance(f, Exception) else f"its time is earlier than the previous frame's {s.stream.t:g}"
-                self._frame_failed(s, t, reason)
-                continue
-            ready.append((s, f, t))
-        try:
-            results = self.engine.step([(s.stream, f, t) for s, f, t in ready]) if ready else []
-        except Exception as e:  # noqa: BLE001 - reported to every session of the batch; the server goes on
-            log.exception("batched step failed")
-            results = [e] * len(ready)
-        for (s, _, t), events in zip(ready, results):
-            if isinstance(events, Exception):
-                self._frame_failed(s, t, events)
-            else:
-                self._deliver(s, t, events)
+            try:
+                if isinstance(f, Exception):
+                    raise f
+                self._batch.add_frame(s.stream, f, t, key=(s, t))
+            except Exception as e:  # noqa: BLE001 - one bad frame must not end the session
+                self._frame_failed(s, t, e)
 
     def _deliver(self, s: ServeSession, t: float, events: list[Any]) -> None:
         try:
+            if s.gone:  # disconnected while its frame was in flight
+                return
             for ev in events:
                 self._count(s, ev)
                 if isinstance(ev, Silence) and not s.silence:
