@@ -135,6 +135,12 @@ def test_feature_cache_is_resumable(world, parts, monkeypatch, capsys):
     assert cli.main(["encode", str(world), "--out", str(out), "--model", "tiny", "--fps", "4",
                      "--dtype", "float32"]) == 1
     assert "different fps" in capsys.readouterr().err
+    # config overrides reach the tower: an extra colour token per frame, into a new cache
+    out2 = world.parent / "cache_colour"
+    assert cli.main(["encode", str(world), "--out", str(out2), "--model", "tiny", "--dtype", "float32",
+                     "--vision.frame_token_colour=2"]) == 0
+    index2 = json.loads((out2 / "index.json").read_text())
+    assert index2["frame_num_tokens"] == model.frame_num_tokens + 1 and index2["vision"]["frame_token_colour"] == 2
 
 
 def test_encode_errors(tmp_path, capsys):

@@ -309,3 +309,34 @@ def test_load_frame_encoder_accepts_preset_spellings(name, monkeypatch):
     monkeypatch.setattr(load, "build_frame_encoder", lambda cfg, dtype: built.append(cfg) or nn.Linear(1, 1))
     _, cfg = load.load_frame_encoder(name)  # no download: the tower builder is stubbed
     assert cfg.name == "live1_plus" and built[0].frame_num_tokens == 10
+
+
+# ---- the colour token -------------------------------------------------------------------------------------------
+def test_colour_token_is_the_pooled_normalised_pixels():
+    enc = tiny_encoder("dinov2", 3, frame_token_colour=2)
+    assert enc.num_tokens == 11
+    frames = random_frames(2, h=32, w=32)
+    with torch.no_grad():
+        out = enc(frames)
+    ref = reference_tokens(enc, frames, "dinov2", 3)
+    torch.testing.assert_close(out[:, :10], ref)
+    # by hand: (x/255 - mean)/std, 16x16-pixel means, channel-major then row-major, zero-padded to D
+    x = (frames.float() / 255 - enc.mean) / enc.std
+    by_hand = torch.stack([x[:, c, 16 * r:16 * r + 16, 16 * q:16 * q + 16].mean(dim=(1, 2))
+                           for c in range(3) for r in range(2) for q in range(2)], dim=1)
+    torch.testing.assert_close(out[:, 10, :12], by_hand, atol=1e-5, rtol=1e-5)
+    assert out[:, 10, 12:].abs().max() == 0
+    # red and blue frames differ in the colour token
+    red = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+    red[:, 0] = 255
+    blue = red.roll(2, dims=1)
+    with torch.no_grad():
+        a, b = enc(red)[0, 10, :12], enc(blue)[0, 10, :12]
+    assert a[:4].mean() > 0 > b[:4].mean() and b[8:].mean() > 0 > a[8:].mean()
+
+
+def test_colour_token_too_wide():
+    with pytest.raises(ValueError, match="frame_token_colour=4 needs 3·g² = 48 values, more than the tower width 32"):
+        tiny_encoder("dinov2", 3, frame_token_colour=4)
+    with pytest.raises(ValueError, match="frame_token_colour must be >= 0"):
+        VisionConfig(frame_token_colour=-1)

@@ -51,6 +51,9 @@ class VisionConfig:
         resolution: square input size in pixels (frames are letterboxed to it).
         frame_token_cls: emit the "CLS" token first.
         frame_token_pooled: k: emit k×k adaptive-average-pooled spatial tokens (0: none).
+        frame_token_colour: g: emit one more token, last: the frame's g×g mean colours (the normalised pixels
+            average-pooled to g×g, 3·g² values, zero-padded to the tower's width; 0: none). For towers whose
+            features are nearly colour-invariant (ImageNet CNNs).
         frozen: keep the tower's weights frozen.
         mean, std: per-channel normalisation after scaling to [0, 1]; ``None`` takes the tower's own.
     """
@@ -61,6 +64,7 @@ class VisionConfig:
     resolution: int = 384
     frame_token_cls: bool = True
     frame_token_pooled: int = 3
+    frame_token_colour: int = 0
     frozen: bool = True
     mean: list[float] | None = None
     std: list[float] | None = None
@@ -71,6 +75,7 @@ class VisionConfig:
                "vision needs name_or_path (pretrained) or random_init (random weights); both are None")
         _check(self.resolution > 0, f"vision.resolution must be positive, got {self.resolution}")
         _check(self.frame_token_pooled >= 0, f"vision.frame_token_pooled must be >= 0, got {self.frame_token_pooled}")
+        _check(self.frame_token_colour >= 0, f"vision.frame_token_colour must be >= 0, got {self.frame_token_colour}")
         _check(self.frame_token_cls or self.frame_token_pooled > 0,
                "vision emits no token per frame: set frame_token_cls or frame_token_pooled > 0")
         for name in ("mean", "std"):
@@ -79,8 +84,8 @@ class VisionConfig:
 
     @property
     def frame_num_tokens(self) -> int:
-        """K: tokens per frame (CLS + k×k)."""
-        return int(self.frame_token_cls) + self.frame_token_pooled**2
+        """K: tokens per frame (CLS + k×k + the colour token)."""
+        return int(self.frame_token_cls) + self.frame_token_pooled**2 + int(self.frame_token_colour > 0)
 
 
 @dataclass

@@ -12,12 +12,13 @@ import sys
 import time
 from pathlib import Path
 
-from ._common import parser
+from ._common import parser, split_overrides
 
 log = logging.getLogger(__name__)
 
 
 def main(argv: list[str]) -> int:
+    argv, overrides = split_overrides(argv)
     p = parser("encode", "Pre-encode videos with the model's frozen vision tower into a feature cache.")
     p.add_argument("video_dir", help="directory of video files (searched recursively; .npy frame arrays too)")
     p.add_argument("--out", required=True, help="cache directory")
@@ -41,7 +42,7 @@ def main(argv: list[str]) -> int:
     videos = list_videos(args.video_dir)
     if not videos:
         raise ValueError(f"no video files in {args.video_dir!r}")
-    encoder, cfg = load_frame_encoder(args.model, device=device)
+    encoder, cfg = load_frame_encoder(args.model, device=device, overrides=overrides or None)
     fps = args.fps or cfg.stream.fps
     out = Path(args.out)
     header = {"fps": fps, "vision": cfg.to_dict()["vision"], "frame_num_tokens": cfg.frame_num_tokens,

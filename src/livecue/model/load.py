@@ -214,8 +214,10 @@ def load_model(source: str | Path, *, device: str | torch.device | None = None, 
                      f"({', '.join(list_presets())}) or {', '.join(upstream.ALIASES)}")
 
 
-def load_frame_encoder(source: str | Path, *, device: str | torch.device | None = None, dtype: str = "float32"):
-    """Only the vision side of a model (for feature caching): ``(FrameEncoder, LiveConfig)``.
+def load_frame_encoder(source: str | Path, *, device: str | torch.device | None = None, dtype: str = "float32",
+                       overrides: list[str] | None = None):
+    """Only the vision side of a model (for feature caching): ``(FrameEncoder, LiveConfig)``, with dotted config
+    ``overrides`` applied (e.g. ``["vision.frame_token_pooled=2"]``).
 
     Pretrained towers load from their own source; a randomly initialised tower takes its weights from the
     checkpoint's ``livecue_model.safetensors`` (or the preset's seed-0 initialisation).
@@ -225,6 +227,8 @@ def load_frame_encoder(source: str | Path, *, device: str | torch.device | None 
         cfg = LiveConfig.load(path)
     else:  # a preset, spelt as load_model accepts it (``live1+``, ``live1-plus``)
         cfg = preset(str(source)) if _is_preset(str(source)) else LiveConfig.load(str(source))
+    if overrides:
+        cfg = cfg.with_overrides(overrides)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # build_model's seed for the vision tower
         encoder = build_frame_encoder(cfg.vision, dtype=DTYPE_NAMES[dtype])

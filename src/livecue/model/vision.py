@@ -65,7 +65,7 @@ class FrameEncoder(nn.Module):
 
     Shape:
         frames: (F, 3, H, W) uint8 (any H, W; letterboxed to the resolution)
-        output: (F, K, D) with K = int(cls) + k*k and D the tower's hidden size.
+        output: (F, K, D) with K = int(cls) + k*k (+ 1 colour token) and D the tower's hidden size.
     """
 
     def __init__(self, tower: nn.Module, cfg: VisionConfig, hidden_size: int,
@@ -80,6 +80,9 @@ class FrameEncoder(nn.Module):
         if cfg.frozen:
             self.tower.requires_grad_(False)
             self.tower.eval()
+        if 3 * cfg.frame_token_colour**2 > hidden_size:
+            raise ValueError(f"vision.frame_token_colour={cfg.frame_token_colour} needs 3·g² = "
+                             f"{3 * cfg.frame_token_colour**2} values, more than the tower width {hidden_size}")
 
     @property
     def num_tokens(self) -> int:
@@ -110,6 +113,10 @@ class FrameEncoder(nn.Module):
         if k:
             pooled = F.adaptive_avg_pool2d(grid, k)  # (F, D, k, k)
             tokens.append(pooled.flatten(2).transpose(1, 2))  # (F, k*k, D), row-major
+        g = self.cfg.frame_token_colour
+        if g:
+            colour = F.adaptive_avg_pool2d(pixels, g).flatten(1).to(cls.dtype)  # (F, 3*g*g): channel, row, column
+            tokens.append(F.pad(colour, (0, cls.shape[-1] - colour.shape[-1]))[:, None])  # (F, 1, D)
         return torch.cat(tokens, dim=1)
 
     def _cls_and_grid(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
