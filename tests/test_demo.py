@@ -22,3 +22,13 @@ def test_demo_runs_with_the_default_model(tmp_path, capsys):
 def test_demo_save_directory_must_exist(tmp_path, capsys):
     rc = cli.main(["demo", "--save", str(tmp_path / "nope" / "out.mp4")])
     assert rc == 1 and "--save directory does not exist" in capsys.readouterr().err
+
+
+def test_default_alias_names_the_packaged_model():
+    pytest.importorskip("efficientnet_lite_pytorch", reason="the [models] extra is not installed")
+    from livecue.model.load import DEFAULT_MODEL_DIR, load_frame_encoder
+    from livecue.config import LiveConfig
+
+    encoder, cfg = load_frame_encoder("default")
+    assert cfg == LiveConfig.load(DEFAULT_MODEL_DIR) and cfg.name == "livecue-default"
+    assert encoder.num_tokens == cfg.frame_num_tokens

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ._common import parser, split_overrides
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_model"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_model"  # as load.DEFAULT_MODEL_DIR
 DEMO_SEED = 7  # a test-split stream: disjoint from every training stream by construction
 
 

@@ -167,17 +167,24 @@ def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+DEFAULT_ALIAS = "default"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_model"  # livecue's own (issue 7)
+
+
 def load_model(source: str | Path, *, device: str | torch.device | None = None, dtype: str | None = None,
                overrides: list[str] | None = None, merge_lora: bool = True, base: str | None = None,
                vision: str | None = None) -> tuple[LiveModel, Any]:
-    """Load ``(LiveModel, tokenizer)`` from a checkpoint directory, a preset name, a config file, a hub id, or the
-    paper's released adapter (alias ``videollm-online-8b-v1plus`` or a directory in its layout).
+    """Load ``(LiveModel, tokenizer)`` from a checkpoint directory, a preset name, a config file, a hub id, the
+    packaged default model (``default``), or the paper's released adapter (alias ``videollm-online-8b-v1plus`` or a
+    directory in its layout).
 
     A checkpoint's LoRA adapter is merged into the base weights unless ``merge_lora=False`` (for training on).
     ``base`` / ``vision`` replace the base LM / vision tower of an upstream adapter (local copies of gated weights).
     """
     from . import upstream
 
+    if str(source) == DEFAULT_ALIAS and not Path(source).exists():
+        source = DEFAULT_MODEL_DIR
     if str(source) in upstream.ALIASES or upstream.is_upstream_dir(source):
         return upstream.load_upstream(str(source), base=base, vision=vision, device=device, dtype=dtype,
                                       merge=merge_lora)
@@ -211,7 +218,7 @@ def load_model(source: str | Path, *, device: str | torch.device | None = None, 
         return load_model(_download(str(source)), device=device, dtype=dtype, overrides=overrides,
                           merge_lora=merge_lora, base=base, vision=vision)
     raise ValueError(f"unknown model {str(source)!r}: not a checkpoint directory, a config file, a preset "
-                     f"({', '.join(list_presets())}) or {', '.join(upstream.ALIASES)}")
+                     f"({', '.join(list_presets())}), {DEFAULT_ALIAS} or {', '.join(upstream.ALIASES)}")
 
 
 def load_frame_encoder(source: str | Path, *, device: str | torch.device | None = None, dtype: str = "float32",
@@ -222,6 +229,8 @@ def load_frame_encoder(source: str | Path, *, device: str | torch.device | None 
     Pretrained towers load from their own source; a randomly initialised tower takes its weights from the
     checkpoint's ``livecue_model.safetensors`` (or the preset's seed-0 initialisation).
     """
+    if str(source) == DEFAULT_ALIAS and not Path(source).exists():
+        source = DEFAULT_MODEL_DIR
     path = Path(source)
     if path.exists():
         cfg = LiveConfig.load(path)
