@@ -166,6 +166,20 @@ def test_free_running_constant_model(silent_model, data):
     assert m["reply_pairs"] == 2 and m["reply_exact"] == 0.0
 
 
+def test_free_running_with_bounded_memory(tiny, data):
+    """A window larger than the stream changes nothing; with a small one every frame is still streamed."""
+    from livecue.inference.memory import SinkWindow
+
+    model, tok = tiny
+    kw = dict(threshold=0.7, max_samples=2, similarity=False, max_frames=0)
+    base = evaluate_free(model, tok, data / "narration.jsonl", **kw)
+    wide = evaluate_free(model, tok, data / "narration.jsonl", memory=SinkWindow(100_000), **kw)
+    assert [s["replies"] for s in wide.samples] == [s["replies"] for s in base.samples]
+    assert wide.means == base.means
+    small = evaluate_free(model, tok, data / "narration.jsonl", memory=SinkWindow(40, 8), **kw)
+    assert [s["minutes"] for s in small.samples] == [s["minutes"] for s in base.samples]
+
+
 def test_livecue_eval_narration_calibrate_and_save(tiny, data, tmp_path, capsys):
     model, tok = tiny
     ckpt = save_checkpoint(model, tok, tmp_path / "ckpt")
@@ -216,6 +230,10 @@ def test_eval_argument_errors(data, capsys):
     assert cli.main(["eval", "--data", str(data / "narration.jsonl"), "--threshold", "1.5"]) == 1
     err = capsys.readouterr().err
     assert "--calibrate" in err and "--save-threshold" in err and "[0, 1]" in err
+    assert cli.main(["eval", "--data", str(data / "narration.jsonl"), "--task", "free", "--memory", "sink"]) == 1
+    assert "memory must be 'unbounded', 'sink:MAX_TOKENS'" in capsys.readouterr().err
+    assert cli.main(["eval", "--data", str(data / "narration.jsonl"), "--memory", "sink:64"]) == 1
+    assert "apply to the free-running task, not narration" in capsys.readouterr().err
 
 
 def test_semantic_similarity_when_installed():

@@ -176,6 +176,36 @@ def test_scheduler_is_round_robin_and_drops_the_oldest(tiny):
     assert not sched.sessions and not sched.step()
 
 
+def test_scheduler_batches_sessions_and_isolates_a_bad_frame(tiny):
+    """Silent sessions keep taking frames while a talking one decodes (continuous batching: one forward per round
+    for all); a frame that cannot be encoded fails for its own session only, which then goes on."""
+    engine = StreamEngine(*tiny)
+    widths = []
+    forward_streams = engine.model.forward_streams
+    engine.model.forward_streams = lambda *a: widths.append(len(a[3])) or forward_streams(*a)
+    sched = Scheduler(engine, limits=Limits(queue_size=8, max_reply_tokens=6))
+    out: dict[str, list[dict]] = {"talk": [], "quiet": [], "bad": []}
+    talk = sched.open(Open(threshold=1.0, silence=True), out["talk"].append)  # θ = 1: replies on every frame
+    quiet = sched.open(Open(threshold=0.0, silence=True), out["quiet"].append)
+    bad = sched.open(Open(threshold=0.0, silence=True), out["bad"].append)
+    video = frames(4)
+    for i in range(4):
+        sched.push_frame(talk, i * 0.5, video[i])
+        sched.push_frame(quiet, i * 0.5, video[i])
+        sched.push_frame(bad, i * 0.5, video[i] if i else video[i][..., :2])  # frame 0: 2 colour channels
+    rounds = 0
+    while sched.step():
+        rounds += 1
+        if rounds == 3:  # the talker is still on its first frame; the quiet stream is done with 3 frames
+            assert "reply" not in [e["type"] for e in out["talk"]] and len(out["quiet"]) == 3
+    assert [e["type"] for e in out["quiet"]] == ["silence"] * 4
+    assert [e["type"] for e in out["talk"] if e["type"] != "reply_delta"] == ["reply"] * 4
+    assert out["bad"][0]["type"] == "error" and out["bad"][0]["code"] == "frame_failed"
+    assert "3 colour channels" in out["bad"][0]["message"]
+    assert [e["type"] for e in out["bad"][1:]] == ["silence"] * 3
+    assert max(widths) == 3
+
+
 def test_bounded_memory_and_instructions(tiny):
     """A server memory policy bounds every stream's cache; a query with answer=false is read, not answered."""
     from livecue.inference.memory import SinkWindow

@@ -25,25 +25,13 @@ import torch
 
 from .inference.engine import Program, StreamEngine, StreamSession
 from .inference.events import Reply
-from .inference.memory import MemoryPolicy, SinkWindow, Unbounded
+from .inference.memory import MemoryPolicy, parse_memory
 from .model import lm as lm_api
 
 log = logging.getLogger(__name__)
 
 
 # ---- configuration --------------------------------------------------------------------------------------------------
-def parse_memory(spec: str) -> MemoryPolicy:
-    """``unbounded`` | ``sink:MAX_TOKENS`` | ``sink:MAX_TOKENS:CHUNK`` -> a memory policy (chunk: at most 256,
-    an eighth of the budget)."""
-    parts = spec.strip().lower().split(":")
-    if parts == ["unbounded"]:
-        return Unbounded()
-    if parts[0] == "sink" and len(parts) in (2, 3) and all(p.isdigit() for p in parts[1:]):
-        budget = int(parts[1])
-        return SinkWindow(budget, int(parts[2]) if len(parts) == 3 else min(256, budget // 8))
-    raise ValueError(f"memory must be 'unbounded', 'sink:MAX_TOKENS' or 'sink:MAX_TOKENS:CHUNK', got {spec!r}")
-
-
 @dataclass
 class BenchConfig:
     """What one benchmark stream does.

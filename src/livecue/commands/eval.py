@@ -31,6 +31,12 @@ def build_parser():
     p.add_argument("--feature-cache", default=None, help="read frame features from a 'livecue encode' cache")
     p.add_argument("--tolerance", type=int, default=1, help="free-running speak-timing tolerance in frames (±)")
     p.add_argument("--no-similarity", action="store_true", help="skip the all-MiniLM-L6-v2 similarity (free)")
+    p.add_argument("--memory", default="unbounded",
+                   help="free-running memory policy: unbounded (default) or sink:MAX_TOKENS[:CHUNK] (attention sink + "
+                        "sliding window; measures what bounded memory costs in quality)")
+    p.add_argument("--max-frames", type=int, default=None,
+                   help="free: stream at most this many frames per record (default: the model's "
+                        "stream.max_num_frames, the training cut); 0 streams whole records")
     p.add_argument("--calibrate", action="store_true", help="sweep θ (narration/free) and recommend one")
     p.add_argument("--grid", default=None, help="θ values for --calibrate, comma-separated (default 0.05..0.95)")
     p.add_argument("--free-samples", type=int, default=8,
@@ -93,6 +99,13 @@ def _check_args(args: Any) -> None:
         raise ValueError(f"--calibrate sweeps the speak threshold: it applies to narration and free, not {args.task}")
     if args.save_threshold and not args.calibrate:
         raise ValueError("--save-threshold writes the recommended θ: add --calibrate")
+    if args.max_frames is not None and args.max_frames < 0:
+        raise ValueError(f"--max-frames must be >= 0 (0: whole records), got {args.max_frames}")
+    if (args.memory != "unbounded" or args.max_frames is not None) and args.task != "free":
+        raise ValueError(f"--memory and --max-frames apply to the free-running task, not {args.task}")
+    from ..inference.memory import parse_memory
+
+    parse_memory(args.memory)
     if not Path(args.data).is_file():
         raise FileNotFoundError(f"records file not found: {args.data!r}")
 
@@ -135,9 +148,13 @@ def _stream_task(args: Any, model: Any, tok: Any, report: dict[str, Any], plots:
     else:
         from ..eval.free import evaluate_free
 
+        from ..inference.memory import parse_memory
+
         free = evaluate_free(model, tok, args.data, threshold=theta, tolerance=args.tolerance,
                              max_samples=args.max_samples, feature_cache=args.feature_cache,
-                             similarity=not args.no_similarity, progress=_progress)
+                             similarity=not args.no_similarity, progress=_progress,
+                             memory=parse_memory(args.memory), max_frames=args.max_frames)
+        report["memory"] = args.memory
         report["samples"] = free.samples
         report["notes"] += free.notes
         metrics = dict(free.means, tolerance_frames=args.tolerance)

@@ -168,7 +168,8 @@ def evaluate_free(model: Any, tokenizer: Any, data: str | Path | Sequence[dict[s
                   threshold: float | None = None, tolerance: int = 1, max_samples: int | None = None,
                   feature_cache: str | Path | None = None, frames: FrameProvider | None = None,
                   similarity: TextSimilarity | bool | None = True, features: dict[str, torch.Tensor] | None = None,
-                  progress: Callable[[int, int], None] | None = None) -> FreeResult:
+                  progress: Callable[[int, int], None] | None = None, memory: Any = None,
+                  max_frames: int | None = None) -> FreeResult:
     """Run the model free on every record and score it.
 
     Args:
@@ -176,13 +177,16 @@ def evaluate_free(model: Any, tokenizer: Any, data: str | Path | Sequence[dict[s
         tolerance: the speak-timing tolerance in frames (±).
         similarity: a scorer, True to load all-MiniLM-L6-v2 when installed, False/None to skip.
         features: a cache of frame features by record id, filled and reused (θ sweeps run many times).
+        memory: the sessions' memory policy (:mod:`livecue.inference.memory`; default unbounded).
+        max_frames: cut records at this many frames (default: ``stream.max_num_frames``; 0: whole records).
     """
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0 frames, got {tolerance}")
     threshold = model.cfg.stream.threshold if threshold is None else float(threshold)
-    records = [truncate(r, model.cfg.stream.max_num_frames) for r in load_records(data, max_samples)]
+    cut = model.cfg.stream.max_num_frames if max_frames is None else (max_frames or None)
+    records = [truncate(r, cut) if cut else r for r in load_records(data, max_samples)]
     provider = frames or frame_provider(model, data if isinstance(data, (str, Path)) else None, feature_cache)
-    engine = StreamEngine(model, tokenizer)
+    engine = StreamEngine(model, tokenizer, memory=memory)
     cache = features if features is not None else {}
     samples = []
     for n, record in enumerate(records, 1):

@@ -426,21 +426,34 @@ class StreamEngine:
             frames = torch.stack([to_frame_tensor(f) for f in frames])
         return self.model.encode_frames(frames)
 
-    def frame_features_batch(self, frames: list[Any]) -> list[torch.Tensor]:
+    def frame_features_batch(self, frames: list[Any], return_errors: bool = False) -> list[Any]:
         """``(K, D_vision)`` features of each frame (pixels or features already); pixel frames of the same size are
-        encoded in one vision batch."""
+        encoded in one vision batch. With ``return_errors`` a frame (or size group) that fails gets its exception
+        in its place instead of raising (servers report it to that stream only)."""
         out: list[Any] = [None] * len(frames)
         groups: dict[tuple[int, ...], list[int]] = {}
         pixels: dict[int, torch.Tensor] = {}
         for i, frame in enumerate(frames):
-            if isinstance(frame, torch.Tensor) and frame.is_floating_point():
-                out[i] = self.frame_features(frame)
-            else:
-                pixels[i] = to_frame_tensor(frame)
-                groups.setdefault(tuple(pixels[i].shape), []).append(i)
+            try:
+                if isinstance(frame, torch.Tensor) and frame.is_floating_point():
+                    out[i] = self.frame_features(frame)
+                else:
+                    pixels[i] = to_frame_tensor(frame)
+                    groups.setdefault(tuple(pixels[i].shape), []).append(i)
+            except Exception as e:
+                if not return_errors:
+                    raise
+                out[i] = e
         for idx in groups.values():
-            for i, features in zip(idx, self.encode(torch.stack([pixels[i] for i in idx]))):
-                out[i] = features
+            try:
+                for i, features in zip(idx, self.encode(torch.stack([pixels[i] for i in idx]))):
+                    out[i] = features
+            except Exception as e:
+                if not return_errors:
+                    raise
+                log.exception("vision encode failed")
+                for i in idx:
+                    out[i] = e
         return out
 
     def frame_features(self, frame: Any) -> torch.Tensor:

@@ -68,3 +68,15 @@ class SinkWindow:
         session.evicted_tokens += shift
         if session.history is not None:
             del session.history[sink:drop_end]
+
+
+def parse_memory(spec: str) -> MemoryPolicy:
+    """``unbounded`` | ``sink:MAX_TOKENS`` | ``sink:MAX_TOKENS:CHUNK`` -> a memory policy (default chunk: an eighth
+    of the budget, at most 256). The spelling of ``--memory`` options."""
+    parts = spec.strip().lower().split(":")
+    if parts == ["unbounded"]:
+        return Unbounded()
+    if parts[0] == "sink" and len(parts) in (2, 3) and all(p.isdigit() for p in parts[1:]):
+        budget = int(parts[1])
+        return SinkWindow(budget, int(parts[2]) if len(parts) == 3 else min(256, budget // 8))
+    raise ValueError(f"memory must be 'unbounded', 'sink:MAX_TOKENS' or 'sink:MAX_TOKENS:CHUNK', got {spec!r}")

@@ -241,7 +241,7 @@ class Scheduler:
         for s, items in controls:
             for kind, payload in items:
                 self._apply(s, kind, payload)
-        self._start_frames([(s, t, drops) for s, t, _, drops in picks], self._encode([p[2] for p in picks]))
+        self._start_frames([(s, t, drops) for s, t, _, drops in picks], self.engine.frame_features_batch([p[2] for p in picks], return_errors=True))
         running = bool(self._batch.keys)
         try:
             done = self._batch.round()
@@ -258,23 +258,6 @@ class Scheduler:
             self._finish(s)
         self.rounds += 1
         return bool(controls or picks or finishing or running)
-
-    def _encode(self, frames: list[np.ndarray]) -> list[Any]:
-        """Vision features of the picked frames, one batch per frame size (an exception where a batch failed)."""
-        groups: dict[tuple[int, ...], list[int]] = collections.defaultdict(list)
-        for i, frame in enumerate(frames):
-            groups[frame.shape].append(i)
-        feats: list[Any] = [None] * len(frames)
-        for idx in groups.values():
-            try:
-                out = self.engine.encode([frames[i] for i in idx])
-                for j, i in enumerate(idx):
-                    feats[i] = out[j]
-            except Exception as e:  # noqa: BLE001 - reported to each client of the batch
-                log.exception("vision encode failed")
-                for i in idx:
-                    feats[i] = e
-        return feats
 
     def _start_frames(self, picks: list[tuple[ServeSession, float, list[dict[str, Any]]]], feats: list[Any]) -> None:
         """Add every picked session's frame to the continuous batch (its forwards join the next rounds); a session
