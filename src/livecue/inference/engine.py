@@ -16,6 +16,11 @@ position: silent iff p(silence) ≥ θ, else it feeds ``]\\nAssistant:`` and dec
 tq is answered before the first frame with t > tq is fed, or right after the frame with t == tq, by feeding
 ``]\\nUser: q\\nAssistant:``. A reply that hits the token cap is closed with eos like any other, so the context
 stays well-formed.
+
+Many sessions, one forward: a session's logic is a generator ("program") that yields each forward it needs.
+``push_frame`` runs one program alone; ``engine.step([(session, frame, t), ...])`` runs one per session side by
+side and :class:`Batch` keeps a continuous batch (programs join at any round, finished frames leave), each round
+one ragged LM forward for all (:func:`livecue.model.lm.ragged_forward`). The decisions are the same code either way.
 """
 
 from __future__ import annotations
