@@ -206,6 +206,29 @@ def test_scheduler_batches_sessions_and_isolates_a_bad_frame(tiny):
     assert max(widths) == 3
 
 
+def test_scheduler_survives_a_failing_forward(tiny):
+    engine = StreamEngine(*tiny)
+    sched = Scheduler(engine, limits=Limits(queue_size=8))
+    out: list[dict] = []
+    a = sched.open(Open(threshold=0.0, silence=True), out.append)
+    b = sched.open(Open(threshold=0.0, silence=True), out.append)
+    execute = engine._execute
+    engine._execute = lambda steps: (_ for _ in ()).throw(RuntimeError("device lost"))
+    video = frames(2)
+    for s in (a, b):
+        sched.push_frame(s, 0.0, video[0])
+    assert sched.step()
+    assert [(e["type"], e["code"]) for e in out] == [("error", "frame_failed")] * 2
+    assert "device lost" in out[0]["message"]
+    assert not a.busy and not b.busy
+    engine._execute = execute
+    for s in (a, b):
+        sched.push_frame(s, 0.5, video[1])
+    while sched.step():
+        pass
+    assert [e["type"] for e in out[2:]] == ["silence", "silence"]
+
+
 def test_bounded_memory_and_instructions(tiny):
     """A server memory policy bounds every stream's cache; a query with answer=false is read, not answered."""
     from livecue.inference.memory import SinkWindow

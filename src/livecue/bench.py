@@ -488,6 +488,7 @@ def run_streams(engine: StreamEngine, cfg: BenchConfig, streams: int, frames: in
                              peak_mem_mb=memory_mb(device)[1], memory_kind="allocated" if _is_accel(device) else "rss")
 
 
-__all__ = ["BenchConfig", "MultiStreamResult", "run_streams", "ForcedSession", "MarkStats", "OverheadResult", "StreamResult", "environment",
+__all__ = ["BenchConfig", "MultiStreamResult", "run_streams", "ForcedSession", "MarkStats", "OverheadResult",
+           "StreamResult", "environment",
            "load_bench_model", "measure_overhead", "memory_mb", "parse_memory", "replay", "run_stream",
            "speak_schedule"]

@@ -241,13 +241,14 @@ class Scheduler:
         for s, items in controls:
             for kind, payload in items:
                 self._apply(s, kind, payload)
-        self._start_frames([(s, t, drops) for s, t, _, drops in picks], self.engine.frame_features_batch([p[2] for p in picks], return_errors=True))
-        running = bool(self._batch.keys)
+        feats = self.engine.frame_features_batch([p[2] for p in picks], return_errors=True)
+        self._start_frames([(s, t, drops) for s, t, _, drops in picks], feats)
+        in_flight = self._batch.keys
         try:
             done = self._batch.round()
         except Exception as e:  # noqa: BLE001 - the forward of the whole batch failed: each of its frames fails
             log.exception("batched step failed")
-            done = [(key, e) for key in self._batch.keys]
+            done = [(key, e) for key in in_flight]
             self._batch = self.engine.batch()
         for (s, t), result in done:
             if isinstance(result, Exception):
@@ -257,7 +258,7 @@ class Scheduler:
         for s in finishing:
             self._finish(s)
         self.rounds += 1
-        return bool(controls or picks or finishing or running)
+        return bool(controls or picks or finishing or in_flight)
 
     def _start_frames(self, picks: list[tuple[ServeSession, float, list[dict[str, Any]]]], feats: list[Any]) -> None:
         """Add every picked session's frame to the continuous batch (its forwards join the next rounds); a session
