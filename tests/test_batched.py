@@ -208,3 +208,27 @@ def test_a_failing_program_does_not_stop_the_others():
     assert isinstance(results["bad"], RuntimeError) and [type(e) for e in results["good"]] == [Silence]
     with pytest.raises(RuntimeError, match="boom"):
         engine.run([broken()])
+
+
+def test_sliding_window_models_step_one_at_a_time():
+    """A model with sliding-window layers is not batched (its masks are not the ragged ones): step() still works,
+    one forward per session, with the same events as push_frame."""
+    from livecue.config import preset
+    from livecue.model.load import build_model
+
+    torch.manual_seed(0)
+    over = {"lm.random_init": {"model_type": "mistral", "hidden_size": 64, "intermediate_size": 128,
+                               "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                               "sliding_window": 8}, "stream.max_reply_tokens": 4}
+    engine = StreamEngine(*build_model(preset("tiny", over)))
+    assert not engine.batched and not lm_api.supports_ragged(engine.model.lm)
+    assert lm_api.supports_ragged(_engine().model.lm)
+    f = [_feats(engine, 4, s) for s in range(2)]
+    seq = [engine.session(threshold=t, record=True) for t in (1.0, 0.0)]
+    a = [[e for k in range(4) for e in s.push_frame(f[i][k], k * 0.5)] for i, s in enumerate(seq)]
+    bat = [engine.session(threshold=t, record=True) for t in (1.0, 0.0)]
+    b = [[], []]
+    for k in range(4):
+        for i, events in enumerate(engine.step([(s, f[i][k], k * 0.5) for i, s in enumerate(bat)])):
+            b[i] += events
+    assert [_key(x) for x in a] == [_key(x) for x in b]

@@ -319,7 +319,7 @@ class StreamEngine:
                  memory: MemoryPolicy | None = None) -> None:
         self.model = model
         # exact; frame steps on a long cache without copying grouped KV heads; ragged multi-session forwards
-        self.batched = use_stream_attention(model.lm)
+        self.batched = use_stream_attention(model.lm) and lm_api.supports_ragged(model.lm)
         self.memory: MemoryPolicy = memory or Unbounded()
         self.tokenizer = tokenizer
         cfg = model.cfg

@@ -191,6 +191,13 @@ class _RaggedCache:
         return 0
 
 
+def supports_ragged(lm: nn.Module) -> bool:
+    """Whether :func:`ragged_forward` is exact for ``lm``: every layer caches full attention (no sliding-window,
+    chunked or recurrent layers, whose masks the ragged attention does not build)."""
+    growing = _growing_layer()
+    return all(type(layer) is growing for layer in new_cache(lm).layers)
+
+
 def ragged_attention(module: nn.Module, query: torch.Tensor, ragged: _RaggedCache, scaling: float | None):
     """Each stream's queries attend to that stream's cache only (bottom-right causal within its new tokens).
 
