@@ -151,6 +151,24 @@ def test_constant_model_hand_worked(silent_model, data):
     assert early["fluency"] == pytest.approx(((3 - 2) / (lm[0] + 3) + (2 - 1) / (lm[1] + 2)) / 2)
 
 
+def test_answers_are_scored_against_their_own_question():
+    """An instruction (a user turn with no answer) before the questions must not shift the answer pairs."""
+    from livecue.eval.free import FreeRun, reference, score_run
+
+    record = {"id": "r", "fps": 2.0, "messages": [
+        {"role": "user", "time": 0.0, "content": "Narrate what happens."},
+        {"role": "stream", "time": 0.0, "num_frames": 4},
+        {"role": "user", "time": 2.0, "content": "How many?"},
+        {"role": "assistant", "time": 2.0, "content": "Two."},
+        {"role": "stream", "time": 2.0, "num_frames": 4},
+        {"role": "user", "time": 4.0, "content": " Where? "},
+        {"role": "assistant", "time": 4.0, "content": "Left."}]}
+    run = FreeRun("r", 2.0, 8, answers=[{"query_t": 4.0, "query": "Where?", "t": 4.0, "text": "On the left."},
+                                        {"query_t": 2.0, "query": "How many?", "t": 2.0, "text": "Three."}])
+    scored = score_run(run, reference(record))
+    assert scored["answer_pairs"] == [("Three.", "Two."), ("On the left.", "Left.")]
+
+
 def test_free_running_constant_model(silent_model, data):
     model, tok = silent_model
     quiet = evaluate_free(model, tok, data / "narration.jsonl", threshold=0.5, max_samples=1, similarity=False)

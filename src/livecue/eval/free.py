@@ -111,8 +111,10 @@ def score_run(run: FreeRun, ref: Reference, tolerance: int = 1) -> dict[str, Any
     pairs = match_times(pred, gold, tolerance)
     diffs = nearest_time_diffs(pred, gold, run.num_frames)
     p = prf(len(pred), len(gold), len(pairs))
-    answers = sorted(run.answers, key=lambda a: a["query_t"])
-    scored = [(a["text"], q[2]) for a, q in zip(answers, sorted(ref.queries, key=lambda q: q[0])) if q[2] is not None]
+    # each reference answer against the model's answer to the same query (instructions have no answer)
+    answered = {(round(a["query_t"], 6), a["query"]): a["text"] for a in run.answers}
+    scored = [(answered[key], answer) for t, text, answer in ref.queries
+              if answer is not None and (key := (round(t, 6), text.strip())) in answered]
     minutes = run.num_frames / run.fps / 60
     return {
         "id": run.id, "replies": len(pred), "references": len(gold), "matched": len(pairs),
