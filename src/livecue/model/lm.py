@@ -181,6 +181,18 @@ class _RaggedCache:
     def __init__(self, caches: list[Cache], bounds: list[tuple[int, int]]) -> None:
         self.caches, self.bounds = caches, bounds
         self.kv: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.masks: dict[int, torch.Tensor | None] = {}  # per stream: the same in every layer, built once
+
+    def mask(self, i: int, q: int, total: int, groups: int, device: torch.device) -> torch.Tensor | None:
+        """Stream i's mask for ``groups``-folded queries: query r (at position total - q + r) sees keys
+        0 .. total - q + r. ``None`` for a single query (it sees everything)."""
+        if i not in self.masks:
+            mask = None
+            if q > 1:
+                rows = torch.arange(q, device=device)[:, None] + (total - q)
+                mask = (torch.arange(total, device=device)[None] <= rows).repeat(groups, 1)
+            self.masks[i] = mask
+        return self.masks[i]
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         self.kv[layer_idx] = [cache.update(key_states[:, :, a:b], value_states[:, :, a:b], layer_idx)
@@ -208,14 +220,10 @@ def ragged_attention(module: nn.Module, query: torch.Tensor, ragged: _RaggedCach
     kv = ragged.kv.pop(module.layer_idx)
     _, h, _, d = query.shape
     outs = []
-    for (a, b), (keys, values) in zip(ragged.bounds, kv):
-        q, total = b - a, keys.shape[-2]
-        h_kv = keys.shape[1]
+    for i, ((a, b), (keys, values)) in enumerate(zip(ragged.bounds, kv)):
+        q, h_kv = b - a, keys.shape[1]
         folded = query[:, :, a:b].reshape(1, h_kv, (h // h_kv) * q, d)  # GQA without copying the cache
-        mask = None
-        if q > 1:  # query i (at position total - q + i) sees keys 0 .. total - q + i
-            rows = torch.arange(q, device=query.device)[:, None] + (total - q)
-            mask = (torch.arange(total, device=query.device)[None] <= rows).repeat(h // h_kv, 1)
+        mask = ragged.mask(i, q, keys.shape[-2], h // h_kv, query.device)
         out = F.scaled_dot_product_attention(folded, keys, values, attn_mask=mask, scale=scaling)
         outs.append(out.reshape(1, h, q, values.shape[-1]))
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None

@@ -247,6 +247,7 @@ class Scheduler:
         try:
             done = self._batch.round()
         except Exception as e:  # noqa: BLE001 - the forward of the whole batch failed: each of its frames fails
+            # (their sessions go on from whatever context the failed forward left: an error path, e.g. device OOM)
             log.exception("batched step failed")
             done = [(key, e) for key in in_flight]
             self._batch = self.engine.batch()
