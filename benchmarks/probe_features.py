@@ -4,9 +4,9 @@ Fits a multi-label logistic regression from a world feature cache (``livecue enc
 the set of shapes visible in each frame (from the world's own story, ``simulate_stream``), on the train split, and
 scores it on the test split. Used to explain the default model's content errors (benchmarks/results/default_model.md).
 
-    python benchmarks/probe_features.py DATA_DIR [--tokens cls|all] [--max-train N]
+    python benchmarks/probe_features.py DATA_DIR [--tokens cls|all] [--max-train N] [--cache world_cache]
 
-DATA_DIR holds ``world/{train,test}.jsonl`` and ``world_cache/`` (scripts/train_default_model.sh makes both).
+DATA_DIR holds ``world/{train,test}.jsonl`` and the cache directory (scripts/train_default_model.sh makes both).
 """
 
 from __future__ import annotations
@@ -22,14 +22,15 @@ from safetensors.torch import load_file
 from livecue.data.world import WorldConfig, simulate_stream
 
 
-def load(data: Path, split: str, index: dict, colours: list[str], shapes: list[str], limit: int | None):
+def load(data: Path, split: str, index: dict, colours: list[str], shapes: list[str], limit: int | None,
+         cache: str = "world_cache"):
     xs, ys = [], []
     for line in (data / "world" / f"{split}.jsonl").read_text().splitlines()[:limit]:
         rec = json.loads(line)
         entry = index["videos"].get(rec["video"])
         if entry is None:
             continue
-        feats = load_file(str(data / "world_cache" / entry["file"]))["features"].float()  # (N, K, D)
+        feats = load_file(str(data / cache / entry["file"]))["features"].float()  # (N, K, D)
         meta = rec["meta"]
         states = simulate_stream(WorldConfig.from_dict(meta["config"]), meta["seed"]).states
         for k in range(min(len(states), feats.shape[0])):
@@ -45,15 +46,16 @@ def main() -> None:
     p.add_argument("data", type=Path)
     p.add_argument("--tokens", choices=["cls", "all"], default="cls")
     p.add_argument("--max-train", type=int, default=None, help="use the first N train streams")
+    p.add_argument("--cache", default="world_cache", help="feature cache directory inside DATA_DIR")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--weight-decay", type=float, default=1e-2)
     args = p.parse_args()
     torch.manual_seed(0)
-    index = json.loads((args.data / "world_cache" / "index.json").read_text())
+    index = json.loads((args.data / args.cache / "index.json").read_text())
     cfg = WorldConfig()
     colours, shapes = list(cfg.colours), list(cfg.shapes)
-    xtr, ytr = load(args.data, "train", index, colours, shapes, args.max_train)
-    xte, yte = load(args.data, "test", index, colours, shapes, None)
+    xtr, ytr = load(args.data, "train", index, colours, shapes, args.max_train, args.cache)
+    xte, yte = load(args.data, "test", index, colours, shapes, None, args.cache)
     keep = slice(0, 1) if args.tokens == "cls" else slice(None)
     a, b = xtr[:, keep].flatten(1), xte[:, keep].flatten(1)
     mu, sd = a.mean(0), a.std(0) + 1e-4

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Reproduce livecue's default model (issue 7): built-in world data -> feature cache -> LIVE training -> evaluation.
+# Reproduce livecue's default model (issue 7): built-in world data -> feature caches -> four LIVE training stages.
 #   bash scripts/train_default_model.sh [DATA_DIR] [RUN_DIR]
-# CPU only, offline; needs the [models] extra (scripts/setup.sh). Then copy RUN_DIR/final into
-# src/livecue/assets/default_model (scripts/package_default_model.sh does it).
+# CPU only, offline; needs the [models] extra (scripts/setup.sh). About 3 h on 2 cores. Then
+# scripts/package_default_model.sh RUN_DIR/stage4/final copies the result into src/livecue/assets/default_model.
+# STEPS=N caps every stage at N update steps (a smoke run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${1:-data}"
@@ -10,11 +11,36 @@ RUN="${2:-runs/default_model}"
 LIVECUE="${LIVECUE:-.venv/bin/livecue}"
 STEPS="${STEPS:-}"
 
-[ -f "$DATA/world/train.jsonl" ] || "$LIVECUE" world --out "$DATA/world" --n 300 --seed 0 --split train --duration 16
-[ -f "$DATA/world/val.jsonl" ] || "$LIVECUE" world --out "$DATA/world" --n 40 --seed 0 --split val --duration 16
-[ -f "$DATA/world/test.jsonl" ] || "$LIVECUE" world --out "$DATA/world" --n 40 --seed 0 --split test --duration 16
-"$LIVECUE" encode "$DATA/world" --out "$DATA/world_cache" --model configs/default_model.yaml --dtype float16
-"$LIVECUE" train configs/default_model.yaml --train.train_data="$DATA/world/train.jsonl" \
-    --train.eval_data="$DATA/world/val.jsonl" --train.feature_cache="$DATA/world_cache" \
-    --train.output_dir="$RUN" ${STEPS:+--train.max_steps=$STEPS}
-echo "trained: $RUN/final"
+W="$DATA/world"
+[ -f "$W/train.jsonl" ] || "$LIVECUE" world --out "$W" --n 300 --seed 0 --split train --duration 16
+[ -f "$W/val.jsonl" ] || "$LIVECUE" world --out "$W" --n 40 --seed 0 --split val --duration 16
+[ -f "$W/test.jsonl" ] || "$LIVECUE" world --out "$W" --n 40 --seed 0 --split test --duration 16
+if [ ! -f "$W/train_more.jsonl" ]; then  # 600 more train streams (seed 1: disjoint from every seed-0 split)
+  "$LIVECUE" world --out "$DATA/world_more" --n 600 --seed 1 --split train --duration 16
+  mv "$DATA"/world_more/videos/* "$W/videos/" && mv "$DATA/world_more/train.jsonl" "$W/train_more.jsonl"
+fi
+head -n 232 "$W/train.jsonl" > "$W/train232.jsonl"                  # stages 1-2 saw the first 232 streams
+cat "$W/train.jsonl" "$W/train_more.jsonl" > "$W/train900.jsonl"    # stage 4 sees all 900
+# the frozen EfficientNet-Lite0 tokens, without (stages 1-3) and with (stage 4) each token's colour histogram
+"$LIVECUE" encode "$W" --out "$DATA/world_cache" --model configs/default_model.yaml --dtype float16
+"$LIVECUE" encode "$W" --out "$DATA/world_cache_h3" --model configs/default_model.yaml --dtype float16 \
+    --vision.frame_colour_bins=3
+
+stage() {  # stage NAME CACHE TRAIN_DATA [overrides...]
+  local name="$1" cache="$2" data="$3"
+  shift 3
+  "$LIVECUE" train configs/default_model.yaml --train.train_data="$data" --train.eval_data="$W/val.jsonl" \
+      --train.feature_cache="$cache" --train.output_dir="$RUN/$name" ${STEPS:+--train.max_steps=$STEPS} "$@"
+}
+# 1: LoRA + connector from scratch, lr 1e-3, 1.5 epochs; 2: 2 more epochs at 5e-4; 3: all 300 streams, 2 epochs at
+# 3e-4; 4: every frame token also carries its region's colour histogram (vision.frame_colour_bins=3; the
+# connector's new input columns start at zero, so stage 4 starts from stage 3's outputs), 900 streams, 1.5 epochs,
+# connector lr 1e-3.
+stage stage1 "$DATA/world_cache" "$W/train232.jsonl"
+stage stage2 "$DATA/world_cache" "$W/train232.jsonl" --train.init_from="$RUN/stage1/final" \
+    --train.epochs=2 --train.learning_rate=5e-4
+stage stage3 "$DATA/world_cache" "$W/train.jsonl" --train.init_from="$RUN/stage2/final" \
+    --train.epochs=2 --train.learning_rate=3e-4
+stage stage4 "$DATA/world_cache_h3" "$W/train900.jsonl" --train.init_from="$RUN/stage3/final" \
+    --vision.frame_colour_bins=3 --train.epochs=1.5 --train.learning_rate=3e-4 --train.connector_learning_rate=1e-3
+echo "trained: $RUN/stage4/final"

@@ -135,12 +135,13 @@ def test_feature_cache_is_resumable(world, parts, monkeypatch, capsys):
     assert cli.main(["encode", str(world), "--out", str(out), "--model", "tiny", "--fps", "4",
                      "--dtype", "float32"]) == 1
     assert "different fps" in capsys.readouterr().err
-    # config overrides reach the tower: an extra colour token per frame, into a new cache
+    # config overrides reach the tower: each token gets its region's colour histogram (2³ values), into a new cache
     out2 = world.parent / "cache_colour"
     assert cli.main(["encode", str(world), "--out", str(out2), "--model", "tiny", "--dtype", "float32",
-                     "--vision.frame_token_colour=2"]) == 0
+                     "--vision.frame_colour_bins=2"]) == 0
     index2 = json.loads((out2 / "index.json").read_text())
-    assert index2["frame_num_tokens"] == model.frame_num_tokens + 1 and index2["vision"]["frame_token_colour"] == 2
+    assert index2["frame_num_tokens"] == model.frame_num_tokens and index2["vision"]["frame_colour_bins"] == 2
+    assert FeatureCache(out2).load(ds_feat.records[1]["video"]).shape[-1] == model.vision.hidden_size + 8
 
 
 def test_encode_errors(tmp_path, capsys):

@@ -122,6 +122,10 @@ def test_wrong_feature_shape_is_explained(tiny):
     model, _ = tiny
     with pytest.raises(ValueError, match=r"frame features must have shape \(F, 10, D\)"):
         model.project(torch.randn(2, 7, 32))
+    width = model.vision.hidden_size
+    with pytest.raises(ValueError, match=f"frame features are {width + 15} wide but this model's connector takes "
+                                         f"{width}"):
+        model.project(torch.randn(2, 10, width + 15))
 
 
 # ---- streaming == batch ----------------------------------------------------------------------------------------------

@@ -155,3 +155,45 @@ def test_accelerate_configs_load():
     files = sorted((Path(__file__).parent.parent / "configs" / "accelerate").glob("*.yaml"))
     kinds = {load_config_from_file(str(f)).distributed_type.value for f in files}
     assert {"MULTI_GPU", "FSDP", "DEEPSPEED"} <= kinds, kinds
+
+
+def test_continue_with_colour_bins_starts_from_the_same_outputs(data, tmp_path):
+    from livecue.model.load import load_model
+    from livecue.train.recipe import setup_model
+
+    base = train(cfg_for(data, tmp_path / "base", **{"train.max_steps": 2})).final_dir
+    over = {"train.init_from": str(base), "vision.frame_colour_bins": 2, "train.max_steps": 3,
+            "train.connector_learning_rate": 5e-3}
+    cfg = cfg_for(data, tmp_path / "colour", **over)
+    old, _ = load_model(base)
+    new, _ = setup_model(cfg)
+    new.eval()
+    assert new.vision.hidden_size == old.vision.hidden_size + 8
+    assert new.connector[0].in_features == old.connector[0].in_features + 8
+    frames = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    ids = torch.tensor([[0, 1] + [new.v_token_id] * 2 * new.frame_num_tokens + [2]])
+    with torch.no_grad():
+        torch.testing.assert_close(new(ids, frames=frames).logits, old(ids, frames=frames).logits)
+    # the connector trains at its own rate; the new colour columns leave zero; the result reloads as configured
+    result = train(cfg)
+    first = result.model.connector[0].weight
+    assert first.shape[1] == old.connector[0].in_features + 8 and first[:, -8:].abs().sum() > 0
+    reloaded, _ = load_model(result.final_dir)
+    assert reloaded.cfg.vision.frame_colour_bins == 2 and reloaded.vision.hidden_size == first.shape[1]
+    # any other vision change cannot continue a checkpoint
+    bad = cfg_for(data, tmp_path / "bad", **dict(over, **{"vision.frame_token_pooled": 2}))
+    with pytest.raises(ValueError, match=r"differs in \['frame_colour_bins', 'frame_token_pooled'\]"):
+        setup_model(bad)
+
+
+def test_connector_learning_rate_groups(data, tmp_path):
+    from livecue.train.recipe import param_groups, setup_model
+
+    model, _ = setup_model(cfg_for(data, tmp_path / "g"))
+    assert len(param_groups(model, model.cfg)) == 1
+    cfg = cfg_for(data, tmp_path / "g", **{"train.connector_learning_rate": 1e-2})
+    groups = param_groups(model, cfg)
+    assert len(groups) == 2 and groups[1]["lr"] == 1e-2
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.connector.parameters()}
+    n_trainable = sum(1 for p in model.parameters() if p.requires_grad)
+    assert len(groups[0]["params"]) + len(groups[1]["params"]) == n_trainable

@@ -311,32 +311,48 @@ def test_load_frame_encoder_accepts_preset_spellings(name, monkeypatch):
     assert cfg.name == "live1_plus" and built[0].frame_num_tokens == 10
 
 
-# ---- the colour token -------------------------------------------------------------------------------------------
-def test_colour_token_is_the_pooled_normalised_pixels():
-    enc = tiny_encoder("dinov2", 3, frame_token_colour=2)
-    assert enc.num_tokens == 11
+# ---- the colour histogram -----------------------------------------------------------------------------------------
+def test_colour_bins_append_each_tokens_region_histogram():
+    enc = tiny_encoder("dinov2", 3, frame_colour_bins=2)
+    assert enc.num_tokens == 10 and enc.tower_width == D and enc.hidden_size == D + 8
     frames = random_frames(2, h=32, w=32)
     with torch.no_grad():
         out = enc(frames)
-    ref = reference_tokens(enc, frames, "dinov2", 3)
-    torch.testing.assert_close(out[:, :10], ref)
-    # by hand: (x/255 - mean)/std, 16x16-pixel means, channel-major then row-major, zero-padded to D
-    x = (frames.float() / 255 - enc.mean) / enc.std
-    by_hand = torch.stack([x[:, c, 16 * r:16 * r + 16, 16 * q:16 * q + 16].mean(dim=(1, 2))
-                           for c in range(3) for r in range(2) for q in range(2)], dim=1)
-    torch.testing.assert_close(out[:, 10, :12], by_hand, atol=1e-5, rtol=1e-5)
-    assert out[:, 10, 12:].abs().max() == 0
-    # red and blue frames differ in the colour token
+    assert out.shape == (2, 10, D + 8)
+    torch.testing.assert_close(out[:, :, :D], reference_tokens(enc, frames, "dinov2", 3))  # tower part unchanged
+    # by hand: a channel's level is (byte·2) // 255; cell (r·2 + g)·2 + b; the CLS covers the frame, pooled
+    # token (i, j) the 8-px patch cells adaptive_avg_pool2d(4 -> 3) averages into it: [0, 16), [8, 24), [16, 32)
+    level = (frames.long() * 2 // 255).clamp(max=1)
+    cell = (level[:, 0] * 2 + level[:, 1]) * 2 + level[:, 2]  # (F, 32, 32)
+
+    def by_hand(r0, r1, c0, c1):
+        region = cell[:, r0:r1, c0:c1].flatten(1)
+        share = torch.stack([(region == c).float().mean(1) for c in range(8)], 1)
+        return torch.log1p(100 * share) / math.log(101)
+
+    spans = [(0, 16), (8, 24), (16, 32)]
+    expected = [by_hand(0, 32, 0, 32)] + [by_hand(*rows, *cols) for rows in spans for cols in spans]
+    torch.testing.assert_close(out[:, :, D:], torch.stack(expected, 1), atol=1e-5, rtol=1e-5)
+    # a small red square in the top-left corner: only the CLS and the top-left token see red (cell 4), weakly
     red = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
-    red[:, 0] = 255
-    blue = red.roll(2, dims=1)
+    red[:, 0, :4, :4] = 255
     with torch.no_grad():
-        a, b = enc(red)[0, 10, :12], enc(blue)[0, 10, :12]
-    assert a[:4].mean() > 0 > b[:4].mean() and b[8:].mean() > 0 > a[8:].mean()
+        hist = enc(red)[0, :, D:]
+    assert hist[0, 4] > 0 and hist[1, 4] > hist[0, 4] and hist[2:, 4].abs().max() == 0
+    assert 0 < hist[0, 4] < 0.5 < hist[0, 0] <= 1  # log scale: 1.6 % of the frame still reads clearly
 
 
-def test_colour_token_too_wide():
-    with pytest.raises(ValueError, match="frame_token_colour=4 needs 3·g² = 48 values, more than the tower width 32"):
-        tiny_encoder("dinov2", 3, frame_token_colour=4)
-    with pytest.raises(ValueError, match="frame_token_colour must be >= 0"):
-        VisionConfig(frame_token_colour=-1)
+@pytest.mark.parametrize("byte,level", [(0, 0), (84, 0), (85, 1), (86, 1), (169, 1), (170, 2), (171, 2), (255, 2)])
+def test_colour_bin_edges_are_exact_on_bytes(byte, level):
+    enc = tiny_encoder("dinov2", 3, frame_colour_bins=3)
+    with torch.no_grad():
+        hist = enc(torch.full((1, 3, 32, 32), byte, dtype=torch.uint8))[0, 0, D:]  # the CLS: the whole frame
+    assert hist.argmax().item() == 13 * level and hist.max().item() == pytest.approx(1.0)  # cell (l·3 + l)·3 + l
+
+
+def test_colour_bins_config_errors():
+    with pytest.raises(ValueError, match="frame_colour_bins must be in 0..8"):
+        VisionConfig(frame_colour_bins=-1)
+    with pytest.raises(ValueError, match="frame_colour_bins must be in 0..8"):
+        VisionConfig(frame_colour_bins=9)
+    assert VisionConfig(frame_colour_bins=3).colour_width == 27 and VisionConfig().colour_width == 0

@@ -51,9 +51,12 @@ class VisionConfig:
         resolution: square input size in pixels (frames are letterboxed to it).
         frame_token_cls: emit the "CLS" token first.
         frame_token_pooled: k: emit k×k adaptive-average-pooled spatial tokens (0: none).
-        frame_token_colour: g: emit one more token, last: the frame's g×g mean colours (the normalised pixels
-            average-pooled to g×g, 3·g² values, zero-padded to the tower's width; 0: none). For towers whose
-            features are nearly colour-invariant (ImageNet CNNs).
+        frame_colour_bins: b: append to every token a colour histogram of the image region it covers (the whole
+            frame for the CLS, the pooling window for a pooled token): the share of the region's pixels in each of
+            the b³ cells of RGB space (b levels per channel), log-scaled as log(1 + 100·share) / log(101) so that a
+            small object still shows (0: none). The vision width grows by b³; the token count does not. For towers
+            whose features are nearly colour-invariant (ImageNet CNNs), so that the connector sees which colours
+            sit where, next to what the tower saw there.
         frozen: keep the tower's weights frozen.
         mean, std: per-channel normalisation after scaling to [0, 1]; ``None`` takes the tower's own.
     """
@@ -64,7 +67,7 @@ class VisionConfig:
     resolution: int = 384
     frame_token_cls: bool = True
     frame_token_pooled: int = 3
-    frame_token_colour: int = 0
+    frame_colour_bins: int = 0
     frozen: bool = True
     mean: list[float] | None = None
     std: list[float] | None = None
@@ -75,7 +78,8 @@ class VisionConfig:
                "vision needs name_or_path (pretrained) or random_init (random weights); both are None")
         _check(self.resolution > 0, f"vision.resolution must be positive, got {self.resolution}")
         _check(self.frame_token_pooled >= 0, f"vision.frame_token_pooled must be >= 0, got {self.frame_token_pooled}")
-        _check(self.frame_token_colour >= 0, f"vision.frame_token_colour must be >= 0, got {self.frame_token_colour}")
+        _check(0 <= self.frame_colour_bins <= 8,
+               f"vision.frame_colour_bins must be in 0..8 (b³ histogram cells), got {self.frame_colour_bins}")
         _check(self.frame_token_cls or self.frame_token_pooled > 0,
                "vision emits no token per frame: set frame_token_cls or frame_token_pooled > 0")
         for name in ("mean", "std"):
@@ -84,8 +88,13 @@ class VisionConfig:
 
     @property
     def frame_num_tokens(self) -> int:
-        """K: tokens per frame (CLS + k×k + the colour token)."""
-        return int(self.frame_token_cls) + self.frame_token_pooled**2 + int(self.frame_token_colour > 0)
+        """K: tokens per frame (CLS + k×k)."""
+        return int(self.frame_token_cls) + self.frame_token_pooled**2
+
+    @property
+    def colour_width(self) -> int:
+        """Values :attr:`frame_colour_bins` appends to every token (b³ histogram cells; 0 when off)."""
+        return self.frame_colour_bins**3
 
 
 @dataclass
@@ -193,6 +202,7 @@ class TrainConfig:
     max_steps: int = -1
     epochs: float = 2.0
     learning_rate: float = 2e-4
+    connector_learning_rate: float | None = None  # the connector's own peak lr (None: learning_rate)
     lr_scheduler: str = "cosine"
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
@@ -212,6 +222,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.epochs > 0, f"train.epochs must be positive, got {self.epochs}")
         _check(self.learning_rate > 0, f"train.learning_rate must be positive, got {self.learning_rate}")
+        _check(self.connector_learning_rate is None or self.connector_learning_rate > 0,
+               f"train.connector_learning_rate must be positive or null, got {self.connector_learning_rate}")
         _check(self.lr_scheduler in ("cosine", "linear", "constant"),
                f"train.lr_scheduler must be cosine, linear or constant, got {self.lr_scheduler!r}")
         _check(0.0 <= self.warmup_ratio < 1.0, f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")

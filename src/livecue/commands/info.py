@@ -28,7 +28,9 @@ def main(argv: list[str]) -> int:
     print(f"lm           {type(model.lm).__name__} {cfg.lm.name_or_path or '(random init)'}  {count(model.lm):,} "
           f"params, {model.dtype}")
     print(f"frame        {cfg.frame_num_tokens} tokens (cls={cfg.vision.frame_token_cls}, "
-          f"pooled={cfg.vision.frame_token_pooled}x{cfg.vision.frame_token_pooled}), {cfg.stream.fps:g} fps")
+          f"pooled={cfg.vision.frame_token_pooled}x{cfg.vision.frame_token_pooled}"
+          + (f", +{cfg.vision.colour_width} colour-histogram values ({cfg.vision.frame_colour_bins}³ bins)"
+             if cfg.vision.frame_colour_bins else "") + f"), {cfg.stream.fps:g} fps")
     print(f"markers      <v>={markers.v}  silence={markers.silence} "
           f"({tok.convert_ids_to_tokens(markers.silence)!r})  speak={list(markers.speak)} ({speak})  "
           f"eos={markers.eos}")

@@ -89,6 +89,11 @@ class LiveModel(nn.Module):
         if features.ndim != 3 or features.shape[1] != self.frame_num_tokens:
             raise ValueError(f"frame features must have shape (F, {self.frame_num_tokens}, D), "
                              f"got {tuple(features.shape)}")
+        width = self.connector[0].in_features
+        if features.shape[2] != width:
+            raise ValueError(f"frame features are {features.shape[2]} wide but this model's connector takes {width} "
+                             f"(features from another vision config, e.g. a feature cache encoded without "
+                             f"vision.frame_colour_bins={self.cfg.vision.frame_colour_bins}?)")
         return self.connector(features.to(self.device, self.dtype))
 
     def frame_embeddings(self, frames: torch.Tensor | None = None,

@@ -8,7 +8,8 @@ A *tower* is any image encoder. Adapters turn its output into a "CLS" vector and
   mean of the patch tokens.
 * ``efficientnet_lite0``: a CNN; "CLS" = global average pool of the final feature map, patches = that map.
 
-Patch grids are ``adaptive_avg_pool2d``-ed to k×k and flattened row-major. Frames are letterboxed (long side to
+Patch grids are ``adaptive_avg_pool2d``-ed to k×k and flattened row-major. With ``frame_colour_bins`` every token
+also carries a colour histogram of the pixels it covers (``region_colours``). Frames are letterboxed (long side to
 the resolution, centred on a black square), scaled to [0, 1] and normalised with the tower's mean/std.
 """
 
@@ -65,7 +66,7 @@ class FrameEncoder(nn.Module):
 
     Shape:
         frames: (F, 3, H, W) uint8 (any H, W; letterboxed to the resolution)
-        output: (F, K, D) with K = int(cls) + k*k (+ 1 colour token) and D the tower's hidden size.
+        output: (F, K, D) with K = int(cls) + k*k and D the tower's hidden size (+ ``cfg.colour_width``).
     """
 
     def __init__(self, tower: nn.Module, cfg: VisionConfig, hidden_size: int,
@@ -73,16 +74,14 @@ class FrameEncoder(nn.Module):
         super().__init__()
         self.tower = tower
         self.cfg = cfg
-        self.hidden_size = hidden_size
+        self.tower_width = hidden_size
+        self.hidden_size = hidden_size + cfg.colour_width  # the feature width the connector sees
         d_mean, d_std = DEFAULT_MEAN_STD[cfg.kind]
         self.register_buffer("mean", torch.tensor(cfg.mean or mean or d_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.std or std or d_std).view(1, 3, 1, 1), persistent=False)
         if cfg.frozen:
             self.tower.requires_grad_(False)
             self.tower.eval()
-        if 3 * cfg.frame_token_colour**2 > hidden_size:
-            raise ValueError(f"vision.frame_token_colour={cfg.frame_token_colour} needs 3·g² = "
-                             f"{3 * cfg.frame_token_colour**2} values, more than the tower width {hidden_size}")
 
     @property
     def num_tokens(self) -> int:
@@ -96,14 +95,19 @@ class FrameEncoder(nn.Module):
 
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 frames -> normalised ``(F, 3, R, R)`` in the tower's dtype and device."""
-        param = next(self.tower.parameters())
-        x = letterbox(frames.to(param.device), self.cfg.resolution) / 255.0
-        return ((x - self.mean) / self.std).to(param.dtype)
+        return self._normalise(self._letterbox(frames))
+
+    def _letterbox(self, frames: torch.Tensor) -> torch.Tensor:
+        return letterbox(frames.to(next(self.tower.parameters()).device), self.cfg.resolution)  # [0, 255]
+
+    def _normalise(self, boxed: torch.Tensor) -> torch.Tensor:
+        return ((boxed / 255.0 - self.mean) / self.std).to(next(self.tower.parameters()).dtype)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         if frames.dtype != torch.uint8:
             raise TypeError(f"frames must be uint8 (F, 3, H, W), got dtype {frames.dtype}")
-        pixels = self.preprocess(frames)
+        boxed = self._letterbox(frames)
+        pixels = self._normalise(boxed)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.frozen):
             cls, grid = self._cls_and_grid(pixels)  # (F, D), (F, D, g, g)
         tokens = []
@@ -113,11 +117,11 @@ class FrameEncoder(nn.Module):
         if k:
             pooled = F.adaptive_avg_pool2d(grid, k)  # (F, D, k, k)
             tokens.append(pooled.flatten(2).transpose(1, 2))  # (F, k*k, D), row-major
-        g = self.cfg.frame_token_colour
-        if g:
-            colour = F.adaptive_avg_pool2d(pixels, g).flatten(1).to(cls.dtype)  # (F, 3*g*g): channel, row, column
-            tokens.append(F.pad(colour, (0, cls.shape[-1] - colour.shape[-1]))[:, None])  # (F, 1, D)
-        return torch.cat(tokens, dim=1)
+        out = torch.cat(tokens, dim=1)  # (F, K, D)
+        if self.cfg.frame_colour_bins:
+            colours = region_colours(boxed, grid.shape[-1], self.cfg)  # (F, K, colour_width)
+            out = torch.cat([out, colours.to(out.dtype)], dim=-1)
+        return out
 
     def _cls_and_grid(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         kind = self.cfg.kind
@@ -137,6 +141,31 @@ class FrameEncoder(nn.Module):
             return hidden.mean(dim=1), _to_grid(hidden)
         g = math.isqrt(n - 1)
         return hidden[:, 0], _to_grid(hidden[:, n - g * g:])
+
+
+def region_colours(boxed: torch.Tensor, grid_size: int, cfg: VisionConfig) -> torch.Tensor:
+    """A log-scaled colour histogram under each frame token: for the CLS the whole frame, for pooled token (i, j)
+    the pixels of the patch cells ``adaptive_avg_pool2d`` averages into it (rows ``floor(i·g/k) .. ceil((i+1)·g/k)``
+    of the g×g patch grid, scaled to pixels). A pixel falls in cell ``(r·b + g)·b + b_`` with each channel's level
+    ``min(floor(byte·b / 255), b − 1)`` (exact on integer bytes: computed as ``floor((byte·b + 0.5) / 255)``); a
+    cell's value is ``log(1 + 100·share) / log(101)`` of the region's pixels.
+
+    Shape: boxed (F, 3, R, R) letterboxed pixels in [0, 255]; returns (F, K, b³) in the token order of
+    :class:`FrameEncoder`.
+    """
+    b, k, res = cfg.frame_colour_bins, cfg.frame_token_pooled, boxed.shape[-1]
+    level = ((boxed * b + 0.5) / 255).floor().clamp(0, b - 1).long()  # (F, 3, R, R)
+    cell = (level[:, 0] * b + level[:, 1]) * b + level[:, 2]  # (F, R, R)
+    onehot = F.one_hot(cell, b**3).permute(0, 3, 1, 2).float()  # (F, b³, R, R)
+
+    def share(r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:  # (F, b³)
+        return onehot[:, :, r0:r1, c0:c1].mean(dim=(2, 3))
+
+    out = [share(0, res, 0, res)] if cfg.frame_token_cls else []
+    edges = [(math.floor(i * grid_size / k), math.ceil((i + 1) * grid_size / k)) for i in range(k)]
+    to_px = [(round(a * res / grid_size), round(e * res / grid_size)) for a, e in edges]
+    out += [share(r0, r1, c0, c1) for r0, r1 in to_px for c0, c1 in to_px]
+    return torch.log1p(100 * torch.stack(out, dim=1)) / math.log(101)
 
 
 def _to_grid(patches: torch.Tensor) -> torch.Tensor:

@@ -55,6 +55,7 @@ def setup_model(cfg: LiveConfig):
     tc = cfg.train
     if tc.init_from:
         model, tok = load_model(tc.init_from, merge_lora=False)
+        adopt_colour_bins(model, cfg)
         model.cfg = cfg
     else:
         model, tok = build_model(cfg, seed=tc.seed)
@@ -69,6 +70,49 @@ def setup_model(cfg: LiveConfig):
         model.lm.config.use_cache = False
     model.train()
     return model, tok
+
+
+def param_groups(model: Any, cfg: LiveConfig) -> list[dict[str, Any]]:
+    """The trainable parameters: the connector in its own group when ``train.connector_learning_rate`` is set."""
+    lr = cfg.train.connector_learning_rate
+    connector = {id(p) for p in model.connector.parameters()}
+    rest = [p for p in model.parameters() if p.requires_grad and (lr is None or id(p) not in connector)]
+    groups = [{"params": rest}]
+    if lr is not None:
+        groups.append({"params": [p for p in model.connector.parameters() if p.requires_grad], "lr": lr})
+    return groups
+
+
+def adopt_colour_bins(model: Any, cfg: LiveConfig) -> None:
+    """Continue a checkpoint with another ``vision.frame_colour_bins`` (the only vision field that may change under
+    ``train.init_from``): the same tower emits the new colour columns, and the connector's first layer gets zero
+    weights for them, so the continued model starts with exactly the checkpoint's outputs.
+    """
+    from torch import nn
+
+    from ..model.vision import FrameEncoder
+
+    old, new = model.cfg.vision, cfg.vision
+    if old == new:
+        return
+    changed = sorted(k for k in vars(new) if getattr(new, k) != getattr(old, k))
+    if changed != ["frame_colour_bins"]:
+        raise ValueError(f"train.init_from's vision config differs in {changed}; only vision.frame_colour_bins can "
+                         f"change when continuing a checkpoint")
+    tower_width = model.connector[0].in_features - old.colour_width
+    if model.vision is not None:
+        enc = model.vision
+        model.vision = FrameEncoder(enc.tower, new, enc.tower_width, tuple(enc.mean.flatten().tolist()),
+                                    tuple(enc.std.flatten().tolist()))
+    first = model.connector[0]
+    wider = nn.Linear(tower_width + new.colour_width, first.out_features).to(first.weight.device, first.weight.dtype)
+    with torch.no_grad():
+        wider.weight.zero_()
+        wider.weight[:, :tower_width] = first.weight[:, :tower_width]
+        wider.bias.copy_(first.bias)
+    model.connector[0] = wider
+    log.info("vision.frame_colour_bins %d -> %d: connector input %d -> %d (new columns start at zero)",
+             old.frame_colour_bins, new.frame_colour_bins, first.in_features, wider.in_features)
 
 
 def make_dataset(cfg: LiveConfig, tok: Any, path: str, limit: int | None = None) -> StreamDataset:
@@ -158,8 +202,9 @@ def train(cfg: LiveConfig, *, resume: bool = False, stop_after: int | None = Non
     sampler = SeededSampler(len(dataset), seed=tc.seed, num_replicas=acc.num_processes, rank=acc.process_index)
     batches_per_epoch = math.ceil(len(sampler) / tc.per_device_batch_size)
     total_steps = count_update_steps(cfg, batches_per_epoch)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=tc.weight_decay)
+    groups = param_groups(model, cfg)
+    params = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=tc.learning_rate, weight_decay=tc.weight_decay)
     scheduler = get_scheduler(tc.lr_scheduler, optimizer, num_warmup_steps=int(tc.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
     model, optimizer = acc.prepare(model, optimizer)
