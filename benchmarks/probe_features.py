@@ -5,6 +5,10 @@ the set of shapes visible in each frame (from the world's own story, ``simulate_
 scores it on the test split. Used to explain the default model's content errors (benchmarks/results/default_model.md).
 
     python benchmarks/probe_features.py DATA_DIR [--tokens cls|all] [--max-train N] [--cache world_cache]
+        [--columns all|tower|colour] [--probe linear|mlp]
+
+``--columns colour`` keeps only what ``vision.frame_colour_bins`` appended (the columns after the tower's 1280);
+``--probe mlp`` fits a one-hidden-layer MLP (256 GELU units) instead of a linear map.
 
 DATA_DIR holds ``world/{train,test}.jsonl`` and the cache directory (scripts/train_default_model.sh makes both).
 """
@@ -47,6 +51,9 @@ def main() -> None:
     p.add_argument("--tokens", choices=["cls", "all"], default="cls")
     p.add_argument("--max-train", type=int, default=None, help="use the first N train streams")
     p.add_argument("--cache", default="world_cache", help="feature cache directory inside DATA_DIR")
+    p.add_argument("--columns", choices=["all", "tower", "colour"], default="all")
+    p.add_argument("--tower-width", type=int, default=1280, help="feature columns that come from the tower")
+    p.add_argument("--probe", choices=["linear", "mlp"], default="linear")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--weight-decay", type=float, default=1e-2)
     args = p.parse_args()
@@ -57,10 +64,12 @@ def main() -> None:
     xtr, ytr = load(args.data, "train", index, colours, shapes, args.max_train, args.cache)
     xte, yte = load(args.data, "test", index, colours, shapes, None, args.cache)
     keep = slice(0, 1) if args.tokens == "cls" else slice(None)
-    a, b = xtr[:, keep].flatten(1), xte[:, keep].flatten(1)
+    cols = {"all": slice(None), "tower": slice(0, args.tower_width), "colour": slice(args.tower_width, None)}
+    a, b = xtr[:, keep, cols[args.columns]].flatten(1), xte[:, keep, cols[args.columns]].flatten(1)
     mu, sd = a.mean(0), a.std(0) + 1e-4
     a, b = (a - mu) / sd, (b - mu) / sd
-    probe = torch.nn.Linear(a.shape[1], ytr.shape[1])
+    probe = (torch.nn.Linear(a.shape[1], ytr.shape[1]) if args.probe == "linear" else
+             torch.nn.Sequential(torch.nn.Linear(a.shape[1], 256), torch.nn.GELU(), torch.nn.Linear(256, ytr.shape[1])))
     opt = torch.optim.Adam(probe.parameters(), 1e-3, weight_decay=args.weight_decay)
     for _ in range(args.epochs):
         for idx in torch.randperm(len(a)).split(256):
@@ -70,7 +79,8 @@ def main() -> None:
             opt.step()
     with torch.no_grad():
         pred = (probe(b) > 0).float()
-    print(f"{len(a)} train frames, {len(b)} test frames, features {args.tokens} ({a.shape[1]}-d)")
+    print(f"{len(a)} train frames, {len(b)} test frames, {args.probe} probe on {args.tokens} tokens, "
+          f"{args.columns} columns ({a.shape[1]}-d)")
     for name, cols in (("colour", slice(0, len(colours))), ("shape", slice(len(colours), None))):
         hit = pred[:, cols] == yte[:, cols]
         rate = yte[:, cols].mean(0)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Reproduce livecue's default model (issue 7): built-in world data -> feature caches -> four LIVE training stages.
+# Reproduce livecue's default model (issue 7): built-in world data -> feature caches -> five LIVE training stages.
 #   bash scripts/train_default_model.sh [DATA_DIR] [RUN_DIR]
-# CPU only, offline; needs the [models] extra (scripts/setup.sh). About 3 h on 2 cores. Then
-# scripts/package_default_model.sh RUN_DIR/stage4/final copies the result into src/livecue/assets/default_model.
+# CPU only, offline; needs the [models] extra (scripts/setup.sh). About 3.5 h on 2 cores. Then
+# scripts/package_default_model.sh RUN_DIR/stage5/final copies the result into src/livecue/assets/default_model.
 # STEPS=N caps every stage at N update steps (a smoke run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,7 +35,7 @@ stage() {  # stage NAME CACHE TRAIN_DATA [overrides...]
 # 1: LoRA + connector from scratch, lr 1e-3, 1.5 epochs; 2: 2 more epochs at 5e-4; 3: all 300 streams, 2 epochs at
 # 3e-4; 4: every frame token also carries its region's colour histogram (vision.frame_colour_bins=3; the
 # connector's new input columns start at zero, so stage 4 starts from stage 3's outputs), 900 streams, 1.5 epochs,
-# connector lr 1e-3.
+# connector lr 1e-3; 5: one more epoch of stage 4's recipe.
 stage stage1 "$DATA/world_cache" "$W/train232.jsonl"
 stage stage2 "$DATA/world_cache" "$W/train232.jsonl" --train.init_from="$RUN/stage1/final" \
     --train.epochs=2 --train.learning_rate=5e-4
@@ -43,4 +43,6 @@ stage stage3 "$DATA/world_cache" "$W/train.jsonl" --train.init_from="$RUN/stage2
     --train.epochs=2 --train.learning_rate=3e-4
 stage stage4 "$DATA/world_cache_h3" "$W/train900.jsonl" --train.init_from="$RUN/stage3/final" \
     --vision.frame_colour_bins=3 --train.epochs=1.5 --train.learning_rate=3e-4 --train.connector_learning_rate=1e-3
-echo "trained: $RUN/stage4/final"
+stage stage5 "$DATA/world_cache_h3" "$W/train900.jsonl" --train.init_from="$RUN/stage4/final" \
+    --vision.frame_colour_bins=3 --train.epochs=1 --train.learning_rate=3e-4 --train.connector_learning_rate=1e-3
+echo "trained: $RUN/stage5/final"
