@@ -92,8 +92,8 @@ class LiveModel(nn.Module):
         width = self.connector[0].in_features
         if features.shape[2] != width:
             raise ValueError(f"frame features are {features.shape[2]} wide but this model's connector takes {width} "
-                             f"(features from another vision config, e.g. a feature cache encoded without "
-                             f"vision.frame_colour_bins={self.cfg.vision.frame_colour_bins}?)")
+                             f"(features from another vision config? e.g. a feature cache encoded with another "
+                             f"vision.frame_colour_bins; this model's is {self.cfg.vision.frame_colour_bins})")
         return self.connector(features.to(self.device, self.dtype))
 
     def frame_embeddings(self, frames: torch.Tensor | None = None,
