@@ -17,14 +17,14 @@ from pathlib import Path
 import torch
 
 from livecue.data.labels import IGNORE
+from livecue.data import world_render
 from livecue.data.records import read_records
 from livecue.data.world import WorldConfig, simulate_stream
 from livecue.eval.common import to_features
 from livecue.eval.narration import make_dataset
 from livecue.model.load import load_model
 
-COLOURS = {"red", "green", "blue", "yellow", "purple", "orange", "white", "cyan"}
-SHAPES = {"square", "circle", "triangle", "star", "diamond", "cross"}
+COLOURS, SHAPES = set(world_render.COLOURS), set(world_render.SHAPES)
 VERBS = {"appears", "disappears", "moves", "turns", "grows", "shr", "collide"}  # "shrinks" starts with "shr"
 
 

@@ -156,10 +156,12 @@ def region_colours(boxed: torch.Tensor, grid_size: int, cfg: VisionConfig) -> to
     b, k, res = cfg.frame_colour_bins, cfg.frame_token_pooled, boxed.shape[-1]
     level = ((boxed * b + 0.5) / 255).floor().clamp(0, b - 1).long()  # (F, 3, R, R)
     cell = (level[:, 0] * b + level[:, 1]) * b + level[:, 2]  # (F, R, R)
-    onehot = F.one_hot(cell, b**3).permute(0, 3, 1, 2).float()  # (F, b³, R, R)
 
-    def share(r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:  # (F, b³)
-        return onehot[:, :, r0:r1, c0:c1].mean(dim=(2, 3))
+    def share(r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:  # (F, b³): counts per cell / pixels
+        region = cell[:, r0:r1, c0:c1].reshape(cell.shape[0], -1)
+        counts = torch.zeros(cell.shape[0], b**3, device=cell.device).scatter_add_(
+            1, region, torch.ones(region.shape, device=cell.device))
+        return counts / region.shape[1]
 
     out = [share(0, res, 0, res)] if cfg.frame_token_cls else []
     edges = [(math.floor(i * grid_size / k), math.ceil((i + 1) * grid_size / k)) for i in range(k)]
