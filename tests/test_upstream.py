@@ -1,5 +1,15 @@
 """The paper's released checkpoint layout: a tiny upstream-layout adapter loads through the user path with logits
-equal to a reference assembled by hand; conversion both ways is bit-exact; the engine uses the tokenizer's ids."""
+equal to a reference assembled by hand; conversion both ways is bit-exact; the engine uses the tokenizer's ids.
+
+The adapter is written the way peft 0.11 (upstream's pin) saves a LoRA whose ``target_modules`` regex names
+``lm_head``: ``get_peft_model_state_dict`` keeps the ``lora_`` tensors and the ``modules_to_save`` copies (the
+connector, ``…connector.modules_to_save.default.`` -> ``…connector.``), and because an embedding-layer name
+(``EMBEDDING_LAYER_NAMES = ["embed_tokens", "lm_head"]``) appears in ``target_modules`` it sets
+``save_embedding_layers = True`` and also saves every state-dict entry under each LoRA-wrapped input/output
+embedding's ``base_layer``: here ``base_model.model.lm_head.base_layer.weight``, the frozen head. ``embed_tokens`` is
+not LoRA-wrapped (no ``base_layer``), so it is not saved. ``test_fixture_keys_are_what_peft_saves`` checks the key set
+against the installed peft.
+"""
 
 import json
 import re
@@ -22,10 +32,15 @@ R, ALPHA = 4, 8
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory):
     """A tiny Llama base, a tiny SigLIP tower and an adapter directory in the exact upstream layout."""
+    return make_upstream(tmp_path_factory.mktemp("upstream"))
+
+
+def make_upstream(root):
+    """Write ``base/``, ``vision/`` and ``adapter/`` (upstream layout, as peft 0.11 saves it) under ``root``;
+    returns ``(root, adapter tensors)``."""
     from safetensors.torch import save_file
     from transformers import AutoConfig, AutoModelForCausalLM, SiglipVisionModel
 
-    root = tmp_path_factory.mktemp("upstream")
     tok = load_tiny_tokenizer()
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_config(AutoConfig.for_model(
@@ -52,6 +67,7 @@ def upstream(tmp_path_factory):
     tensors["base_model.model.connector.0.bias"] = torch.randn(64) * 0.1
     tensors["base_model.model.connector.2.weight"] = torch.randn(64, 64) * 0.1
     tensors["base_model.model.connector.2.bias"] = torch.randn(64) * 0.1
+    tensors["base_model.model.lm_head.base_layer.weight"] = base.lm_head.weight.detach().clone()  # peft 0.11 adds it
     save_file(tensors, str(adapter / "adapter_model.safetensors"), metadata={"format": "pt"})
     (adapter / "adapter_config.json").write_text(json.dumps({
         "alpha_pattern": {}, "auto_mapping": None, "base_model_name_or_path": str(root / "base"), "bias": "none",
@@ -63,6 +79,26 @@ def upstream(tmp_path_factory):
     assert "base_model.model.lm_head.lora_A.weight" in tensors
     assert "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight" in tensors
     return root, tensors
+
+
+def test_fixture_keys_are_what_peft_saves(upstream):
+    """The fixture's LM keys are exactly what peft's get_peft_model_state_dict saves for these targets (the frozen
+    head included; the same logic as peft 0.11's), and the frozen head is the base's."""
+    import warnings
+
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    root, tensors = upstream
+    base = AutoModelForCausalLM.from_pretrained(root / "base", dtype=torch.float32)
+    peft_model = get_peft_model(base, LoraConfig(r=R, lora_alpha=ALPHA, target_modules=UPSTREAM_TARGETS,
+                                                 task_type="CAUSAL_LM"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        saved = get_peft_model_state_dict(peft_model)  # save_embedding_layers="auto", as save_pretrained uses
+    assert set(saved) == {k for k in tensors if ".connector." not in k}
+    assert torch.equal(saved["base_model.model.lm_head.base_layer.weight"],
+                       tensors["base_model.model.lm_head.base_layer.weight"])
 
 
 def reference_logits(root, tensors, ids, frames):
@@ -183,8 +219,9 @@ def test_watch_runs_on_upstream_layout(upstream, tmp_path):
                 c.mux(p)
             for p in s.encode():
                 c.mux(p)
-    rc = cli.main(["watch", str(imgs), "--model", str(root / "adapter"), "--vision", str(root / "vision"),
-                   "--dtype", "float32", "--max-reply-tokens", "2", "--jsonl", str(out), "--quiet"])
+    rc = cli.main(["watch", str(imgs), "--adapter", str(root / "adapter"), "--base", str(root / "base"),
+                   "--vision", str(root / "vision"), "--dtype", "float32", "--max-reply-tokens", "2",
+                   "--jsonl", str(out), "--quiet"])
     assert rc == 0
     events = [json.loads(line) for line in out.read_text().splitlines()]
     assert [e["t"] for e in events] == [0.0, 0.5, 1.0, 1.5]
@@ -199,3 +236,104 @@ def test_missing_parts_are_explained(upstream, tmp_path, capsys):
                    "--vision", str(root / "vision")])
     err = capsys.readouterr().err
     assert rc == 1 and "no-such-base" in err
+
+
+def test_frozen_head_must_be_the_bases(upstream, tmp_path, capsys):
+    """peft's frozen copy of lm_head is checked against the base on every loading path: a different head means the
+    adapter was trained over another base, refused naming the tensor (directly, and after convert)."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    root, tensors = upstream
+    bad = tmp_path / "adapter"
+    shutil.copytree(root / "adapter", bad)
+    key = "base_model.model.lm_head.base_layer.weight"
+    save_file({**tensors, key: tensors[key] + 0.01}, str(bad / "adapter_model.safetensors"),
+              metadata={"format": "pt"})
+    args = ["--base", str(root / "base"), "--vision", str(root / "vision"), "--dtype", "float32"]
+    assert cli.main(["info", "--adapter", str(bad), *args]) == 1
+    err = error_line(capsys.readouterr().err)
+    assert key in err and "differs from the base" in err
+    out = tmp_path / "converted"
+    assert cli.main(["convert", str(bad), "--out", str(out), "--vision", str(root / "vision")]) == 0  # no base here
+    capsys.readouterr()
+    assert cli.main(["info", "--model", str(out)]) == 1
+    err = error_line(capsys.readouterr().err)
+    assert key in err and "differs from the base" in err
+
+
+def test_frozen_head_in_another_dtype_is_the_same_head(upstream, tmp_path):
+    """A bfloat16 copy of a float32 base's head (a bf16 training run) is the same head: accepted."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from livecue.model.load import load_model
+
+    root, tensors = upstream
+    half = tmp_path / "adapter"
+    shutil.copytree(root / "adapter", half)
+    key = "base_model.model.lm_head.base_layer.weight"
+    save_file({**tensors, key: tensors[key].bfloat16()}, str(half / "adapter_model.safetensors"))
+    model, _ = load_model(half, base=str(root / "base"), vision=str(root / "vision"), dtype="float32",
+                          merge_lora=False)
+    head = model.lm.get_output_embeddings().base_layer.weight.detach()
+    assert torch.equal(head, load_base_head(root))  # checked, not loaded: the head stays the base's float32 one
+
+
+@pytest.mark.parametrize("direction", ["to-livecue", "to-upstream"])
+@pytest.mark.parametrize("corrupt", ["truncated", "garbage", "nan"])
+def test_convert_refuses_corrupt_files(direction, corrupt, upstream, tmp_path, capsys):
+    """``livecue convert`` (both ways) checks the files it copies: one line naming the file, no traceback."""
+    import os
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from livecue.model.upstream import convert_to_livecue
+
+    root, _ = upstream
+    src = tmp_path / "src"
+    if direction == "to-livecue":
+        shutil.copytree(root / "adapter", src)
+        args = ["convert", str(src), "--out", str(tmp_path / "out"), "--vision", str(root / "vision")]
+    else:
+        convert_to_livecue(root / "adapter", src, vision=str(root / "vision"))
+        args = ["convert", str(src), "--to-upstream", "--out", str(tmp_path / "out")]
+    file = src / "adapter_model.safetensors"
+    if corrupt == "nan":
+        state = load_file(str(file))
+        state["base_model.model.lm_head.lora_A.weight"][0, 0] = float("nan")
+        save_file(state, str(file))
+    else:
+        file.write_bytes(file.read_bytes()[:1000] if corrupt == "truncated" else os.urandom(4096))
+    capsys.readouterr()
+    assert cli.main(args) == 1
+    assert str(file) in error_line(capsys.readouterr().err)
+
+
+def test_convert_never_writes_over_its_source(upstream, tmp_path, capsys):
+    import shutil
+
+    root, _ = upstream
+    src = tmp_path / "src"
+    shutil.copytree(root / "adapter", src)
+    before = (src / "adapter_model.safetensors").read_bytes()
+    assert cli.main(["convert", str(src), "--out", str(src)]) == 1
+    assert "is the source directory" in error_line(capsys.readouterr().err)
+    assert (src / "adapter_model.safetensors").read_bytes() == before and not (src / "livecue_config.json").exists()
+
+
+def error_line(err):
+    """The one error line of a failed command (transformers' loading progress bars aside); no traceback."""
+    lines = [line for line in err.splitlines() if line.startswith("livecue ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def load_base_head(root):
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(root / "base", dtype=torch.float32)
+    return lm.lm_head.weight.detach()

@@ -7,12 +7,15 @@ such as ``smollm2-135m-instruct``) or randomly initialised (``random_init``, e.g
 A livecue checkpoint directory holds ``livecue_config.json``, the tokenizer files (with ``<v>``) and
 ``livecue_model.safetensors`` with the weights that cannot be rebuilt from pretrained sources: always the connector,
 plus every randomly initialised part (keys prefixed ``connector.``, ``lm.``, ``vision.``).
+
+Loading is strict and checked before any weight is used (``verify``): the weights file must hold exactly the tensors
+the config builds, in the config's shapes, all finite; a missing file, a corrupt one, an invalid config or missing
+tokenizer files are refused with one line naming the file. No part of a checkpoint is ever left randomly initialised.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,21 +24,14 @@ import torch
 from ..config import CONFIG_FILE, LiveConfig, list_presets, preset
 from ..data.labels import Markers, add_frame_placeholder
 from ..data.template import Template
+from . import verify
 from .live import LiveModel
+from .verify import hub_error  # also this module's interface: older callers import it from here
 from .vision import build_frame_encoder
 
 log = logging.getLogger(__name__)
 WEIGHTS_FILE = "livecue_model.safetensors"
 DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def hub_error(what: str, name: str | None, exc: Exception) -> OSError:
-    """A one-line error for a part that could not be loaded from a directory or the hub."""
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if name and os.path.isdir(name):
-        return OSError(f"cannot load the {what} from directory {name!r}: {reason}")
-    return OSError(f"cannot load the {what} {name!r}: not a local directory, and the hub id is unknown, gated "
-                   f"or unreachable (offline?). Download it first or pass a local path. ({reason})")
 
 
 def resolve_lm_path(name: str) -> str:
@@ -53,17 +49,29 @@ def build_tokenizer(cfg: LiveConfig) -> Any:
 
         tokenizer = load_tiny_tokenizer()
     else:
-        from transformers import AutoTokenizer
-
-        path = resolve_lm_path(source)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
-        except (OSError, ValueError) as e:
-            raise hub_error("tokenizer", path, e) from None
+        tokenizer = load_tokenizer(resolve_lm_path(source))
     add_frame_placeholder(tokenizer, cfg.stream.v_placeholder)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def load_tokenizer(source: str | Path, *, saved: bool = False) -> Any:
+    """``AutoTokenizer.from_pretrained(source)`` with one-line errors.
+
+    Args:
+        source: a hub id or a local directory.
+        saved: ``source`` is a directory livecue or upstream saved a tokenizer into (a checkpoint): its tokenizer
+            files must all be there.
+    """
+    from transformers import AutoTokenizer
+
+    if saved:
+        verify.check_tokenizer_dir(Path(source))
+    try:
+        return AutoTokenizer.from_pretrained(str(source))
+    except Exception as e:  # noqa: BLE001 - tokenizers/JSON/sentencepiece errors become one line naming the source
+        raise hub_error("tokenizer", str(source), e) from None
 
 
 def build_lm(cfg: LiveConfig, tokenizer: Any, dtype: torch.dtype) -> torch.nn.Module:
@@ -80,12 +88,8 @@ def build_lm(cfg: LiveConfig, tokenizer: Any, dtype: torch.dtype) -> torch.nn.Mo
         hf_cfg = transformers.AutoConfig.for_model(model_type, **kwargs)
         hf_cfg._attn_implementation = cfg.lm.attn_implementation
         return transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype)
-    path = resolve_lm_path(cfg.lm.name_or_path)
-    try:
-        return transformers.AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, attn_implementation=cfg.lm.attn_implementation)
-    except (OSError, ValueError) as e:
-        raise hub_error("language model", path, e) from None
+    return verify.from_pretrained(transformers.AutoModelForCausalLM, resolve_lm_path(cfg.lm.name_or_path),
+                                  "language model", dtype=dtype, attn_implementation=cfg.lm.attn_implementation)
 
 
 def build_model(cfg: LiveConfig, *, device: str | torch.device | None = None, dtype: str | None = None,
@@ -141,19 +145,33 @@ def save_checkpoint(model: LiveModel, tokenizer: Any, directory: str | Path) -> 
     directory.mkdir(parents=True, exist_ok=True)
     model.cfg.save(directory)
     tokenizer.save_pretrained(str(directory))
-    state = {f"connector.{k}": v for k, v in model.connector.state_dict().items()}
     lora = has_lora(model)
+    state = checkpoint_state(model, lora=lora)
+    save_file({k: v.detach().contiguous().cpu() for k, v in _untie(state).items()}, str(directory / WEIGHTS_FILE),
+              metadata=weights_metadata(lora))
+    if lora:
+        save_adapter(model, directory)
+    return directory
+
+
+def weights_metadata(lora: bool) -> dict[str, str]:
+    """The header metadata of ``livecue_model.safetensors``: whether a LoRA adapter belongs beside it (a checkpoint
+    whose adapter files went missing is refused instead of loading without them)."""
+    return {"format": "livecue", "adapter": "yes" if lora else "no"}
+
+
+def checkpoint_state(model: LiveModel, *, lora: bool) -> dict[str, torch.Tensor]:
+    """What ``livecue_model.safetensors`` holds for ``model`` (with a LoRA adapter beside it or not): the connector,
+    the LM when it is random or trained without LoRA, the vision tower when it is random. :func:`save_checkpoint`
+    writes it; :func:`load_model` expects exactly these names and shapes."""
+    state = {f"connector.{k}": v for k, v in model.connector.state_dict().items()}
     if model.cfg.lm.name_or_path is None or not lora:
         for k, v in model.lm.state_dict().items():
             if "lora_" not in k:
                 state[f"lm.{k.replace('.base_layer.', '.')}"] = v
     if model.cfg.vision.name_or_path is None and model.vision is not None:
         state.update({f"vision.tower.{k}": v for k, v in model.vision.tower.state_dict().items()})
-    save_file({k: v.detach().contiguous().cpu() for k, v in _untie(state).items()}, str(directory / WEIGHTS_FILE),
-              metadata={"format": "livecue"})
-    if lora:
-        save_adapter(model, directory)
-    return directory
+    return state
 
 
 def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -190,23 +208,7 @@ def load_model(source: str | Path, *, device: str | torch.device | None = None, 
                                       merge=merge_lora)
     path = Path(source)
     if path.is_dir() and (path / CONFIG_FILE).exists():
-        cfg = LiveConfig.load(path)
-        cfg = cfg.with_overrides(overrides) if overrides else cfg
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-        model, tokenizer = build_model(cfg, device=device, dtype=dtype, tokenizer=tokenizer)
-        weights = path / WEIGHTS_FILE
-        if weights.exists():
-            _load_weights(model, weights)
-        from .lora import ADAPTER_FILE, load_adapter
-        from .lora import merge_lora as merge
-
-        if (path / ADAPTER_FILE).exists():
-            load_adapter(model, path)
-            if merge_lora:
-                merge(model)
-        return model, tokenizer
+        return _load_checkpoint(path, device=device, dtype=dtype, overrides=overrides, merge_lora=merge_lora)
     if path.is_dir():
         raise FileNotFoundError(f"{str(path)!r} is not a livecue checkpoint: it has no {CONFIG_FILE}")
     if _is_preset(str(source)):
@@ -241,16 +243,13 @@ def load_frame_encoder(source: str | Path, *, device: str | torch.device | None 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # build_model's seed for the vision tower
         encoder = build_frame_encoder(cfg.vision, dtype=DTYPE_NAMES[dtype])
-    weights = path / WEIGHTS_FILE
-    if cfg.vision.name_or_path is None and weights.is_file():
-        from safetensors import safe_open
-
+    if cfg.vision.name_or_path is None and path.is_dir():  # a random tower's weights are the checkpoint's
         prefix = "vision.tower."
-        with safe_open(str(weights), "pt") as f:
-            state = {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
-        encoder.tower.load_state_dict(state)
-    elif cfg.vision.name_or_path is None and path.is_dir():
-        log.warning("checkpoint %s has no vision weights: using a seed-0 random tower", path)
+        weights = verify.require_file(path / WEIGHTS_FILE, "the checkpoint's randomly initialised vision tower "
+                                                           "is stored there")
+        expected = {prefix + k: tuple(v.shape) for k, v in encoder.tower.state_dict().items()}
+        state = verify.load_tensors(weights, expected, prefix=prefix, what=f"the config in {CONFIG_FILE}")
+        encoder.tower.load_state_dict({k[len(prefix):]: v for k, v in state.items()}, strict=True)
     return encoder.to(device or "cpu").eval(), cfg
 
 
@@ -273,12 +272,64 @@ def _download(repo_id: str) -> str:
         raise hub_error("model", repo_id, e) from None
 
 
-def _load_weights(model: LiveModel, file: Path) -> None:
-    from safetensors.torch import load_file
+def check_checkpoint_files(directory: str | Path, *, full: bool = True) -> LiveConfig:
+    """Check a livecue checkpoint directory's files without building its model; returns its config.
 
-    state = load_file(str(file), device=str(model.device))
-    own = model.state_dict()
-    unknown = sorted(k for k in state if k not in own)
-    if unknown:
-        raise ValueError(f"checkpoint {str(file)!r} holds weights this model does not have: {unknown[:5]}")
-    model.load_state_dict(state, strict=False)
+    ``livecue_config.json`` valid, ``livecue_model.safetensors`` present and readable, the LoRA adapter's files
+    complete (and present when the weights were saved with one), the tokenizer files there. With ``full`` every
+    tensor is also read and checked finite (what a resume must trust). Names and shapes against the config are
+    checked when the model is built (:func:`load_model`). Raises one-line ``ValueError`` / ``FileNotFoundError``.
+    """
+    from .lora import ADAPTER_CONFIG, ADAPTER_FILE, read_adapter_config
+
+    path = Path(directory)
+    cfg = LiveConfig.load(path)
+    weights = verify.require_file(path / WEIGHTS_FILE, "a livecue checkpoint stores its connector (and every "
+                                  f"randomly initialised part) there; a directory with only {CONFIG_FILE} is not a "
+                                  "checkpoint (pass the config file itself for a random model)")
+    files = [weights]
+    if (path / ADAPTER_FILE).is_file() or (path / ADAPTER_CONFIG).is_file():
+        files.append(verify.require_file(path / ADAPTER_FILE, "the checkpoint's LoRA adapter weights"))
+        read_adapter_config(path / ADAPTER_CONFIG)
+    elif verify.read_metadata(weights).get("adapter") == "yes":
+        raise FileNotFoundError(f"{str(path / ADAPTER_FILE)!r} is missing: {str(weights)!r} was saved with a LoRA "
+                                f"adapter beside it ({ADAPTER_FILE} + {ADAPTER_CONFIG})")
+    for file in files:
+        if full:
+            verify.load_tensors(file)
+        else:
+            verify.read_header(file)
+    verify.check_tokenizer_dir(path)
+    return cfg
+
+
+def _load_checkpoint(path: Path, *, device: str | torch.device | None, dtype: str | None,
+                     overrides: list[str] | None, merge_lora: bool) -> tuple[LiveModel, Any]:
+    """A livecue checkpoint directory, every file checked before its contents are used (cheap checks first)."""
+    from .lora import ADAPTER_FILE, load_adapter
+    from .lora import merge_lora as merge
+
+    cfg = check_checkpoint_files(path, full=False)
+    cfg = cfg.with_overrides(overrides) if overrides else cfg
+    tokenizer = load_tokenizer(path, saved=True)
+    model, tokenizer = build_model(cfg, device=device, dtype=dtype, tokenizer=tokenizer)
+    adapter = (path / ADAPTER_FILE).is_file()
+    _load_weights(model, path / WEIGHTS_FILE, lora=adapter)
+    if adapter:
+        load_adapter(model, path)
+        if merge_lora:
+            merge(model)
+    return model, tokenizer
+
+
+def _load_weights(model: LiveModel, file: Path, *, lora: bool) -> None:
+    """Load ``livecue_model.safetensors`` strictly: exactly :func:`checkpoint_state`'s names and shapes, finite."""
+    expected = {k: tuple(v.shape) for k, v in checkpoint_state(model, lora=lora).items()}
+    state = verify.load_tensors(file, expected, what=f"the config in {CONFIG_FILE}", device=model.device)
+    parts = {"connector.": model.connector, "lm.": model.lm}
+    if model.vision is not None:
+        parts["vision.tower."] = model.vision.tower
+    for prefix, module in parts.items():
+        own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if own:
+            module.load_state_dict(own, strict=True)

@@ -5,6 +5,12 @@ lm_head; the connector is trained in full ("modules_to_save"); the vision tower 
 
 Adapter files use PEFT's layout and key names over the LM (``base_model.model.`` + the LM's module names), so
 ``adapter_model.safetensors`` + ``adapter_config.json`` read like any PEFT adapter.
+
+When ``target_modules`` names an embedding layer (upstream's regex names ``lm_head``), peft (0.11, as upstream pins,
+and later) also saves that layer's frozen weight, ``base_model.model.lm_head.base_layer.weight``. livecue accepts it
+on every loading path and **checks** it: it must equal the base LM's own head (to within one unit of the coarser
+dtype when the two dtypes differ), else the adapter is refused naming the tensor (it was trained over another base).
+It is never loaded: the head stays the base's. livecue's own adapters do not write it.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from ..config import LoraConfig
+from ..config import CONFIG_FILE, LoraConfig
+from . import verify
 from .live import LiveModel
 
 log = logging.getLogger(__name__)
@@ -83,21 +90,74 @@ def save_adapter(model: LiveModel, directory: str | Path) -> None:
 
 
 def load_adapter(model: LiveModel, directory: str | Path) -> None:
-    """Inject LoRA (from the model's config) and load the adapter weights saved by :func:`save_adapter`."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    file = Path(directory) / ADAPTER_FILE
-    if not file.is_file():
-        raise FileNotFoundError(f"no {ADAPTER_FILE} in {str(directory)!r}")
+    """Inject LoRA (from the model's config) and load a livecue checkpoint's adapter, checked: ``adapter_config.json``
+    valid and agreeing with the config's ``lora`` section, the weights exactly the model's LoRA layers."""
+    directory = Path(directory)
+    file = verify.require_file(directory / ADAPTER_FILE, "the checkpoint's LoRA adapter weights")
+    config = read_adapter_config(directory / ADAPTER_CONFIG)
+    lora = model.cfg.lora
+    for key, value in (("r", lora.r), ("lora_alpha", lora.alpha)):
+        if config[key] != value:
+            raise ValueError(f"{str(directory / ADAPTER_CONFIG)!r} says {key}={config[key]!r} but {CONFIG_FILE} has "
+                             f"lora.{'alpha' if key == 'lora_alpha' else key}={value!r}")
     if not has_lora(model):
         apply_lora(model)
-    state = load_file(str(file), device=str(model.device))
-    stripped = {k[len(PREFIX):] if k.startswith(PREFIX) else k: v for k, v in state.items()}
-    result = set_peft_model_state_dict(model.lm, stripped)
-    unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
-    if unexpected:
-        raise ValueError(f"adapter {str(file)!r} has weights the model lacks: {unexpected[:3]}")
+    tensors = verify.load_tensors(file, device=model.device)
+    load_lora_tensors(model, tensors, file, what=f"the config in {CONFIG_FILE}")
+
+
+def read_adapter_config(file: Path) -> dict:
+    """A PEFT ``adapter_config.json``, checked: a LORA adapter with a positive integer ``r`` and ``lora_alpha``."""
+    config = verify.read_json(verify.require_file(file, "a LoRA adapter's settings (r, lora_alpha, target_modules)"))
+    if config.get("peft_type") != "LORA":
+        raise ValueError(f"{str(file)!r}: peft_type must be LORA, got {config.get('peft_type')!r}")
+    for key in ("r", "lora_alpha"):
+        value = config.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or value != int(value):
+            raise ValueError(f"{str(file)!r}: {key} must be a positive integer, got {value!r}")
+        config[key] = int(value)
+    target = config.get("target_modules")
+    if not (isinstance(target, str) or isinstance(target, list) and all(isinstance(t, str) for t in target)):
+        raise ValueError(f"{str(file)!r}: target_modules must be a regex or a list of names, got {target!r}")
+    dropout = config.get("lora_dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ValueError(f"{str(file)!r}: lora_dropout must be a number in [0, 1), got {dropout!r}")
+    return config
+
+
+def frozen_embeddings(model: LiveModel) -> dict[str, torch.Tensor]:
+    """PEFT name -> weight of each LoRA-wrapped input/output embedding's frozen base layer: what peft also saves
+    when ``target_modules`` names ``lm_head`` / ``embed_tokens`` (``base_model.model.lm_head.base_layer.weight``)."""
+    names = {id(m): n for n, m in model.lm.named_modules()}
+    out = {}
+    for layer in (model.lm.get_input_embeddings(), model.lm.get_output_embeddings()):
+        base = getattr(layer, "base_layer", None)
+        if isinstance(base, (torch.nn.Linear, torch.nn.Embedding)) and id(base) in names:
+            out[f"{PREFIX}{names[id(base)]}.weight"] = base.weight
+    return out
+
+
+def load_lora_tensors(model: LiveModel, tensors: dict[str, torch.Tensor], file: Path, *, what: str,
+                      extra: dict[str, tuple[int, ...]] | None = None) -> None:
+    """Check adapter ``tensors`` (PEFT names) against the model's injected LoRA layers and load them strictly.
+
+    Names and shapes must be exactly the LoRA layers' (plus ``extra``, e.g. the connector, which the caller loads);
+    a saved frozen embedding (``…lm_head.base_layer.weight``) may be there and must equal the model's own.
+    """
+    from peft import set_peft_model_state_dict
+
+    lora = {k: tuple(v.shape) for k, v in adapter_state_dict(model).items()}
+    frozen = frozen_embeddings(model)
+    expected = {**lora, **(extra or {}), **{k: tuple(v.shape) for k, v in frozen.items()}}
+    verify.check_keys(file, {k: tuple(v.shape) for k, v in tensors.items()}, expected, optional=frozen, what=what)
+    for key, weight in frozen.items():
+        if key in tensors and not verify.same_values(tensors[key], weight):
+            raise ValueError(f"{str(file)!r}: {key!r} differs from the base LM's own weight: this adapter was "
+                             "trained over another base model (pass the one it was trained on)")
+    result = set_peft_model_state_dict(model.lm, {k[len(PREFIX):]: tensors[k] for k in lora})
+    missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+    if missing:  # cannot happen after check_keys; a peft change must not turn into silent zeros
+        raise ValueError(f"{str(file)!r}: peft did not load LoRA weights {missing[:verify.SHOWN]}")
 
 
 @torch.no_grad()

@@ -70,9 +70,15 @@ def convert_gguf(directory: Path, gguf_file: str, target: Path) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     log.warning("converting %s to %s once (about 30 s)...", gguf_file, target)
-    tokenizer = AutoTokenizer.from_pretrained(str(directory), gguf_file=gguf_file)
-    loaded = AutoModelForCausalLM.from_pretrained(str(directory), gguf_file=gguf_file)
-    cfg = AutoConfig.from_pretrained(str(directory), gguf_file=gguf_file)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), gguf_file=gguf_file)
+        loaded = AutoModelForCausalLM.from_pretrained(str(directory), gguf_file=gguf_file)
+        cfg = AutoConfig.from_pretrained(str(directory), gguf_file=gguf_file)
+    except Exception as e:  # noqa: BLE001 - a corrupt GGUF file is one line naming it, not a gguf traceback
+        from .verify import first_line
+
+        raise OSError(f"cannot read {str(directory / gguf_file)!r} (corrupt? reinstall: {INSTALL_HINT}): "
+                      f"{first_line(e)}") from None
     if hasattr(cfg, "quantization_config"):
         del cfg.quantization_config
     plain = AutoModelForCausalLM.from_config(cfg)

@@ -72,7 +72,13 @@ def load_tiny_tokenizer():
 
     if not (ASSET_DIR / "tokenizer.json").exists():
         raise FileNotFoundError(f"the packaged tiny tokenizer is missing from {ASSET_DIR}; reinstall livecue")
-    return PreTrainedTokenizerFast.from_pretrained(str(ASSET_DIR))
+    try:
+        return PreTrainedTokenizerFast.from_pretrained(str(ASSET_DIR))
+    except Exception as e:  # noqa: BLE001 - a damaged install is one line, not a tokenizers traceback
+        from .verify import first_line
+
+        raise OSError(f"the packaged tiny tokenizer in {str(ASSET_DIR)!r} is damaged ({first_line(e)}); "
+                      "reinstall livecue") from None
 
 
 if __name__ == "__main__":  # pragma: no cover - maintenance entry point

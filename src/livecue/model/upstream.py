@@ -5,11 +5,17 @@
     adapter_config.json          peft_type LORA, r 128, lora_alpha 256, lora_dropout 0.05, target_modules (regex),
                                  modules_to_save ["connector"], base_model_name_or_path
     adapter_model.safetensors    base_model.model.model.layers.{i}.{self_attn,mlp}.*.lora_{A,B}.weight,
-                                 base_model.model.lm_head.lora_{A,B}.weight, base_model.model.connector.{0,2}.*
+                                 base_model.model.lm_head.lora_{A,B}.weight, base_model.model.connector.{0,2}.*,
+                                 base_model.model.lm_head.base_layer.weight (the frozen head: peft saves it because
+                                 the target regex names lm_head; checked equal to the base's, never loaded)
     tokenizer files              Llama-3's, with <v> added
 
 The live config is not stored: it is the live1+ preset (SigLIP-L/16-384 frames, CLS + 3×3, ``,`` between frames,
 θ = 0.725). livecue loads it with the same template and ids taken from the tokenizer, minus upstream's bugs.
+
+Every file is checked before use (``verify``): ``adapter_config.json`` valid, the weights file readable and finite,
+its tensors exactly the connector and the LoRA layers the base LM gets from the adapter's settings, in their shapes.
+``convert`` keeps every tensor (the frozen head too) bit for bit; loading the converted checkpoint checks it again.
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ from typing import Any
 import torch
 
 from ..config import CONFIG_FILE, LiveConfig, preset
-from .lora import ADAPTER_CONFIG, ADAPTER_FILE, PREFIX
+from . import verify
+from .load import WEIGHTS_FILE, load_tokenizer, weights_metadata
+from .lora import ADAPTER_CONFIG, ADAPTER_FILE, PREFIX, load_lora_tensors, read_adapter_config
 
 log = logging.getLogger(__name__)
 CONNECTOR_PREFIX = PREFIX + "connector."
@@ -48,9 +56,10 @@ ALIASES = {
 
 
 def is_upstream_dir(path: str | Path) -> bool:
-    """An upstream-layout adapter directory: PEFT adapter files and no livecue config."""
+    """An upstream-layout adapter directory: a PEFT adapter config and no livecue config (a missing or broken
+    weights file is then reported by :func:`read_adapter`, naming it)."""
     path = Path(path)
-    return (path / ADAPTER_CONFIG).is_file() and (path / ADAPTER_FILE).is_file() and not (path / CONFIG_FILE).exists()
+    return (path / ADAPTER_CONFIG).is_file() and not (path / CONFIG_FILE).exists()
 
 
 def local_dir(name: str, what: str) -> Path:
@@ -69,15 +78,18 @@ def local_dir(name: str, what: str) -> Path:
 
 
 def read_adapter(adapter_dir: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """``(adapter_config, tensors)`` of an upstream adapter, validated."""
-    from safetensors.torch import load_file
-
-    config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
-    if config.get("peft_type") != "LORA":
-        raise ValueError(f"{str(adapter_dir)!r}: peft_type must be LORA, got {config.get('peft_type')!r}")
-    tensors = load_file(str(adapter_dir / ADAPTER_FILE))
+    """``(adapter_config, tensors)`` of an upstream adapter, checked as far as it can be without the base model:
+    valid config, readable finite tensors, a connector, and only LoRA, connector and frozen base-layer tensors."""
+    config = read_adapter_config(adapter_dir / ADAPTER_CONFIG)
+    file = verify.require_file(adapter_dir / ADAPTER_FILE, "the adapter's weights (LoRA + connector)")
+    tensors = verify.load_tensors(file)
     if not any(k.startswith(CONNECTOR_PREFIX) for k in tensors):
-        raise ValueError(f"{str(adapter_dir)!r}: the adapter holds no connector weights ({CONNECTOR_PREFIX}*)")
+        raise ValueError(f"{str(file)!r}: the adapter holds no connector weights ({CONNECTOR_PREFIX}*)")
+    other = [k for k in tensors if not (k.startswith(CONNECTOR_PREFIX) or k.startswith(PREFIX)
+                                        and ("lora_" in k or ".base_layer." in k))]
+    if other:
+        raise ValueError(f"{str(file)!r} holds {len(other)} tensors that are neither LoRA, connector nor frozen "
+                         f"base-layer weights: {', '.join(other[:verify.SHOWN])}")
     return config, tensors
 
 
@@ -100,8 +112,6 @@ def upstream_config(adapter_config: dict[str, Any], base: str | None, vision: st
 def load_upstream(adapter: str, *, base: str | None = None, vision: str | None = None,
                   device: str | torch.device | None = None, dtype: str | None = None, merge: bool = True):
     """Load an upstream adapter (alias, hub id or directory) as ``(LiveModel, tokenizer)``."""
-    from transformers import AutoTokenizer
-
     from ..data.labels import add_frame_placeholder
     from .load import build_model
     from .lora import apply_lora, merge_lora
@@ -113,34 +123,30 @@ def load_upstream(adapter: str, *, base: str | None = None, vision: str | None =
     config, tensors = read_adapter(adapter_dir)
     cfg = upstream_config(config, str(local_dir(base, "base LM (Llama-3 is gated: accept its licence and log in)"))
                           if base else None, vision)
-    tokenizer_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").exists() else cfg.lm.name_or_path
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    saved = any((adapter_dir / name).is_file() for name in TOKENIZER_FILES)  # upstream saves it with the adapter
+    tokenizer = load_tokenizer(adapter_dir if saved else cfg.lm.name_or_path, saved=saved)
     add_frame_placeholder(tokenizer, cfg.stream.v_placeholder)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model, tokenizer = build_model(cfg, device=device, dtype=dtype, tokenizer=tokenizer)
     apply_lora(model)
-    load_upstream_tensors(model, tensors)
+    load_upstream_tensors(model, tensors, adapter_dir / ADAPTER_FILE)
     if merge:
         merge_lora(model)
     model.eval()
     return model, tokenizer
 
 
-def load_upstream_tensors(model, tensors: dict[str, torch.Tensor]) -> None:
-    """Put upstream adapter tensors (LoRA + connector) into a LiveModel that has LoRA injected."""
-    from peft import set_peft_model_state_dict
+def load_upstream_tensors(model, tensors: dict[str, torch.Tensor], file: str | Path = ADAPTER_FILE) -> None:
+    """Put upstream adapter tensors (LoRA + connector, maybe the frozen head) into a LiveModel with LoRA injected.
 
-    connector = {k[len(CONNECTOR_PREFIX):]: v for k, v in tensors.items() if k.startswith(CONNECTOR_PREFIX)}
-    lora = {k[len(PREFIX):]: v for k, v in tensors.items() if k.startswith(PREFIX) and "lora_" in k}
-    other = sorted(set(tensors) - {CONNECTOR_PREFIX + k for k in connector} - {PREFIX + k for k in lora})
-    if other:
-        raise ValueError(f"unexpected tensors in the adapter: {other[:5]}")
-    model.connector.load_state_dict({k: v.to(model.dtype) for k, v in connector.items()})
-    result = set_peft_model_state_dict(model.lm, lora)
-    missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
-    if missing:
-        raise ValueError(f"the adapter lacks LoRA weights the model expects, e.g. {missing[:3]}")
+    Names and shapes must be exactly the model's LoRA layers and connector; a frozen ``…lm_head.base_layer.weight``
+    must equal the base LM's head (checked, not loaded). ``file`` names the source in messages.
+    """
+    connector = {CONNECTOR_PREFIX + k: tuple(v.shape) for k, v in model.connector.state_dict().items()}
+    load_lora_tensors(model, tensors, Path(file), what="the base LM with this adapter's LoRA settings",
+                      extra=connector)
+    model.connector.load_state_dict({k[len(CONNECTOR_PREFIX):]: tensors[k] for k in connector}, strict=True)
 
 
 # ---- conversion ----------------------------------------------------------------------------------------------------
@@ -150,6 +156,7 @@ def convert_to_livecue(adapter_dir: str | Path, out: str | Path, *, base: str | 
     from safetensors.torch import save_file
 
     adapter_dir, out = Path(adapter_dir), Path(out)
+    _check_out(adapter_dir, out)
     config, tensors = read_adapter(adapter_dir)
     cfg = upstream_config(config, base, vision)
     out.mkdir(parents=True, exist_ok=True)
@@ -157,7 +164,7 @@ def convert_to_livecue(adapter_dir: str | Path, out: str | Path, *, base: str | 
     connector = {"connector." + k[len(CONNECTOR_PREFIX):]: v for k, v in tensors.items()
                  if k.startswith(CONNECTOR_PREFIX)}
     lora = {k: v for k, v in tensors.items() if not k.startswith(CONNECTOR_PREFIX)}
-    save_file(connector, str(out / "livecue_model.safetensors"), metadata={"format": "livecue"})
+    save_file(connector, str(out / WEIGHTS_FILE), metadata=weights_metadata(lora=True))
     save_file(lora, str(out / ADAPTER_FILE), metadata={"format": "pt"})
     adapter_config = dict(config, modules_to_save=None)
     (out / ADAPTER_CONFIG).write_text(json.dumps(adapter_config, indent=2))
@@ -167,26 +174,33 @@ def convert_to_livecue(adapter_dir: str | Path, out: str | Path, *, base: str | 
 
 def export_upstream(checkpoint: str | Path, out: str | Path) -> Path:
     """livecue checkpoint directory -> upstream adapter layout (LoRA + connector in one PEFT adapter)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     checkpoint, out = Path(checkpoint), Path(out)
+    _check_out(checkpoint, out)
     cfg = LiveConfig.load(checkpoint)
     if not (checkpoint / ADAPTER_FILE).is_file():
         raise FileNotFoundError(f"{str(checkpoint)!r} has no LoRA adapter ({ADAPTER_FILE}) to export")
-    weights = load_file(str(checkpoint / "livecue_model.safetensors"))
+    config = read_adapter_config(checkpoint / ADAPTER_CONFIG)
+    weights = verify.load_tensors(verify.require_file(checkpoint / WEIGHTS_FILE, "the checkpoint's connector"))
     extra = sorted(k for k in weights if not k.startswith("connector."))
     if extra:
         raise ValueError(f"{str(checkpoint)!r} holds non-adapter weights ({extra[:3]}...): the upstream layout "
                          "stores only the adapter and the connector over a pretrained base")
-    tensors = dict(load_file(str(checkpoint / ADAPTER_FILE)))
+    tensors = verify.load_tensors(checkpoint / ADAPTER_FILE)
     tensors.update({CONNECTOR_PREFIX + k[len("connector."):]: v for k, v in weights.items()})
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / ADAPTER_FILE), metadata={"format": "pt"})
-    config = json.loads((checkpoint / ADAPTER_CONFIG).read_text())
     config.update(modules_to_save=["connector"], base_model_name_or_path=cfg.lm.name_or_path)
     (out / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
     _copy_tokenizer(checkpoint, out)
     return out
+
+
+def _check_out(source: Path, out: Path) -> None:
+    """Conversion writes a new directory: never over its source (that would overwrite the source's adapter)."""
+    if out.exists() and source.exists() and out.resolve() == source.resolve():
+        raise ValueError(f"--out {str(out)!r} is the source directory: write the converted checkpoint elsewhere")
 
 
 def _copy_tokenizer(src: Path, dst: Path) -> None:

@@ -15,7 +15,6 @@ the resolution, centred on a black square), scaled to [0, 1] and normalised with
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -203,12 +202,9 @@ def _hf_tower(cfg: VisionConfig, dtype: torch.dtype):
         tower = cls(hf_cfg) if cls is not transformers.AutoModel else cls.from_config(hf_cfg)
         mean = std = None
     else:
-        from .load import hub_error
+        from .verify import from_pretrained
 
-        try:
-            tower = cls.from_pretrained(cfg.name_or_path, dtype=dtype)
-        except (OSError, ValueError) as e:
-            raise hub_error("vision tower", cfg.name_or_path, e) from None
+        tower = from_pretrained(cls, cfg.name_or_path, "vision tower", dtype=dtype)  # strict, one-line errors
         mean, std = _preprocessor_mean_std(cfg.name_or_path)
     hidden = tower.config.hidden_size
     return tower, hidden, mean, std
@@ -216,11 +212,17 @@ def _hf_tower(cfg: VisionConfig, dtype: torch.dtype):
 
 def _preprocessor_mean_std(name_or_path: str):
     """Read image_mean/std from a local ``preprocessor_config.json`` when present."""
+    from .verify import read_json
+
     file = Path(name_or_path) / "preprocessor_config.json"
     if not file.is_file():
         return None, None
-    data = json.loads(file.read_text())
-    return tuple(data.get("image_mean") or ()) or None, tuple(data.get("image_std") or ()) or None
+    data = read_json(file)
+    mean, std = tuple(data.get("image_mean") or ()) or None, tuple(data.get("image_std") or ()) or None
+    for name, v in (("image_mean", mean), ("image_std", std)):
+        if v is not None and (len(v) != 3 or not all(isinstance(x, (int, float)) for x in v)):
+            raise ValueError(f"{str(file)!r}: {name} must be 3 numbers (RGB), got {list(v)!r}")
+    return mean, std
 
 
 def _efficientnet_lite0(cfg: VisionConfig):
@@ -245,12 +247,25 @@ def _efficientnet_lite0(cfg: VisionConfig):
         if not Path(path).is_file():
             raise FileNotFoundError(f"EfficientNet-Lite0 weights not found: {path!r}")
         tower = EfficientNet.from_name("efficientnet-lite0", image_size=cfg.resolution)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
-        missing, unexpected = tower.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("_fc.")]
-        if missing or unexpected:
-            raise ValueError(f"EfficientNet-Lite0 weights {path!r} do not match: missing {missing[:3]}, "
-                             f"unexpected {unexpected[:3]}")
+        _load_efficientnet(tower, path)
     tower._fc = nn.Identity()  # classification head unused
     return tower, 1280
+
+
+def _load_efficientnet(tower: nn.Module, path: str) -> None:
+    """EfficientNet-Lite0 weights (a ``torch.save`` file) into ``tower``, strictly (the classifier ``_fc`` aside)."""
+    from .verify import check_finite, check_keys, first_line
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - unpickling/zip errors of a corrupt file become one line
+        raise ValueError(f"{path!r}: not a valid EfficientNet-Lite0 weights file (truncated or corrupt): "
+                         f"{first_line(e)}") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path!r}: not a state dict of EfficientNet-Lite0 weights")
+    state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+    expected = {k: tuple(v.shape) for k, v in tower.state_dict().items() if not k.startswith("_fc.")}
+    check_keys(Path(path), {k: tuple(getattr(v, "shape", ())) for k, v in state.items()}, expected,
+               what="EfficientNet-Lite0")
+    tower.load_state_dict(state, strict=False)  # strict but for _fc, checked above
+    check_finite(tower, path)
