@@ -89,6 +89,8 @@ def test_kill_and_resume_reproduces_losses(data, tmp_path):
     assert killed.final_dir is None and latest_checkpoint(tmp_path / "cut").name == "checkpoint-3"
     resumed = train(cut, resume=True)
     assert len(full) == 8 and len(resumed.losses) == 5  # steps 4..8
+    steps = [json.loads(line)["step"] for line in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))  # steps 4-5 of the killed run are not logged twice
     assert resumed.losses == pytest.approx(full[3:], rel=1e-5, abs=1e-6)
     assert killed.losses[:3] == pytest.approx(full[:3], rel=1e-6)
     for k, v in train_params(resumed).items():
@@ -114,7 +116,10 @@ SCRIPT = textwrap.dedent("""
     from livecue.config import preset
     from livecue.train.recipe import train
     cfg = preset("tiny", json.loads(sys.argv[1]))
-    result = train(cfg)
+    stop = int(sys.argv[3]) if len(sys.argv) > 3 else None
+    if stop:
+        train(cfg, stop_after=stop)  # "killed" after that step: resumed below from the last checkpoint
+    result = train(cfg, resume=bool(stop))
     import torch.distributed as dist
     rank = dist.get_rank() if dist.is_initialized() else 0
     params = torch.cat([p.detach().flatten() for p in result.model.parameters() if p.requires_grad])
@@ -123,15 +128,24 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_two_processes_match_one(data, tmp_path):
+    """Two processes, killed after step 3 and resumed from checkpoint-2, train exactly as one uninterrupted process
+    with twice the accumulation; both processes' RNG states are in the checkpoint and its manifest."""
+    from livecue.train.verify import verify_checkpoint
+
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
     common = {"train.train_data": str(data), "train.max_steps": 4, "train.log_steps": 1, "lora.dropout": 0.0}
-    two = dict(common, **{"train.output_dir": str(tmp_path / "two")})
+    two = dict(common, **{"train.output_dir": str(tmp_path / "two"), "train.save_steps": 2})
     env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           str(script), json.dumps(two), str(tmp_path / "two")]
+           str(script), json.dumps(two), str(tmp_path / "two"), "3"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
+    assert "resuming from" in out.stdout and out.stdout.count("resuming from") == 1  # printed once, not per rank
+    manifest = verify_checkpoint(tmp_path / "two" / "checkpoint-2")
+    assert manifest["num_processes"] == 2
+    assert {"state/random_states_0.pkl", "state/random_states_1.pkl"} <= set(manifest["files"])
+    assert not [p for p in (tmp_path / "two").iterdir() if p.name.startswith(".")]
     r0, r1 = torch.load(tmp_path / "two.rank0.pt"), torch.load(tmp_path / "two.rank1.pt")
     assert torch.equal(r0, r1)  # parameters identical across ranks
     one = train(preset("tiny", dict(common, **{"train.output_dir": str(tmp_path / "one"),

@@ -12,7 +12,9 @@ def main(argv: list[str]) -> int:
     argv, overrides = split_overrides(argv)
     p = parser("train", "Fine-tune a LIVE model (LoRA + connector) on streaming-dialogue records.")
     p.add_argument("config", help="YAML/JSON config (may start with 'base: PRESET'), a preset or a checkpoint dir")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.output_dir")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest checkpoint in train.output_dir that verifies (an unusable one is "
+                        "skipped with a warning; a run config that differs from the checkpoint's is refused)")
     args = p.parse_args(argv)
 
     from ..config import LiveConfig

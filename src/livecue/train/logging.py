@@ -15,10 +15,13 @@ log = logging.getLogger(__name__)
 class TrainLogger:
     """Writes ``log.jsonl`` (one object per logged step) and TensorBoard scalars under ``output_dir``.
 
-    Only the main process should create one (the recipe passes ``enabled=False`` elsewhere).
+    Only the main process should create one (the recipe passes ``enabled=False`` elsewhere). ``resume_step``: the
+    step a resumed run continues from; records after it (written by the run that was stopped after its last
+    checkpoint) are dropped, in ``log.jsonl`` and in TensorBoard, so every step is logged once.
     """
 
-    def __init__(self, output_dir: str | Path, total_steps: int, enabled: bool = True, resume: bool = False) -> None:
+    def __init__(self, output_dir: str | Path, total_steps: int, enabled: bool = True,
+                 resume_step: int | None = None) -> None:
         self.enabled = enabled
         self.total = total_steps
         self.start = time.perf_counter()
@@ -30,11 +33,14 @@ class TrainLogger:
             return
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
+        resume = bool(resume_step)
+        if resume:
+            _truncate_after(out / "log.jsonl", resume_step)
         self._jsonl = (out / "log.jsonl").open("a" if resume else "w", encoding="utf-8")
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(out / "tensorboard"))
+            self._tb = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step + 1 if resume else None)
         except ImportError:
             log.info("tensorboard is not installed: logging to log.jsonl only")
 
@@ -72,6 +78,23 @@ class TrainLogger:
             self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    """Keep the records of ``path`` up to ``step`` (lines that are not records, e.g. a torn last line, go too)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+    tmp.replace(path)
 
 
 def _fmt(seconds: float) -> str:

@@ -8,17 +8,15 @@
 * Data order is a pure function of (seed, epoch): every rank, every run and every resume sees the same batches.
   Distribution (DDP, FSDP, DeepSpeed) is accelerate's: ``accelerate launch -m livecue.cli train CONFIG.yaml``.
 * Checkpoints ``output_dir/checkpoint-STEP`` (a loadable livecue checkpoint + ``state/`` with optimizer, scheduler
-  and RNG state + ``trainer_state.json``); ``resume=True`` continues from the latest one. The final model goes to
-  ``output_dir/final``.
+  and RNG state + ``trainer_state.json`` + ``livecue_manifest.json``), written atomically; ``resume=True`` continues
+  from the newest one that verifies, and refuses a run config that differs from it (:mod:`livecue.train.checkpoint`).
+  The final model goes to ``output_dir/final``, published the same way.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +28,12 @@ from ..config import LiveConfig
 from ..data.dataset import Collator, SeededSampler, StreamDataset, VideoFrames
 from ..data.labels import IGNORE
 from ..data.template import Template
+from .checkpoint import latest_checkpoint  # noqa: F401 - re-exported (it lived here)
+from .checkpoint import (RunInfo, find_resume_checkpoint, load_training_state, save_final_model,
+                         save_training_checkpoint)
 from .logging import TrainLogger
 
 log = logging.getLogger(__name__)
-STATE_FILE = "trainer_state.json"
 
 
 @dataclass
@@ -198,6 +198,8 @@ def train(cfg: LiveConfig, *, resume: bool = False, stop_after: int | None = Non
     set_seed(tc.seed)
     model, tok = setup_model(cfg)
     dataset = make_dataset(cfg, tok, tc.train_data)
+    if len(dataset) == 0:  # an empty epoch would loop for ever
+        raise ValueError(f"train.train_data {tc.train_data!r} holds no training records")
     collate = Collator(tok.pad_token_id)
     sampler = SeededSampler(len(dataset), seed=tc.seed, num_replicas=acc.num_processes, rank=acc.process_index)
     batches_per_epoch = math.ceil(len(sampler) / tc.per_device_batch_size)
@@ -210,20 +212,21 @@ def train(cfg: LiveConfig, *, resume: bool = False, stop_after: int | None = Non
     model, optimizer = acc.prepare(model, optimizer)
     acc.register_for_checkpointing(scheduler)
 
+    run = RunInfo.create(acc, cfg, len(dataset), batches_per_epoch, total_steps)
     step, epoch, micro = 0, 0, 0
     if resume:
-        latest = latest_checkpoint(out)
-        if latest is None:
-            log.warning("no checkpoint in %s: starting from scratch", out)
+        point = find_resume_checkpoint(acc, out, run, model, optimizer)
+        if point is None:
+            if acc.is_main_process:
+                log.warning("--resume: no checkpoint in %s: starting from scratch", out)
         else:
-            acc.load_state(str(latest / "state"))
-            state = json.loads((latest / STATE_FILE).read_text())
-            step, epoch, micro = state["step"], state["epoch"], state["micro"]
-            acc.print(f"resuming from {latest} (step {step}, epoch {epoch}, batch {micro})")
+            load_training_state(acc, point)
+            step, epoch, micro = point.step, point.epoch, point.micro
+            acc.print(f"resuming from {point.path} (step {step}, epoch {epoch}, batch {micro})")
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out)
-    logger = TrainLogger(out, total_steps, enabled=acc.is_main_process, resume=resume and step > 0)
+    logger = TrainLogger(out, total_steps, enabled=acc.is_main_process, resume_step=step if resume else None)
     logger.mark_start(step)
     eval_set = make_dataset(cfg, tok, tc.eval_data, tc.eval_max_samples) if tc.eval_data else None
     markers_silence = eval_set.markers.silence if eval_set else dataset.markers.silence
@@ -267,7 +270,7 @@ def train(cfg: LiveConfig, *, resume: bool = False, stop_after: int | None = Non
                 logger.log(step, metrics)
                 result.eval = metrics
             if step % tc.save_steps == 0 and step < total_steps:
-                save_training_checkpoint(acc, model, tok, out, step, epoch, micro, tc.save_total_limit)
+                save_training_checkpoint(acc, model, tok, out, run, step, epoch, micro, tc.save_total_limit)
             if step >= total_steps or step == stop_after:
                 break
         else:
@@ -282,41 +285,8 @@ def train(cfg: LiveConfig, *, resume: bool = False, stop_after: int | None = Non
         logger.close()
         return result
     if acc.is_main_process:
-        from ..model.load import save_checkpoint
-
-        result.final_dir = save_checkpoint(acc.unwrap_model(model), tok, out / "final")
+        result.final_dir = save_final_model(acc.unwrap_model(model), tok, out, run, step)
         acc.print(f"saved the final model to {result.final_dir}")
     logger.close()
     acc.wait_for_everyone()
     return result
-
-
-# ---- checkpoints ---------------------------------------------------------------------------------------------------
-def save_training_checkpoint(acc, model, tok, out: Path, step: int, epoch: int, micro: int, keep: int) -> Path:
-    """A loadable model checkpoint plus the full training state; keeps the newest ``keep`` checkpoints."""
-    from ..model.load import save_checkpoint
-
-    directory = out / f"checkpoint-{step}"
-    acc.save_state(str(directory / "state"))
-    if acc.is_main_process:
-        save_checkpoint(acc.unwrap_model(model), tok, directory)
-        (directory / STATE_FILE).write_text(json.dumps({"step": step, "epoch": epoch, "micro": micro}))
-        for old in sorted(_checkpoints(out), key=_step_of)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
-    acc.wait_for_everyone()
-    return directory
-
-
-def _checkpoints(out: Path) -> list[Path]:
-    return [p for p in out.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)
-            and (p / STATE_FILE).exists()]
-
-
-def _step_of(path: Path) -> int:
-    return int(path.name.split("-")[1])
-
-
-def latest_checkpoint(out: str | Path) -> Path | None:
-    """The newest complete checkpoint in ``out`` (one with its trainer state written last), or None."""
-    found = _checkpoints(Path(out))
-    return max(found, key=_step_of) if found else None
