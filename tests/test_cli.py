@@ -55,3 +55,36 @@ def test_render_errors(tmp_path, capsys):
     bad.write_text(json.dumps([{"role": "robot"}]))
     assert cli.main(["render", str(bad), "--model", "tiny"]) == 1
     assert "role must be one of" in capsys.readouterr().err
+
+
+def test_number_checkers_state_their_range():
+    import argparse
+
+    import pytest
+
+    from livecue.argtypes import FPS, Number, int_range, positive_int, text
+
+    assert FPS("2") == 2.0 and FPS("240") == 240.0 and FPS.range == "(0, 240]"
+    for bad in ("nan", "inf", "-inf", "0", "-1", "240.001", "1e9", "two", "", "1e400"):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"must be a finite number in \(0, 240\], got "):
+            FPS(bad)
+    assert positive_int(10)("10") == 10 and positive_int(10)("1_0") == 10
+    for bad in ("0", "11", "2.5", "1e3", "nan", "x"):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"must be an integer in \[1, 10\], got "):
+            positive_int(10)(bad)
+    assert int_range(0, None).range == ">= 0" and Number(float).range == "any finite value"
+    with pytest.raises(argparse.ArgumentTypeError, match="must be at most 3 characters, got 4"):
+        text(3)("abcd")
+
+
+def test_help_states_the_ranges(capsys):
+    import pytest
+
+    for command, expected in (("watch", ["(0, 240]", "[0, 1]", "[1, 1024]", "2,000 characters"]),
+                              ("encode", ["(0, 240]", "[1, 4096]"]), ("world", ["[1, 1000000]", "[16, 4096]"]),
+                              ("eval", ["[0, 1]", "[1, 64]"]), ("demo", ["(0, 600]"])):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        out = " ".join(capsys.readouterr().out.split())
+        for text in expected:
+            assert text in out, (command, text)

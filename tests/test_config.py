@@ -91,3 +91,57 @@ def test_unknown_preset_and_sources(tmp_path):
     bad.write_text("- a list")
     with pytest.raises(ValueError, match="must hold a mapping"):
         LiveConfig.load(bad)
+
+
+@pytest.mark.parametrize("override,match", [
+    ("lm.random_init.hidden_size=-1", r"lm.random_init.hidden_size must be a positive integer, got -1"),
+    ("lm.random_init.num_hidden_layers=0", r"lm.random_init.num_hidden_layers must be a positive integer, got 0"),
+    ("lm.random_init.num_key_value_heads=-2", r"lm.random_init.num_key_value_heads must be a positive integer"),
+    ("lm.random_init.vocab_size=1.5", r"lm.random_init.vocab_size must be a positive integer, got 1.5"),
+    ("lm.random_init.max_position_embeddings=0", r"max_position_embeddings must be a positive integer"),
+    ("vision.random_init.hidden_size=-3", r"vision.random_init.hidden_size must be a positive integer, got -3"),
+    ("vision.random_init.patch_size=true", r"vision.random_init.patch_size must be a positive integer, got True"),
+    ("vision.frame_token_pooled=-1", r"vision.frame_token_pooled must be in 0..64 .*, got -1"),
+    ("vision.frame_token_pooled=100000", r"vision.frame_token_pooled must be in 0..64"),
+    ("stream.fps=nan", r"config key 'stream.fps' must be a finite number, got nan"),
+    ("stream.fps=1e9", r"stream.fps must be in \(0, 240\], got 1000000000.0"),
+    ("train.learning_rate=inf", r"config key 'train.learning_rate' must be a finite number, got inf"),
+    ("train.learning_rate=1e999", r"config key 'train.learning_rate' must be a finite number"),
+    ("stream.threshold=-.inf", r"config key 'stream.threshold' must be a finite number"),
+    ("train.weight_decay=-1", r"train.weight_decay must be >= 0"),
+    ("train.seed=-1", r"train.seed must be in \[0, 2\^32\), got -1"),
+])
+def test_sizes_and_numbers_are_checked_naming_the_key(override, match):
+    """Sizes that would build negative or empty tensors and non-finite numbers are refused, naming the key."""
+    with pytest.raises(ValueError, match=match) as e:
+        preset("tiny", [override])
+    assert "\n" not in str(e.value)
+
+
+def test_model_sizes_that_stay_valid():
+    cfg = preset("tiny", ["lm.random_init.num_key_value_heads=null", "lm.random_init.tie_word_embeddings=true"])
+    assert cfg.lm.random_init["num_key_value_heads"] is None and cfg.lm.random_init["tie_word_embeddings"] is True
+    for name in ("live1", "live1_plus", "tiny"):
+        preset(name)
+
+
+def test_yaml_errors_are_one_line_with_position(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: tiny\nstream: [1,\n  threshold: }\n")
+    with pytest.raises(ValueError) as e:
+        LiveConfig.load(bad)
+    assert "\n" not in str(e.value)
+    assert f"invalid YAML in '{bad}' (line 3, column 14)" in str(e.value)
+    bad.write_bytes(b"base: tiny\n\xff\xfe")
+    with pytest.raises(ValueError, match=r"invalid YAML in .*bad.yaml' \(byte 11\): not UTF-8 text"):
+        LiveConfig.load(bad)
+
+
+def test_yaml_numbers_without_exponent_sign(tmp_path):
+    """YAML 1.1 reads ``1e-4`` and ``1.0e9`` as strings: a float field takes them as numbers."""
+    good = tmp_path / "c.yaml"
+    good.write_text("base: tiny\ntrain:\n  learning_rate: 1e-4\n")
+    assert LiveConfig.load(good).train.learning_rate == 1e-4
+    good.write_text("base: tiny\ntrain:\n  learning_rate: fast\n")
+    with pytest.raises(ValueError, match="'train.learning_rate' must be a number, got 'fast'"):
+        LiveConfig.load(good)

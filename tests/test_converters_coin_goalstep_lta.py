@@ -145,6 +145,36 @@ def test_cli_reports_malformed_file(tmp_path, capsys):
     assert "broken_coin.json" in err and "'database'" in err
 
 
+def test_coin_json_errors_name_file_and_position(tmp_path):
+    path = tmp_path / "COIN.json"
+    path.write_text('{"database": {\n  "v": {"class": "X",\n    "subset": training}}}')
+    with pytest.raises(ValueError) as e:
+        coin.load_coin(path)
+    assert str(e.value) == f"{path}:3:15: not a valid JSON file (COIN annotation file): Expecting value"
+    for constant in ("NaN", "Infinity", "-Infinity"):
+        path.write_text('{"database": {"v": {"class": "X", "subset": "training", "annotation": '
+                        f'[{{"segment": [1.0, {constant}], "label": "a"}}]}}}}}}')
+        with pytest.raises(ValueError, match=f"COIN.json: not a valid JSON file .*{constant} is not a JSON number"):
+            coin.load_coin(path)
+
+
+def test_coin_negative_times_are_counted_and_nothing_written_says_why(tmp_path, caplog, capsys):
+    data = {"database": {"v": {"class": "MakeTea", "subset": "training", "annotation": [
+        {"segment": [-2.0, 3.0], "label": "boil water"}, {"segment": [-1.0, -0.5], "label": "pour"}]}}}
+    src = write(tmp_path / "COIN.json", data)
+    with caplog.at_level("WARNING", logger="livecue.data"):
+        coin.load_coin(src)
+    assert [r.getMessage() for r in caplog.records] == [f"{src}: 2 step segments with a negative time "
+                                                        "(clamped to frame 0)"]
+    out = tmp_path / "o.jsonl"
+    assert cli.main(["convert-data", "coin-step", "--annotations", str(src), "--out", str(out)]) == 0
+    assert "warning: " in capsys.readouterr().err
+    assert cli.main(["convert-data", "coin-step", "--annotations", str(src), "--split", "test",
+                     "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == f"livecue convert-data: error: no records: 1 videos in {src}: 1 videos not in the test subset"
+
+
 # ---- GoalStep ------------------------------------------------------------------------------------------------------
 GOALSTEP = {"videos": [{
     "video_uid": "v1", "start_time": 0.0, "end_time": 300.0, "goal_category": "COOKING:PASTA",
@@ -291,6 +321,50 @@ def test_goalstep_cli_from_cache(tmp_path):
     assert read_records(out) == [expected_good(13, 12)]
 
 
+def test_goalstep_cli_prints_filter_counts(tmp_path, capsys):
+    src = write(tmp_path / "goalstep_val.json", GOALSTEP)
+    acts = goalstep.activities(GOALSTEP["videos"])
+    cache = goalstep.GenerationCache(tmp_path / "gen.json")
+    list(goalstep.goalstep_records(acts, FakeGenerator([GOOD, SECONDS, SHORT, ASSISTANT_FIRST]), cache=cache))
+    argv = ["convert-data", "goalstep", "--annotations", str(src), "--cache", str(tmp_path / "gen.json"),
+            "--generator", "/nonexistent/model", "--out", str(tmp_path / "chat.jsonl")]
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    assert ("GoalStep live chat: 4 conversations: 1 kept; filtered: 1 mentions seconds, 1 spans < 60 s, "
+            "1 unusable turn order") in err.splitlines()
+
+
+def test_goalstep_zero_records_says_why(tmp_path, capsys):
+    acts = goalstep.activities(GOALSTEP["videos"])
+    cache = goalstep.GenerationCache(tmp_path / "gen.json")
+    list(goalstep.goalstep_records(acts, FakeGenerator([SHORT, SECONDS, SHORT, ASSISTANT_FIRST]), cache=cache))
+    src = write(tmp_path / "goalstep_val.json", GOALSTEP)
+    out = tmp_path / "chat.jsonl"
+    assert cli.main(["convert-data", "goalstep", "--annotations", str(src), "--cache", str(tmp_path / "gen.json"),
+                     "--generator", "/nonexistent/model", "--out", str(out)]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if ": error: " in line]
+    assert errors == ["livecue convert-data: error: no records: every generated conversation was filtered out "
+                      "(4 conversations: 0 kept; filtered: 2 spans < 60 s, 1 mentions seconds, 1 unusable turn order)"]
+    assert not out.exists()
+    no_steps = write(tmp_path / "no_steps.json", {"videos": [dict(GOALSTEP["videos"][0], segments=[])]})
+    assert cli.main(["convert-data", "goalstep", "--annotations", str(no_steps), "--out", str(out)]) == 1
+    assert f"no records: the 1 videos of {no_steps} have no steps" in capsys.readouterr().err
+
+
+def test_goalstep_times_must_be_finite_and_negative_ones_are_counted(tmp_path, caplog):
+    video = dict(GOALSTEP["videos"][0], segments=[dict(GOALSTEP["videos"][0]["segments"][1], start_time=-3.0)])
+    with caplog.at_level("WARNING", logger="livecue.data"):
+        goalstep.load_goalstep(write(tmp_path / "g.json", {"videos": [video]}))
+    assert caplog.records[-1].getMessage().endswith("g.json: 1 segments with a negative time (clamped to frame 0)")
+    bad = write(tmp_path / "g.json", {"videos": [dict(video, end_time="late")]})
+    with pytest.raises(ValueError, match=r"g.json: videos\[0\]: missing or malformed 'end_time' \(seconds, a finite "
+                                         r"number\), got 'late'"):
+        goalstep.load_goalstep(bad)
+    (tmp_path / "g.json").write_text('{"videos": [{"start_time": 1e999}]}')  # JSON reads 1e999 as inf
+    with pytest.raises(ValueError, match="missing or malformed 'start_time'"):
+        goalstep.load_goalstep(tmp_path / "g.json")
+
+
 @pytest.mark.parametrize("data,match", [
     ({"clips": []}, r"'videos' list"),
     ({"videos": [{"video_uid": "v", "start_time": 0, "end_time": 9}]}, r"videos\[0\]: .*'goal_description'"),
@@ -374,3 +448,17 @@ def test_lta_malformed(tmp_path):
         lta.lta_taxonomy(write(tmp_path / "fho_lta_taxonomy.json", {"verbs": "take"}))
     with pytest.raises(FileNotFoundError, match="nope.json"):
         lta.load_lta(tmp_path / "nope.json")
+
+
+def test_lta_zero_records_says_why(tmp_path, capsys):
+    tax = write(tmp_path / "fho_lta_taxonomy.json", TAXONOMY)
+    src = write(tmp_path / "fho_lta_val.json", {"clips": [action("c2", k) for k in range(5)]})
+    assert cli.main(["convert-data", "lta", "--annotations", str(src), "--taxonomy", str(tax),
+                     "--out", str(tmp_path / "o.jsonl")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f"livecue convert-data: error: no records: 5 actions in {src}; skipped: 1 clips with fewer "
+                   "than 28 actions")
+    broken = tmp_path / "fho_lta_train.json"
+    broken.write_text('{"clips": [\n  {"clip_uid": "c",, }]}')
+    with pytest.raises(ValueError, match=r"fho_lta_train.json:2:20: not a valid JSON file \(LTA annotation file\)"):
+        lta.load_lta(broken)

@@ -193,6 +193,61 @@ def test_cli_in_process(files, tmp_path):
     assert read_records(out) == [PASS1, PASS2]
 
 
+def test_skipped_and_clamped_narrations_are_counted(tmp_path, caplog):
+    """Narrations without text, without a numeric time, with one word, or at a negative time: one warning with
+    the counts, naming the file (the negative one is clamped to frame 0, as upstream)."""
+    items = [_n(-1.5, "#C C opens the door", "a"), _n(2.0, "#C C closes the door", "a"), _n(3.0, "", "a"),
+             {"text": "#C C waves", "_annotation_uid": "a"}, _n(float("nan"), "#C C jumps", "a"),
+             _n(4.0, "#C C", "a"), {"time": 5.0, "_annotation_uid": "a"}]
+    path = tmp_path / "narr.json"
+    path.write_text(json.dumps({"videos": {"v": {"narrations": items}}}).replace("NaN", '"NaN"'))
+    with caplog.at_level("WARNING", logger="livecue.data"):
+        videos = ego4d.load_narrations(path)
+    assert videos["v"][0][2] == [(-1.5, "C opens the door."), (2.0, "C closes the door.")]
+    warning = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warning) == 1 and str(path) in warning[0]
+    for part in ("2 narrations without text (skipped)", "2 narrations without a numeric time (skipped)",
+                 "1 narrations with a one-word text (skipped, as upstream)",
+                 "1 narrations with a negative time (clamped to frame 0)"):
+        assert part in warning[0], warning[0]
+    record = ego4d.narration_record("v", 1, "a", videos["v"][0][2], fps=2.0, duration=None, instruction="N.",
+                                    max_num_frames=100)
+    assert record["start"] == 0.0 and record["messages"][3] == S(0.5, 4)  # -1.5 s clamped to frame 0
+
+
+def test_cli_reports_counts_and_why_nothing_was_written(tmp_path, capsys):
+    unusable = _write(tmp_path / "narr.json", {"videos": {"v": {"narrations": [
+        _n(1.0, "", "a"), _n(2.0, "#C C", "a"), {"text": "#C C opens it", "_annotation_uid": "a"}]}}})
+    out = tmp_path / "o.jsonl"
+    assert cli(["convert-data", "ego4d-narration", "--narrations", unusable, "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "warning: " + unusable + ": 1 narrations without text (skipped)" in err
+    errors = [line for line in err.splitlines() if line.startswith("livecue convert-data: error:")]
+    assert errors == [f"livecue convert-data: error: no records: 1 videos in {unusable}, 0 with usable narrations "
+                      "(a numeric time and a text of at least 2 words), 1 in split train; none has both"]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("text,where", [
+    ('{"videos": {"v": {"narrations": [\n  {"time": 1.0, "text": "a b",}]}}}', ":2:31: "),
+    ('{"videos": {"v": {"narrations": [{"time": NaN, "text": "a b"}]}}}', ": "),
+    ("", ":1:1: "),
+])
+def test_malformed_annotation_json_names_file_and_position(tmp_path, text, where):
+    path = tmp_path / "all_narrations_redacted.json"
+    path.write_text(text)
+    with pytest.raises(ValueError) as e:
+        ego4d.load_narrations(path)
+    message = str(e.value)
+    assert message.startswith(f"{path}{where}not a valid JSON file (annotation file)") and "\n" not in message
+
+
+def test_durations_must_be_numbers(tmp_path):
+    bad = _write(tmp_path / "ego4d.json", {"videos": [{"video_uid": "v", "duration_sec": "long"}]})
+    with pytest.raises(ValueError, match=r"ego4d.json: videos\[0\]: the duration must be a finite number"):
+        ego4d.load_durations(bad)
+
+
 # ---- augmentation --------------------------------------------------------------------------------------------------
 REC = {"id": "r", "video": "r.mp4", "fps": 2.0, "start": 0.0, "duration": 2.5,
        "messages": [S(0.0, 1, False), U(0.0, "Narrate."), A(0.0, "A."), S(0.5, 3), A(1.5, "B."), S(2.0, 2),

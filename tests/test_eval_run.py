@@ -245,9 +245,20 @@ def test_livecue_eval_free_coin_lta(data, tmp_path, capsys):
 def test_eval_argument_errors(data, capsys):
     assert cli.main(["eval", "--data", str(data / "coin.jsonl"), "--task", "coin-step", "--calibrate"]) == 1
     assert cli.main(["eval", "--data", str(data / "narration.jsonl"), "--save-threshold"]) == 1
-    assert cli.main(["eval", "--data", str(data / "narration.jsonl"), "--threshold", "1.5"]) == 1
     err = capsys.readouterr().err
-    assert "--calibrate" in err and "--save-threshold" in err and "[0, 1]" in err
+    assert "--calibrate" in err and "--save-threshold" in err
+    for bad, message in ((["--threshold", "1.5"], "argument --threshold: must be a finite number in [0, 1], got '1.5'"),
+                         (["--threshold", "nan"], "argument --threshold: must be a finite number in [0, 1]"),
+                         (["--batch-size", "0"], "argument --batch-size: must be an integer in [1, 1024], got '0'"),
+                         (["--max-samples", "-3"], "argument --max-samples: must be an integer in [1, "),
+                         (["--tolerance", "1e3"], "argument --tolerance: must be an integer in [0, 10000]"),
+                         (["--beams", "0"], "argument --beams: must be an integer in [1, 64]")):
+        with pytest.raises(SystemExit) as e:
+            cli.main(["eval", "--data", str(data / "narration.jsonl"), *bad])
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert e.value.code == 2 and last.startswith("livecue eval: error: ") and message in last, (bad, last)
+    assert cli.main(["eval", "--data", str(data / "narration.jsonl"), "--calibrate", "--grid", "0.2,nan"]) == 1
+    assert "--grid must be comma-separated θ values in [0, 1], got '0.2,nan'" in capsys.readouterr().err
     assert cli.main(["eval", "--data", str(data / "narration.jsonl"), "--task", "free", "--memory", "sink"]) == 1
     assert "memory must be 'unbounded', 'sink:MAX_TOKENS'" in capsys.readouterr().err
     assert cli.main(["eval", "--data", str(data / "narration.jsonl"), "--memory", "sink:64"]) == 1

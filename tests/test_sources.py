@@ -373,3 +373,44 @@ def test_live_source_on_the_wall_clock():
 def test_source_base_is_abstract():
     with pytest.raises(NotImplementedError):
         list(Source("x", 1))
+
+
+# ---------------------------------------------------------------------------------------------- fps bounds (issue 15)
+
+
+def test_fps_is_bounded_and_a_one_second_file_ends(tmp_path):
+    """An fps beyond MAX_FPS is refused (a 1-s file at 1e9 fps would yield 1e9 frames); at 240 fps it ends."""
+    from livecue.config import MAX_FPS
+
+    path = _write(tmp_path / "one.mkv", [_solid(c) for c in COLOURS[:3]], [0, 500, 1000], "ffv1",
+                  pix_fmt="yuv444p")
+    for bad in (1e9, math.inf, math.nan, 0, -1, MAX_FPS + 1):
+        with pytest.raises(ValueError, match=r"fps must be a number in \(0, 240\]"):
+            decode_at_fps(path, bad)
+        with pytest.raises(ValueError, match=r"fps must be a number in \(0, 240\]"):
+            open_source(path, bad)
+    out = list(decode_at_fps(path, MAX_FPS))
+    assert len(out) == 241 and out[-1][0] == 1.0
+
+
+def test_a_tiny_fps_neither_divides_by_zero_nor_overflows(tmp_path):
+    """fps = 1e-9 passes every '> 0' check: the resampler yields the first frame (the next tick is 31 years later)
+    and a paced run does not overflow the wait."""
+    from livecue.inference.pipeline import Pipeline
+
+    path = _write(tmp_path / "one.mkv", [_solid(c) for c in COLOURS[:3]], [0, 500, 1000], "ffv1",
+                  pix_fmt="yuv444p")
+    assert [t for t, _ in decode_at_fps(path, 1e-9)] == [0.0]
+
+    class Session:  # the smallest thing Pipeline drives
+        engine = None
+
+    import queue
+
+    pipe = Pipeline(Session(), ArraySource(np.zeros((2, 8, 8, 3), np.uint8), 1e-300), realtime=True)
+    q: queue.Queue = queue.Queue()
+    threading.Timer(0.3, pipe.stop).start()
+    start = time.monotonic()
+    pipe._capture(q)  # frame 0 at t = 0, frame 1 at t = 1e300 s: waits in slices until stopped
+    assert time.monotonic() - start < 5
+    assert q.get_nowait()[0] == 0.0

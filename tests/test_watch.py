@@ -114,7 +114,7 @@ def test_watch_failure_paths(tmp_path, capsys):
         (["/dev/video99"], "/dev/video99"),
         (["sample:nope"], "unknown sample video 'nope'"),
         ([str(bad), "--jsonl", str(tmp_path / "no" / "dir" / "x.jsonl")], "--jsonl directory does not exist"),
-        (["x.mp4", "--threshold", "3"], "--threshold must be in [0, 1]"),
+        ([str(bad), "--jsonl", str(tmp_path)], "--jsonl: cannot write"),
         (["x.mp4", "--query", "a", "--at", "1", "--at", "2"], "2 --at values for 1 --query"),
     ]
     for args, message in cases:
@@ -122,6 +122,45 @@ def test_watch_failure_paths(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert rc == 1, (args, err)
         assert message in err and err.count("\n") == 0, (args, err)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--threshold", "3"], "argument --threshold: must be a finite number in [0, 1], got '3'"),
+    (["--fps", "nan"], "argument --fps: must be a finite number in (0, 240], got 'nan'"),
+    (["--fps", "1e9"], "argument --fps: must be a finite number in (0, 240], got '1e9'"),
+    (["--query", "a", "--at", "inf"], "argument --at: must be a finite number in [0, 604800], got 'inf'"),
+    (["--max-lag", "nan"], "argument --max-lag: must be a finite number in (0, 3600]"),
+    (["--temperature", "-1"], "argument --temperature: must be a finite number in [0, 100]"),
+    (["--batch-size", "0"], "argument --batch-size: must be an integer in [1, 1024], got '0'"),
+    (["--query", "x" * 2001], "argument --query: must be at most 2,000 characters, got 2,001"),
+])
+def test_watch_option_values_are_checked(args, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["watch", "x.mp4", "--model", "tiny", *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and err[-1].startswith("livecue watch: error: ") and message in err[-1], err[-1]
+    assert sum("error" in line for line in err) == 1
+
+
+def test_query_cap_is_the_servers():
+    from livecue.commands.watch import build_parser
+    from livecue.serve.protocol import Limits
+
+    parser = build_parser()
+    assert parser.parse_args(["x", "--query", "q" * Limits.max_text_chars]).query == ["q" * Limits.max_text_chars]
+
+
+def test_jsonl_is_strict_json_even_for_non_finite_numbers(tmp_path):
+    from livecue.inference.events import Answer, Reply
+
+    def fail(name):
+        raise AssertionError(f"non-strict JSON constant {name}")
+
+    for event in (Silence(t=float("nan"), p_silence=float("inf")), Reply(t=1.0, p_silence=float("-inf")),
+                  Answer(t=2.0, query_t=float("nan"))):
+        line = event.to_json()
+        data = json.loads(line, parse_constant=fail)
+        assert None in data.values() and "NaN" not in line and "Infinity" not in line
 
 
 def test_watch_ctrl_c_prints_summary(tmp_path, monkeypatch, capsys):

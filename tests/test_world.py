@@ -201,14 +201,24 @@ def test_cli_npy_resume_and_errors(tmp_path, capsys):
     stamp = (out / r["video"]).stat().st_mtime_ns
     assert world_cmd.main(args + ["--resume"]) == 0
     assert (out / r["video"]).stat().st_mtime_ns == stamp
-    with pytest.raises(ValueError, match="--n"):
-        world_cmd.main(["--out", str(out), "--n", "0", "--seed", "0"])
     with pytest.raises(ValueError, match="--resolution"):
         world_cmd.main(["--out", str(out), "--n", "1", "--seed", "0", "--resolution", "33"])
     capsys.readouterr()
-    assert cli.main(["world", "--out", str(out), "--n", "1", "--seed", "0", "--events-per-second", "-1"]) == 1
+    for bad, message in ((["--n", "0"], "argument --n: must be an integer in [1, 1000000], got '0'"),
+                         (["--events-per-second", "-1"], "argument --events-per-second: must be a finite number"),
+                         (["--fps", "nan"], "argument --fps: must be a finite number in (0, 240], got 'nan'"),
+                         (["--duration", "inf"], "argument --duration: must be a finite number in (0, 86400]"),
+                         (["--seed", "-1"], "argument --seed: must be an integer in [0, 2147483647]")):
+        argv = ["world", "--out", str(out), "--n", "1", "--seed", "0", *bad]
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and message in err[-1], (bad, err)
+    # a stream too big to render in memory is refused up front, naming the options
+    assert cli.main(["world", "--out", str(out), "--n", "1", "--seed", "0", "--fps", "240", "--duration",
+                     "86400"]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "--events-per-second" in err
+    assert err.count("\n") == 0 and "GiB in memory" in err and "--duration" in err
 
 
 def test_png_writer_round_trips(tmp_path):

@@ -13,6 +13,7 @@ end-to-end time with exactly the same LM forwards (ids, features, cache growth, 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import platform
 import statistics
@@ -59,6 +60,10 @@ class BenchConfig:
     def __post_init__(self) -> None:
         if not self.marks or min(self.marks) <= 0:
             raise ValueError(f"marks must be positive frame counts, got {self.marks}")
+        if not math.isfinite(self.speak_every) or (self.time_budget is not None
+                                                   and not (math.isfinite(self.time_budget) and self.time_budget >= 0)):
+            raise ValueError(f"speak_every and time_budget must be finite (time_budget >= 0), got {self.speak_every}, "
+                             f"{self.time_budget}")
         if self.speak_every < 0 or self.reply_tokens <= 0 or self.window <= 0:
             raise ValueError(f"need speak_every >= 0, reply_tokens > 0, window > 0; got {self.speak_every}, "
                              f"{self.reply_tokens}, {self.window}")

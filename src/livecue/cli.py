@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"livecue: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
     try:
+        module = importlib.import_module(COMMANDS[name][0])
         return int(module.main(rest) or 0)
     except KeyboardInterrupt:
         print("livecue: interrupted", file=sys.stderr)
@@ -64,8 +64,21 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError, ImportError, OSError) as e:
         if os.environ.get("LIVECUE_DEBUG"):
             raise
-        print(f"livecue {name}: error: {e}", file=sys.stderr)
+        print(f"livecue {name}: error: {one_line(e)}", file=sys.stderr)
         return 1
+    except Exception as e:  # noqa: BLE001 - the last-resort net: one line, never a traceback
+        if os.environ.get("LIVECUE_DEBUG"):
+            raise
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+        print(f"livecue {name}: error: {type(e).__name__}: {first or '(no message)'} "
+              f"(set LIVECUE_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+def one_line(error: BaseException) -> str:
+    """An error's message on one line (a multi-line third-party message has its lines joined)."""
+    text = str(error) or type(error).__name__
+    return " ".join(line.strip() for line in text.splitlines() if line.strip()) if "\n" in text else text
 
 
 if __name__ == "__main__":  # pragma: no cover

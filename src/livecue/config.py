@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -30,11 +32,24 @@ UPSTREAM_SYSTEM_PROMPT = (
 
 VISION_KINDS = ("siglip", "clip", "dinov2", "hf", "efficientnet_lite0")
 DTYPES = ("float32", "bfloat16", "float16")
+MAX_FPS = 240.0  # the highest stream clock (frames per second) livecue accepts anywhere
+
+# random_init keys that size a model: each must be a positive integer (or null for the library's default)
+_SIZE_KEY = re.compile(r"(_size|_layers|_heads|_dim|_channels)$|^num_|^max_position_embeddings$")
 
 
 def _check(ok: bool, msg: str) -> None:
     if not ok:
         raise ValueError(msg)
+
+
+def _check_sizes(section: str, random_init: dict[str, Any] | None) -> None:
+    """Refuse random_init dimensions that would build negative or empty tensors, naming the key."""
+    for key, value in (random_init or {}).items():
+        if not isinstance(key, str) or not _SIZE_KEY.search(key) or value is None:
+            continue
+        _check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+               f"{section}.random_init.{key} must be a positive integer, got {value!r}")
 
 
 @dataclass
@@ -77,7 +92,11 @@ class VisionConfig:
         _check(self.name_or_path is not None or self.random_init is not None,
                "vision needs name_or_path (pretrained) or random_init (random weights); both are None")
         _check(self.resolution > 0, f"vision.resolution must be positive, got {self.resolution}")
-        _check(self.frame_token_pooled >= 0, f"vision.frame_token_pooled must be >= 0, got {self.frame_token_pooled}")
+        _check(0 <= self.frame_token_pooled <= 64,
+               f"vision.frame_token_pooled must be in 0..64 (k×k tokens per frame), got {self.frame_token_pooled}")
+        _check(self.random_init is None or isinstance(self.random_init, dict),
+               f"vision.random_init must be a mapping or null, got {self.random_init!r}")
+        _check_sizes("vision", self.random_init)
         _check(0 <= self.frame_colour_bins <= 8,
                f"vision.frame_colour_bins must be in 0..8 (b³ histogram cells), got {self.frame_colour_bins}")
         _check(self.frame_token_cls or self.frame_token_pooled > 0,
@@ -131,6 +150,7 @@ class LMConfig:
                "lm needs name_or_path (pretrained) or random_init (random weights); both are None")
         _check(self.random_init is None or "model_type" in self.random_init,
                f"lm.random_init needs a model_type (e.g. 'llama'), got keys {sorted(self.random_init or {})}")
+        _check_sizes("lm", self.random_init)
         _check(self.name_or_path is not None or self.tokenizer is not None,
                "lm.tokenizer must be set when the LM is randomly initialised (e.g. 'tiny')")
         _check(self.dtype in DTYPES, f"lm.dtype must be one of {DTYPES}, got {self.dtype!r}")
@@ -164,7 +184,7 @@ class StreamConfig:
         _check(bool(self.v_placeholder), "stream.v_placeholder must be a non-empty string")
         _check(self.v_placeholder not in self.frame_interval,
                f"stream.frame_interval {self.frame_interval!r} must not contain the placeholder")
-        _check(self.fps > 0, f"stream.fps must be positive, got {self.fps}")
+        _check(0 < self.fps <= MAX_FPS, f"stream.fps must be in (0, {MAX_FPS:g}], got {self.fps}")
         _check(self.max_num_frames > 0, f"stream.max_num_frames must be positive, got {self.max_num_frames}")
         _check(self.stream_loss_weight >= 0, f"stream.stream_loss_weight must be >= 0, got {self.stream_loss_weight}")
         _check(0.0 <= self.threshold <= 1.0, f"stream.threshold must be in [0, 1], got {self.threshold}")
@@ -235,6 +255,11 @@ class TrainConfig:
                "train.save_steps, eval_steps and log_steps must be positive")
         _check(self.mixed_precision in ("no", "bf16", "fp16"),
                f"train.mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        _check(self.max_grad_norm >= 0, f"train.max_grad_norm must be >= 0 (0: no clipping), got {self.max_grad_norm}")
+        _check(0 <= self.seed < 2**32, f"train.seed must be in [0, 2^32), got {self.seed}")
+        _check(self.num_workers >= 0, f"train.num_workers must be >= 0, got {self.num_workers}")
+        _check(self.eval_max_samples > 0, f"train.eval_max_samples must be positive, got {self.eval_max_samples}")
 
 
 @dataclass
@@ -270,8 +295,20 @@ class LiveConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> "LiveConfig":
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str, source: str | Path | None = None) -> "LiveConfig":
+        """Parse ``livecue_config.json`` text. Errors are one line, naming ``source`` (the file) when given: invalid
+        JSON with its line and column, or the key that does not validate."""
+        where = f" in {str(source)!r}" if source is not None else ""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"invalid JSON{where} at line {e.lineno} column {e.colno}: {e.msg}") from None
+        if source is None:
+            return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"invalid config {str(source)!r}: {e}") from None
 
     def save(self, directory: str | Path) -> Path:
         """Write ``livecue_config.json`` into ``directory`` (created if needed); returns the file path."""
@@ -285,14 +322,21 @@ class LiveConfig:
         """Load from a checkpoint directory, a ``.json`` / ``.yaml`` file, or a preset name."""
         path = Path(source)
         if path.is_dir():
-            file = path / CONFIG_FILE
-            if not file.exists():
-                raise FileNotFoundError(f"no {CONFIG_FILE} in checkpoint directory {str(path)!r}")
-            return cls.from_json(file.read_text())
+            path = path / CONFIG_FILE
+            if not path.exists():
+                raise FileNotFoundError(f"no {CONFIG_FILE} in checkpoint directory {str(path.parent)!r}")
+        if path.is_file() and path.suffix == ".json":
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{str(path)!r} is not UTF-8 text (byte {e.start}): not a livecue config") from None
+            return cls.from_json(text, path)
         if path.is_file():
-            if path.suffix == ".json":
-                return cls.from_json(path.read_text())
-            return cls.from_dict(_read_yaml(path))
+            data = _read_yaml(path)  # names the file in its own errors
+            try:
+                return cls.from_dict(data)
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"invalid config {str(path)!r}: {e}") from None
         if str(source) in list_presets():
             return preset(str(source))
         raise ValueError(f"unknown config {str(source)!r}: not a checkpoint directory, a config file or a preset "
@@ -322,12 +366,23 @@ def preset(name: str, overrides: list[str] | dict[str, Any] | None = None) -> Li
     return cfg.with_overrides(overrides) if overrides else cfg
 
 
+def yaml_error(path: str | Path, error: Exception) -> str:
+    """A YAML (or decoding) error as one line naming the file and the line/column: ``invalid YAML in 'x.yaml'
+    (line 3, column 5): expected ',' or ']', but got '}'``."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    problem = getattr(error, "problem", None) or getattr(error, "context", None) or str(error)
+    if isinstance(error, UnicodeDecodeError):
+        where, problem = f" (byte {error.start})", "not UTF-8 text"
+    return f"invalid YAML in {str(path)!r}{where}: {' '.join(str(problem).split())}"
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML config; ``base: PRESET`` (or a path) merges the file over that config."""
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ValueError(f"invalid YAML in {str(path)!r}: {e}") from None
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ValueError(yaml_error(path, e)) from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {str(path)!r} must hold a mapping, got {type(data).__name__}")
     base = data.pop("base", None)
@@ -424,8 +479,19 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             return int(value)
         raise ValueError(f"config key {where!r} must be an integer, got {value!r}")
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 and 1.0e9 (no exponent sign) as strings
+            try:
+                value = float(value.strip().replace("_", ""))
+            except ValueError:
+                raise ValueError(f"config key {where!r} must be a number, got {value!r}") from None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:
+                number = math.inf
+            if not math.isfinite(number):
+                raise ValueError(f"config key {where!r} must be a finite number, got {value!r}")
+            return number
         raise ValueError(f"config key {where!r} must be a number, got {value!r}")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):

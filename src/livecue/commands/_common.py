@@ -1,8 +1,33 @@
-"""Shared command-line helpers: model selection and dotted config overrides."""
+"""Shared command-line helpers: checked option values, model selection and dotted config overrides.
+
+Every numeric option of a command takes one of the ``type=`` checkers of :mod:`livecue.argtypes` (re-exported
+here), so argparse refuses a bad value with one line naming the option and the allowed range, e.g.
+``livecue watch: error: argument --fps: must be a finite number in (0, 240], got 'nan'`` (exit 2).
+"""
 
 from __future__ import annotations
 
 import argparse
+
+from ..argtypes import (  # noqa: F401 - re-exported for the commands
+    FPS,
+    MAX_FPS,
+    MAX_INT,
+    MAX_SECONDS,
+    SEED,
+    STREAM_TIME,
+    UNIT_INTERVAL,
+    Number,
+    Text,
+    check_value,
+    finite_float,
+    int_range,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    text,
+)
 
 
 def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:

@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
 import time
 from pathlib import Path
 
-from ._common import parser, split_overrides
+from ._common import SEED, nonnegative_float, nonnegative_int, parser, positive_int, split_overrides
 
 log = logging.getLogger(__name__)
+MAX_FRAMES = 100_000_000  # a frame mark (about 1.6 years of stream at 2 fps)
+MAX_STREAMS = 4096
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(x.replace("_", "")) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"--frames needs comma-separated frame counts, got {text!r}") from None
+def _int_list(limit: int):
+    """An argparse ``type=`` for comma-separated integers in [1, limit] (at least one)."""
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(x.strip().replace("_", "")) for x in text.split(",") if x.strip()]
+        except ValueError:
+            values = []
+        if not values or not all(1 <= v <= limit for v in values):
+            raise argparse.ArgumentTypeError(f"must be comma-separated integers in [1, {limit}], got {text!r}")
+        return values
+
+    parse.__name__ = "list"
+    return parse
 
 
 def _ms(v: float | None) -> str:
@@ -58,26 +69,43 @@ def main(argv: list[str]) -> int:
                                                    "llama3_8b_siglip_random.yaml) or checkpoint; default: tiny")
     p.add_argument("--device", default=None, help="torch device (default: cpu)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="override the dtype")
-    p.add_argument("--frames", type=_int_list, default=[100, 1000], help="marks, e.g. 100,1000,3600,14400")
-    p.add_argument("--speak-every", type=float, default=3.0, help="seconds between forced replies (0: never)")
-    p.add_argument("--reply-tokens", type=int, default=15, help="exact tokens per forced reply")
+    p.add_argument("--frames", type=_int_list(MAX_FRAMES), default=[100, 1000],
+                   help=f"marks, e.g. 100,1000,3600,14400 (each in [1, {MAX_FRAMES}])")
+    p.add_argument("--speak-every", type=nonnegative_float(86400.0), default=3.0,
+                   help="seconds between forced replies, in [0, 86400] (0: never)")
+    p.add_argument("--reply-tokens", type=positive_int(4096), default=15,
+                   help="exact tokens per forced reply, in [1, 4096]")
     p.add_argument("--memory", default="unbounded",
                    help="memory policy, or several comma-separated: unbounded, sink:4096, sink:4096:256")
     p.add_argument("--pixels", action="store_true", help="feed random pixels through the vision tower")
-    p.add_argument("--window", type=int, default=120, help="frames per statistics window (default: 120)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--time-budget", type=float, default=None, help="stop a stream after this many seconds")
-    p.add_argument("--overhead-frames", type=int, default=1000,
+    p.add_argument("--window", type=positive_int(MAX_FRAMES), default=120,
+                   help="frames per statistics window, >= 1 (default: 120)")
+    p.add_argument("--threads", type=positive_int(1024), default=None,
+                   help="torch CPU threads, in [1, 1024] (default: torch's choice)")
+    p.add_argument("--time-budget", type=nonnegative_float(1e7), default=None,
+                   help="stop a stream after this many seconds, in [0, 1e+07]")
+    p.add_argument("--overhead-frames", type=nonnegative_int(MAX_FRAMES), default=1000,
                    help="frames of the engine-vs-pure-forward comparison (0: skip)")
-    p.add_argument("--overhead-repeats", type=int, default=3, help="interleaved repeats of that comparison")
-    p.add_argument("--streams", type=_int_list, default=[],
+    p.add_argument("--overhead-repeats", type=positive_int(100), default=3,
+                   help="interleaved repeats of that comparison, in [1, 100]")
+    p.add_argument("--streams", type=_int_list(MAX_STREAMS), default=[],
                    help="also run N concurrent streams for each N listed (e.g. 1,4,16,32), stepped together (one "
                         "forward per round) and one at a time, for --streams-frames ticks")
-    p.add_argument("--streams-frames", type=int, default=120, help="ticks of each --streams run (default: 120)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--streams-frames", type=positive_int(MAX_FRAMES), default=120,
+                   help="ticks of each --streams run, >= 1 (default: 120)")
+    p.add_argument("--seed", type=SEED, default=0, help=f"seed of the random frames, in {SEED.range}")
     p.add_argument("--json", default=None, help="write all results to this JSON file")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
     args = p.parse_args(argv)
+    if args.json and Path(args.json).is_dir():
+        raise ValueError(f"--json must be a file, got the directory {args.json!r}")
+    from ..inference.memory import parse_memory
+
+    memories = [m.strip() for m in args.memory.split(",") if m.strip()]
+    if not memories:
+        raise ValueError(f"--memory needs at least one policy, got {args.memory!r}")
+    for memory in memories:
+        parse_memory(memory)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
 
     import torch
@@ -103,7 +131,7 @@ def main(argv: list[str]) -> int:
     print(f"{env['model']} ({env['lm_params'] / 1e6:,.1f}M LM + {env['vision_params'] / 1e6:,.1f}M vision params, "
           f"{env['dtype']}) on {env['device']}, {env['threads']} threads, load average {env['loadavg']}")
     out: dict = {"environment": env, "streams": [], "overhead": None}
-    for memory in [m.strip() for m in args.memory.split(",") if m.strip()]:
+    for memory in memories:
         cfg = BenchConfig(marks=args.frames, speak_every=args.speak_every, reply_tokens=args.reply_tokens,
                           memory=memory, pixels=args.pixels, window=args.window, seed=args.seed,
                           time_budget=args.time_budget)

@@ -1,11 +1,37 @@
-"""``livecue convert-data KIND ... --out FILE.jsonl``: official annotations -> streaming-dialogue records."""
+"""``livecue convert-data KIND ... --out FILE.jsonl``: official annotations -> streaming-dialogue records.
+
+The converters log what they skip, clamp or filter (with counts) as warnings, and a summary at the end; this command
+shows those on stderr. A conversion that yields no record fails with one line saying why.
+"""
 
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 
 from ._common import parser
+
+
+class _Format(logging.Formatter):
+    """``message`` for information, ``warning: message`` for warnings and worse."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        return text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
+
+
+def _show_converter_logs() -> tuple[logging.Handler, int]:
+    """Show the converters' information and warnings on stderr; returns (handler, previous level) to undo it."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Format())
+    handler.setLevel(logging.INFO)
+    logger = logging.getLogger("livecue.data")
+    previous = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    return handler, previous
 
 
 def main(argv: list[str]) -> int:
@@ -28,6 +54,11 @@ def main(argv: list[str]) -> int:
 
     from ..data.records import write_records
 
-    count = write_records(args.out, module.convert(args, kind))
+    handler, level = _show_converter_logs()
+    try:
+        count = write_records(args.out, module.convert(args, kind))
+    finally:
+        logging.getLogger("livecue.data").removeHandler(handler)
+        logging.getLogger("livecue.data").setLevel(level)
     print(f"wrote {count} records to {args.out}", file=sys.stderr if count == 0 else sys.stdout)
     return 0 if count else 1

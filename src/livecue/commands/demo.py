@@ -13,25 +13,33 @@ import sys
 import time
 from pathlib import Path
 
-from ._common import parser, split_overrides
+from ._common import SEED, STREAM_TIME, UNIT_INTERVAL, parser, positive_float, positive_int, split_overrides, text
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_model"  # as load.DEFAULT_MODEL_DIR
 DEMO_SEED = 7  # a test-split stream: disjoint from every training stream by construction
+MAX_DURATION = 600.0  # seconds of world stream (rendered into memory up front)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..serve.protocol import Limits  # pure (no torch): the server's query cap applies here too
+
     p = parser("demo", "Watch a stream with livecue's default model and narrate it live (offline, CPU).")
     p.add_argument("--model", default=None, help="model to use (default: the packaged default model)")
     p.add_argument("--source", default=None, help="a video file, image folder, webcam or stream URL "
                                                   "(default: a held-out stream of the built-in world)")
-    p.add_argument("--seed", type=int, default=DEMO_SEED, help="which held-out world stream (default: %(default)s)")
-    p.add_argument("--duration", type=float, default=30.0, help="seconds of world stream (default: %(default)s)")
-    p.add_argument("--question", default=None, help="the question to ask (default: one from the stream)")
-    p.add_argument("--at", type=float, default=None, help="when to ask it (seconds)")
-    p.add_argument("--threshold", type=float, default=None, help="θ (default: the model's calibrated value)")
+    p.add_argument("--seed", type=SEED, default=DEMO_SEED,
+                   help=f"which held-out world stream, in {SEED.range} (default: %(default)s)")
+    p.add_argument("--duration", type=positive_float(MAX_DURATION), default=30.0,
+                   help=f"seconds of world stream, in (0, {MAX_DURATION:g}] (default: %(default)s)")
+    p.add_argument("--question", type=text(Limits.max_text_chars, "question"), default=None,
+                   help=f"the question to ask, at most {Limits.max_text_chars:,} characters (default: one from the "
+                        "stream)")
+    p.add_argument("--at", type=STREAM_TIME, default=None, help=f"when to ask it (seconds, in {STREAM_TIME.range})")
+    p.add_argument("--threshold", type=UNIT_INTERVAL, default=None,
+                   help="θ in [0, 1] (default: the model's calibrated value)")
     p.add_argument("--fast", action="store_true", help="process as fast as possible instead of in real time")
     p.add_argument("--save", default=None, metavar="OUT.mp4", help="write the video with captions burned in")
-    p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    p.add_argument("--max-frames", type=positive_int(), default=None, help="stop after this many frames (>= 1)")
     return p
 
 
@@ -40,6 +48,13 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.save and Path(args.save).parent and not Path(args.save).resolve().parent.exists():
         raise FileNotFoundError(f"--save directory does not exist: {str(Path(args.save).parent)!r}")
+    if args.save:
+        from ..data.captions import check_output
+
+        try:
+            check_output(args.save)
+        except ValueError as e:
+            raise ValueError(f"--save {e}") from None
 
     from ..inference.engine import StreamEngine
     from ..inference.pipeline import Pipeline
@@ -58,7 +73,10 @@ def main(argv: list[str]) -> int:
     if args.source is None:
         from ..data.world import WorldConfig, generate_stream, stream_seed
 
-        cfg = WorldConfig(resolution=model.cfg.vision.resolution, fps=fps, duration=args.duration)
+        try:
+            cfg = WorldConfig(resolution=model.cfg.vision.resolution, fps=fps, duration=args.duration)
+        except ValueError as e:  # name the option, not the dataclass field
+            raise ValueError(str(e).replace("WorldConfig.duration", "--duration")) from None
         frames, record = generate_stream(cfg, stream_seed(0, "test", args.seed))
         reference = [(e["time"], e["text"]) for e in record["meta"]["events"]]
         if question is None and record["meta"]["questions"]:

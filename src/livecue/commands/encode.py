@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from ._common import parser, split_overrides
+from ._common import FPS, parser, positive_int, split_overrides
 
 log = logging.getLogger(__name__)
 
@@ -24,14 +24,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="cache directory")
     p.add_argument("--model", default="tiny", help="checkpoint directory, config file or preset (its vision tower "
                                                    "is used); default: %(default)s")
-    p.add_argument("--fps", type=float, default=None, help="frames per second (default: the model's stream fps)")
+    p.add_argument("--fps", type=FPS, default=None,
+                   help=f"frames per second, in {FPS.range} (default: the model's stream fps)")
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16",
                    help="storage dtype of the features (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=32, help="frames per vision batch")
+    p.add_argument("--batch-size", type=positive_int(4096), default=32, help="frames per vision batch, in [1, 4096]")
     p.add_argument("--device", default=None, help="torch device (default: the process's accelerate device or cpu)")
     args = p.parse_args(argv)
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
 
     import torch
 
@@ -43,7 +42,7 @@ def main(argv: list[str]) -> int:
     if not videos:
         raise ValueError(f"no video files in {args.video_dir!r}")
     encoder, cfg = load_frame_encoder(args.model, device=device, overrides=overrides or None)
-    fps = args.fps or cfg.stream.fps
+    fps = cfg.stream.fps if args.fps is None else args.fps
     out = Path(args.out)
     header = {"fps": fps, "vision": cfg.to_dict()["vision"], "frame_num_tokens": cfg.frame_num_tokens,
               "dtype": args.dtype, "model": str(args.model)}
@@ -51,6 +50,7 @@ def main(argv: list[str]) -> int:
 
     mine = videos[rank::world]
     done = failed = skipped = 0
+    first_error = ""
     start = time.perf_counter()
     for i, key in enumerate(mine):
         file = feature_file(out, key)
@@ -62,13 +62,18 @@ def main(argv: list[str]) -> int:
                 feats = encode_video(Path(args.video_dir) / key, fps, encoder, args.batch_size, DTYPES[args.dtype])
         except (ValueError, OSError) as e:
             failed += 1
-            print(f"[{rank}] skipped {key}: {e}", file=sys.stderr, flush=True)
+            reason = " ".join(str(e).split())
+            first_error = first_error or f"{key}: {reason}"
+            print(f"[{rank}] skipped {key}: {reason}", file=sys.stderr, flush=True)
             continue
         save_features(file, feats, {"source": key, "fps": str(fps), "num_frames": str(feats.shape[0]),
                                     "duration": str((feats.shape[0] - 1) / fps)})
         done += 1
         print(f"[{rank}] {i + 1}/{len(mine)} {key}: {feats.shape[0]} frames", flush=True)
     wait()
+    if world == 1 and failed and not done and not skipped:
+        raise ValueError(f"every video failed to encode ({failed} of {len(mine)} in {args.video_dir!r}); the first: "
+                         f"{first_error}")
     if is_main:
         index = build_index(out, header)
         print(f"cache {out}: {len(index['videos'])} videos indexed ({done} encoded here, {skipped} already done, "
@@ -90,7 +95,14 @@ def _distributed(device: str | None):
 def _check_compatible(index_file: Path, header: dict) -> None:
     if not index_file.is_file():
         return
-    old = json.loads(index_file.read_text())
+    try:
+        old = json.loads(index_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        where = f" (line {e.lineno}, column {e.colno})" if isinstance(e, json.JSONDecodeError) else ""
+        raise ValueError(f"the cache index {str(index_file)!r} is not valid JSON{where}: use another --out directory "
+                         "or delete it") from None
+    if not isinstance(old, dict):
+        raise ValueError(f"the cache index {str(index_file)!r} is not a livecue feature index")
     for key in ("fps", "vision", "frame_num_tokens", "dtype"):
         if old.get(key) != header[key]:
             raise ValueError(f"the cache {str(index_file.parent)!r} was encoded with a different {key} "

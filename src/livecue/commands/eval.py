@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._common import add_model_argument, parser, split_overrides
+from ._common import UNIT_INTERVAL, add_model_argument, nonnegative_int, parser, positive_int, split_overrides
 
 TASKS = ("narration", "free", "coin-step", "coin-next", "coin-task", "coin-procedure", "coin-taskprocedure", "lta")
 
@@ -23,29 +23,32 @@ def build_parser():
     add_model_argument(p)
     p.add_argument("--data", required=True, help="records JSONL (videos resolved relative to it)")
     p.add_argument("--task", choices=TASKS, default="narration", help="default: %(default)s")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="θ: silent iff p(silence) ≥ θ (default: the model's stream.threshold)")
-    p.add_argument("--batch-size", type=int, default=1, help="records per teacher-forced forward (narration)")
-    p.add_argument("--max-samples", type=int, default=None, help="evaluate only the first N records")
+    p.add_argument("--threshold", type=UNIT_INTERVAL, default=None,
+                   help="θ in [0, 1]: silent iff p(silence) ≥ θ (default: the model's stream.threshold)")
+    p.add_argument("--batch-size", type=positive_int(1024), default=1,
+                   help="records per teacher-forced forward (narration), in [1, 1024]")
+    p.add_argument("--max-samples", type=positive_int(), default=None, help="evaluate only the first N records (>= 1)")
     p.add_argument("--out", default="eval_results", help="output directory (default: %(default)s)")
     p.add_argument("--feature-cache", default=None, help="read frame features from a 'livecue encode' cache")
-    p.add_argument("--tolerance", type=int, default=1, help="free-running speak-timing tolerance in frames (±)")
+    p.add_argument("--tolerance", type=nonnegative_int(10_000), default=1,
+                   help="free-running speak-timing tolerance in frames (±), in [0, 10000]")
     p.add_argument("--no-similarity", action="store_true", help="skip the all-MiniLM-L6-v2 similarity (free)")
     p.add_argument("--memory", default="unbounded",
                    help="free-running memory policy: unbounded (default) or sink:MAX_TOKENS[:CHUNK] (attention sink + "
                         "sliding window; measures what bounded memory costs in quality)")
-    p.add_argument("--max-frames", type=int, default=None,
+    p.add_argument("--max-frames", type=nonnegative_int(), default=None,
                    help="free: stream at most this many frames per record (default: the model's "
                         "stream.max_num_frames, the training cut); 0 streams whole records")
     p.add_argument("--calibrate", action="store_true", help="sweep θ (narration/free) and recommend one")
     p.add_argument("--grid", default=None, help="θ values for --calibrate, comma-separated (default 0.05..0.95)")
-    p.add_argument("--free-samples", type=int, default=8,
-                   help="records for the free-running part of --calibrate (one run per θ each; 0 skips it)")
+    p.add_argument("--free-samples", type=nonnegative_int(), default=8,
+                   help="records for the free-running part of --calibrate (one run per θ each; 0 skips it; >= 0)")
     p.add_argument("--save-threshold", action="store_true",
                    help="write the recommended θ into the checkpoint's livecue_config.json (needs --calibrate)")
-    p.add_argument("--max-new-tokens", type=int, default=512, help="generation cap for COIN/LTA answers")
-    p.add_argument("--beams", type=int, default=5, help="LTA: K beams (returned sequences)")
-    p.add_argument("--z", type=int, default=20, help="LTA: horizon Z")
+    p.add_argument("--max-new-tokens", type=positive_int(8192), default=512,
+                   help="generation cap for COIN/LTA answers, in [1, 8192]")
+    p.add_argument("--beams", type=positive_int(64), default=5, help="LTA: K beams (returned sequences), in [1, 64]")
+    p.add_argument("--z", type=positive_int(1000), default=20, help="LTA: horizon Z, in [1, 1000]")
     p.add_argument("--categories", default=None, help="COIN category list (JSON list or one per line)")
     return p
 
@@ -89,18 +92,12 @@ def main(argv: list[str]) -> int:
 
 
 def _check_args(args: Any) -> None:
-    if args.threshold is not None and not 0 <= args.threshold <= 1:
-        raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}")
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.max_samples is not None and args.max_samples < 1:
-        raise ValueError(f"--max-samples must be >= 1, got {args.max_samples}")
     if args.calibrate and args.task not in ("narration", "free"):
         raise ValueError(f"--calibrate sweeps the speak threshold: it applies to narration and free, not {args.task}")
+    if args.grid is not None:
+        _grid(args.grid)
     if args.save_threshold and not args.calibrate:
         raise ValueError("--save-threshold writes the recommended θ: add --calibrate")
-    if args.max_frames is not None and args.max_frames < 0:
-        raise ValueError(f"--max-frames must be >= 0 (0: whole records), got {args.max_frames}")
     if (args.memory != "unbounded" or args.max_frames is not None) and args.task != "free":
         raise ValueError(f"--memory and --max-frames apply to the free-running task, not {args.task}")
     from ..inference.memory import parse_memory
@@ -116,9 +113,14 @@ def _grid(text: str | None) -> tuple[float, ...]:
     if not text:
         return DEFAULT_GRID
     try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
+        grid = tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise ValueError(f"--grid must be comma-separated numbers, got {text!r}") from None
+    if not grid or not all(0.0 <= g <= 1.0 for g in grid):
+        raise ValueError(f"--grid must be comma-separated θ values in [0, 1], got {text!r}")
+    if len(grid) > 1000:
+        raise ValueError(f"--grid takes at most 1000 θ values, got {len(grid)}")
+    return grid
 
 
 def _progress(n: int, total: int) -> None:

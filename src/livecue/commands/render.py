@@ -21,9 +21,11 @@ def main(argv: list[str]) -> int:
     if not path.is_file():
         raise FileNotFoundError(f"conversation file not found: {str(path)!r}")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{str(path)!r} is not valid JSON: {e}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{str(path)!r} is not valid JSON: not UTF-8 text") from None
     messages = data.get("messages") if isinstance(data, dict) else data
     if not isinstance(messages, list):
         raise ValueError(f"{str(path)!r} must hold a list of messages or an object with a 'messages' list")

@@ -13,30 +13,55 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from ._common import add_model_argument, load_from_args, parser, split_overrides
+from ._common import (
+    FPS,
+    STREAM_TIME,
+    UNIT_INTERVAL,
+    add_model_argument,
+    finite_float,
+    load_from_args,
+    nonnegative_float,
+    parser,
+    positive_float,
+    positive_int,
+    split_overrides,
+    text,
+)
+
+MAX_REPLY_TOKENS = 4096  # --max-reply-tokens cap (a reply always ends at eos or this many tokens)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..serve.protocol import Limits  # pure (no torch): the server's text caps apply here too
+
     p = parser("watch", "Watch a video stream and narrate it: the model decides by itself when to speak.")
     p.add_argument("source", help="a video file, a directory of images, a webcam (/dev/video0, webcam:0), a "
                                   "stream URL (rtsp://, http(s)://, .m3u8) or a sample video (sample:bikes)")
     add_model_argument(p)
-    p.add_argument("--fps", type=float, default=None, help="frames per second fed to the model (default: the "
-                                                           "model's stream fps)")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="θ: stay silent iff p(silence) >= θ; higher = more talkative (default: the model's)")
-    p.add_argument("--system", default=None, help="system prompt (default: the model's)")
-    p.add_argument("--query", action="append", default=[], metavar="TEXT", help="ask TEXT (repeatable)")
-    p.add_argument("--at", action="append", type=float, default=[], metavar="SECONDS",
-                   help="stream time of the matching --query (default 0)")
+    p.add_argument("--fps", type=FPS, default=None, help=f"frames per second fed to the model, in {FPS.range} "
+                                                         "(default: the model's stream fps)")
+    p.add_argument("--threshold", type=UNIT_INTERVAL, default=None,
+                   help="θ in [0, 1]: stay silent iff p(silence) >= θ; higher = more talkative (default: the model's)")
+    p.add_argument("--system", type=text(Limits.max_system_chars, "system prompt"), default=None,
+                   help=f"system prompt, at most {Limits.max_system_chars:,} characters (default: the model's)")
+    p.add_argument("--query", action="append", type=text(Limits.max_text_chars, "query"), default=[],
+                   metavar="TEXT", help=f"ask TEXT (repeatable; at most {Limits.max_text_chars:,} characters)")
+    p.add_argument("--at", action="append", type=STREAM_TIME, default=[], metavar="SECONDS",
+                   help=f"stream time of the matching --query, in {STREAM_TIME.range} (default 0)")
     p.add_argument("--realtime", action="store_true", help="run on the wall clock, dropping frames when behind")
-    p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
-    p.add_argument("--max-reply-tokens", type=int, default=None, help="cap on reply length")
-    p.add_argument("--temperature", type=float, default=0.0, help="reply sampling temperature (0 = greedy)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="penalise repeated reply tokens")
-    p.add_argument("--batch-size", type=int, default=8, help="frames encoded per vision batch")
-    p.add_argument("--max-lag", type=float, default=1.0, help="real time: drop frames this far behind (seconds)")
+    p.add_argument("--max-frames", type=positive_int(), default=None, help="stop after this many frames (>= 1)")
+    p.add_argument("--max-reply-tokens", type=positive_int(MAX_REPLY_TOKENS), default=None,
+                   help=f"cap on reply length, in [1, {MAX_REPLY_TOKENS}] (default: the model's)")
+    p.add_argument("--temperature", type=nonnegative_float(100.0), default=0.0,
+                   help="reply sampling temperature in [0, 100] (0 = greedy)")
+    p.add_argument("--top-p", type=finite_float(0.0, 1.0, lo_open=True), default=1.0,
+                   help="nucleus sampling mass in (0, 1]")
+    p.add_argument("--repetition-penalty", type=positive_float(100.0), default=1.0,
+                   help="penalise repeated reply tokens, in (0, 100] (1 = off)")
+    p.add_argument("--batch-size", type=positive_int(1024), default=8,
+                   help="frames encoded per vision batch, in [1, 1024]")
+    p.add_argument("--max-lag", type=positive_float(3600.0), default=1.0,
+                   help="real time: drop frames this far behind, in seconds, in (0, 3600]")
     p.add_argument("--jsonl", default=None, metavar="FILE", help="write every event as JSON lines to FILE")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.add_argument("--server", default=None, metavar="URL", help="send the frames to a remote `livecue serve` "
@@ -50,12 +75,6 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if len(args.at) > len(args.query):
         raise ValueError(f"{len(args.at)} --at values for {len(args.query)} --query values")
-    if args.max_frames is not None and args.max_frames <= 0:
-        raise ValueError(f"--max-frames must be positive, got {args.max_frames}")
-    if args.fps is not None and args.fps <= 0:
-        raise ValueError(f"--fps must be positive, got {args.fps}")
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}")
     jsonl = _open_jsonl(args.jsonl)
     if args.server:
         from .watch_remote import watch_remote
@@ -68,14 +87,19 @@ def main(argv: list[str]) -> int:
     from ..inference.pipeline import Pipeline
     from ..inference.sources import open_source
 
-    sampling = SamplingConfig(args.temperature, args.top_p, args.repetition_penalty)
-    model, tokenizer = load_from_args(args, overrides)
-    fps = args.fps or model.cfg.stream.fps
-    source = open_source(resolve_sample(args.source), fps, max_frames=args.max_frames)
+    try:
+        sampling = SamplingConfig(args.temperature, args.top_p, args.repetition_penalty)
+        model, tokenizer = load_from_args(args, overrides)
+        fps = model.cfg.stream.fps if args.fps is None else args.fps
+        source = open_source(resolve_sample(args.source), fps, max_frames=args.max_frames)
+    except BaseException:
+        if jsonl is not None:
+            jsonl.close()
+        raise
     engine = StreamEngine(model, tokenizer, sampling=sampling)
     session = engine.reset(args.system, threshold=args.threshold, max_reply_tokens=args.max_reply_tokens)
-    for i, text in enumerate(args.query):
-        session.add_query(text, at=args.at[i] if i < len(args.at) else 0.0)
+    for i, query in enumerate(args.query):
+        session.add_query(query, at=args.at[i] if i < len(args.at) else 0.0)
     pipeline = Pipeline(session, source, realtime=args.realtime, batch_size=args.batch_size, max_lag=args.max_lag)
     progress = _Progress(enabled=not args.quiet and sys.stderr.isatty())
     print(f"watching {getattr(source, 'name', args.source)} at {fps:g} fps with {model.cfg.name} "
@@ -97,7 +121,7 @@ def main(argv: list[str]) -> int:
         interrupted = True
         pipeline.stop()
     except (ValueError, OSError) as e:  # the source failed mid-stream: record it, then summarise
-        failure = f"{e}"
+        failure = " ".join(str(e).split()) or type(e).__name__
         if jsonl is not None:
             from ..inference.events import Error
 
@@ -123,7 +147,10 @@ def _open_jsonl(path: str | None) -> TextIO | None:
     file = Path(path)
     if file.parent and not file.parent.exists():
         raise FileNotFoundError(f"--jsonl directory does not exist: {str(file.parent)!r}")
-    return file.open("w", encoding="utf-8")
+    try:
+        return file.open("w", encoding="utf-8")
+    except OSError as e:
+        raise OSError(f"--jsonl: cannot write {path!r}: {e.strerror or e}") from None
 
 
 def _format(event) -> str | None:

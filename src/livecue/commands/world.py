@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 import time
 
+from ._common import FPS, SEED, nonnegative_float, int_range, positive_float, positive_int
+
+MAX_RESOLUTION = 4096
+MAX_STREAM_BYTES = 4 * 2**30  # one stream's frames are rendered in memory before they are written
+
 
 def main(argv: list[str]) -> int:
     """Write ``--n`` streams of ``--split`` to ``--out`` and print a one-line summary.
@@ -18,27 +23,28 @@ def main(argv: list[str]) -> int:
                     "move, change colour, grow, shrink, collide and disappear, with narration at event frames and "
                     "user questions with correct answers. Writes OUT/videos/<id>.<format> and OUT/<split>.jsonl.")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--n", type=int, required=True, help="number of streams")
-    p.add_argument("--seed", type=int, required=True, help="base seed (splits never share streams)")
+    p.add_argument("--n", type=positive_int(1_000_000), required=True, help="number of streams, in [1, 1000000]")
+    p.add_argument("--seed", type=SEED, required=True, help=f"base seed in {SEED.range} (splits never share streams)")
     p.add_argument("--split", choices=["train", "val", "test"], default="train", help="default: %(default)s")
-    p.add_argument("--resolution", type=int, default=224, help="frame size in pixels (even); default: %(default)s")
-    p.add_argument("--fps", type=float, default=2.0, help="frames per second; default: %(default)s")
-    p.add_argument("--duration", type=float, default=30.0, help="seconds per stream; default: %(default)s")
+    p.add_argument("--resolution", type=int_range(16, MAX_RESOLUTION), default=224,
+                   help=f"frame size in pixels (even), in [16, {MAX_RESOLUTION}]; default: %(default)s")
+    p.add_argument("--fps", type=FPS, default=2.0, help=f"frames per second, in {FPS.range}; default: %(default)s")
+    p.add_argument("--duration", type=positive_float(86400.0), default=30.0,
+                   help="seconds per stream, in (0, 86400]; default: %(default)s")
     p.add_argument("--format", choices=["mp4", "npy"], default="mp4",
                    help="mp4 video (libx264, crf 18) or npy arrays of exact pixels; default: %(default)s")
-    p.add_argument("--events-per-second", type=float, default=0.25, help="mean event rate; default: %(default)s")
-    p.add_argument("--questions", type=float, default=2.0, help="mean user questions per stream; default: %(default)s")
-    p.add_argument("--max-objects", type=int, default=3, help="most objects on screen; default: %(default)s")
-    p.add_argument("--noise", type=float, default=0.0, help="pixel noise std (0-255 scale); default: %(default)s")
+    p.add_argument("--events-per-second", type=nonnegative_float(100.0), default=0.25,
+                   help="mean event rate, in [0, 100]; default: %(default)s")
+    p.add_argument("--questions", type=nonnegative_float(1000.0), default=2.0,
+                   help="mean user questions per stream, in [0, 1000]; default: %(default)s")
+    p.add_argument("--max-objects", type=positive_int(10), default=3,
+                   help="most objects on screen, in [1, 10]; default: %(default)s")
+    p.add_argument("--noise", type=nonnegative_float(128.0), default=0.0,
+                   help="pixel noise std (0-255 scale), in [0, 128]; default: %(default)s")
     p.add_argument("--distractors", action="store_true",
                    help="drifting striped background and camera shake (motion that is never narrated)")
     p.add_argument("--resume", action="store_true", help="keep videos already written by an earlier run")
     args = p.parse_args(argv)
-
-    if args.n < 1:
-        raise ValueError(f"--n must be >= 1, got {args.n}")
-    if args.seed < 0:
-        raise ValueError(f"--seed must be >= 0, got {args.seed}")
 
     from ..data.world import WorldConfig, generate_world
 
@@ -54,6 +60,11 @@ def main(argv: list[str]) -> int:
                          .replace("WorldConfig.question_rate", "--questions")
                          .replace("WorldConfig.max_objects", "--max-objects")
                          .replace("WorldConfig.", "--")) from None
+    size = cfg.num_frames * cfg.resolution**2 * 3
+    if size > MAX_STREAM_BYTES:
+        raise ValueError(f"one stream would hold {cfg.num_frames:,} frames of {cfg.resolution}x{cfg.resolution} px "
+                         f"({size / 2**30:.1f} GiB in memory, at most {MAX_STREAM_BYTES / 2**30:g}): lower --duration, "
+                         "--fps or --resolution")
     start = time.perf_counter()
     records = generate_world(args.out, args.n, args.seed, split=args.split, cfg=cfg, video_format=args.format,
                              resume=args.resume)

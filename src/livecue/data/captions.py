@@ -41,14 +41,32 @@ def caption_frame(frame: np.ndarray, lines: list[str], *, scale: int = 2) -> np.
     return np.asarray(img)
 
 
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".m4v")
+
+
+def check_output(path: str | Path) -> Path:
+    """Check where :func:`write_captioned` will write before any frame is processed.
+
+    Raises:
+        FileNotFoundError: the directory does not exist.
+        ValueError: the path is a directory or not a video file name (``.mp4``, ``.mkv``, ``.mov``, ``.m4v``).
+    """
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        raise FileNotFoundError(f"output directory does not exist: {str(path.parent)!r}")
+    if path.is_dir():
+        raise ValueError(f"{str(path)!r} is a directory: give a video file name such as out.mp4")
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        raise ValueError(f"{str(path)!r}: the video file name must end in {', '.join(VIDEO_SUFFIXES)}")
+    return path
+
+
 def write_captioned(path: str | Path, frames: Iterable[tuple[float, np.ndarray]],
                     captions: list[tuple[float, str]], fps: float) -> Path:
     """Write ``frames`` (t, (H, W, 3)) as an mp4 with each caption shown from its time for a few seconds."""
     import av
 
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        raise FileNotFoundError(f"output directory does not exist: {str(path.parent)!r}")
+    path = check_output(path)
     from fractions import Fraction
 
     rate = Fraction(fps).limit_denominator(1000)

@@ -48,7 +48,14 @@ def feature_file(out: Path, key: str) -> Path:
 def iter_video_frames(path: Path, fps: float) -> Iterable[np.ndarray]:
     """Frames of a video file (decoded at ``fps``) or of a ``.npy`` array (already at ``fps``)."""
     if path.suffix == ".npy":
-        for frame in np.load(path, mmap_mode="r"):
+        try:
+            frames = np.load(path, mmap_mode="r")
+        except (ValueError, OSError, EOFError) as e:
+            raise ValueError(f"not a readable .npy frame array: {str(path)!r} ({' '.join(str(e).split())})") from None
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or 0 in frames.shape:
+            raise ValueError(f"{str(path)!r}: expected an (N, H, W, 3) uint8 frame array, got shape {frames.shape} "
+                             f"dtype {frames.dtype}")
+        for frame in frames:
             yield np.array(frame)
         return
     from .video import decode_at_fps
@@ -62,7 +69,11 @@ def encode_video(path: Path, fps: float, encode: Callable[[torch.Tensor], torch.
     """Encode every frame of a video at ``fps`` in batches. Returns (N, K, D) on CPU in ``dtype``."""
     chunks, batch = [], []
     for frame in iter_video_frames(path, fps):
-        batch.append(torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1))
+        tensor = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)
+        if batch and tensor.shape != batch[0].shape:  # the frame size changed mid-video: encode what came before
+            chunks.append(encode(torch.stack(batch)).to("cpu", dtype))
+            batch = []
+        batch.append(tensor)
         if len(batch) == batch_size:
             chunks.append(encode(torch.stack(batch)).to("cpu", dtype))
             batch = []
@@ -93,14 +104,20 @@ def build_index(out: str | Path, header: dict[str, Any]) -> dict[str, Any]:
     from safetensors import safe_open
 
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     videos = {}
     for file in sorted((out / "features").rglob("*.safetensors")):
         if file.name.startswith(".tmp-"):
             continue
         key = file.relative_to(out / "features").as_posix()[: -len(".safetensors")]
-        with safe_open(str(file), "pt") as f:
-            meta = f.metadata() or {}
-            n = f.get_slice("features").get_shape()[0]
+        try:
+            with safe_open(str(file), "pt") as f:
+                meta = f.metadata() or {}
+                n = f.get_slice("features").get_shape()[0]
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error type
+            log.warning("feature file %s is unreadable (%s): left out of the index; delete it and rerun",
+                        file, " ".join(str(e).split()))
+            continue
         videos[key] = {"file": file.relative_to(out).as_posix(), "num_frames": n,
                        "duration": float(meta.get("duration", (n - 1) / header["fps"]))}
     index = dict(header, version=1, videos=videos)
@@ -118,8 +135,18 @@ class FeatureCache:
         file = self.dir / INDEX
         if not file.is_file():
             raise FileNotFoundError(f"no feature cache index at {str(file)!r}: run 'livecue encode' first")
-        self.index = json.loads(file.read_text())
-        self.fps = float(self.index["fps"])
+        try:
+            self.index = json.loads(file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            where = f" (line {e.lineno}, column {e.colno})" if isinstance(e, json.JSONDecodeError) else ""
+            raise ValueError(f"feature cache index {str(file)!r} is not valid JSON{where}: rerun 'livecue encode'") \
+                from None
+        fps = self.index.get("fps") if isinstance(self.index, dict) else None
+        if not isinstance(self.index, dict) or not isinstance(self.index.get("videos"), dict) \
+                or isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps < float("inf"):
+            raise ValueError(f"feature cache index {str(file)!r} is not a livecue feature index (needs a positive "
+                             "'fps' and a 'videos' object): rerun 'livecue encode'")
+        self.fps = float(fps)
 
     def __contains__(self, key: str) -> bool:
         return key in self.index["videos"]
@@ -131,7 +158,14 @@ class FeatureCache:
         entry = self.index["videos"].get(key)
         if entry is None:
             raise KeyError(f"video {key!r} is not in the feature cache {str(self.dir)!r}")
-        return load_file(str(self.dir / entry["file"]))["features"]
+        file = self.dir / str(entry.get("file") if isinstance(entry, dict) else "")
+        try:
+            return load_file(str(file))["features"]
+        except FileNotFoundError:
+            raise FileNotFoundError(f"feature file missing from the cache: {str(file)!r}") from None
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error type
+            raise ValueError(f"feature file {str(file)!r} is unreadable (corrupt or truncated: "
+                             f"{' '.join(str(e).split())}); delete it and rerun 'livecue encode'") from None
 
     def __call__(self, record: dict[str, Any]) -> torch.Tensor:
         """The record's frames as features: frame k at video time start + k / fps -> cache frame round(t·fps)."""

@@ -169,9 +169,18 @@ def template_messages(record: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 # ---- JSONL ---------------------------------------------------------------------------------------------------------
-def read_records(path: str | Path, *, validate: bool = True) -> list[dict[str, Any]]:
-    """Read and validate a JSONL file of records (blank lines skipped); errors name the line."""
-    return list(iter_records(path, validate=validate))
+def read_records(path: str | Path, *, validate: bool = True, allow_empty: bool = False) -> list[dict[str, Any]]:
+    """Read and validate a JSONL file of records (blank lines skipped); errors name the line.
+
+    Raises:
+        FileNotFoundError: no such file.
+        RecordError: a line that is not a valid record (naming file, line and column), or, unless ``allow_empty``,
+            a file without any record.
+    """
+    records = list(iter_records(path, validate=validate))
+    if not records and not allow_empty:
+        raise RecordError(f"records file {str(path)!r} holds no records (it is empty or blank)")
+    return records
 
 
 def iter_records(path: str | Path, *, validate: bool = True) -> Iterator[dict[str, Any]]:
@@ -179,15 +188,22 @@ def iter_records(path: str | Path, *, validate: bool = True) -> Iterator[dict[st
     if not path.is_file():
         raise FileNotFoundError(f"records file not found: {str(path)!r}")
     seen: set[str] = set()
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8", errors="surrogateescape") as f:
         index = 0
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
+                line.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise RecordError(f"{path}:{lineno}: record {index} is not UTF-8 text (column {e.start + 1}): a "
+                                  "records file is JSON Lines") from None
+            try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise RecordError(f"{path}:{lineno}: record {index} is not valid JSON: {e.msg}") from None
+                raise RecordError(f"{path}:{lineno}:{e.colno}: record {index} is not valid JSON: {e.msg}") from None
+            except RecursionError:
+                raise RecordError(f"{path}:{lineno}: record {index} is not valid JSON: nested too deeply") from None
             if validate:
                 try:
                     validate_record(record, index)

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from ..config import MAX_FPS
+
 log = logging.getLogger(__name__)
 
 URL_TIMEOUT = 15.0  # seconds to wait for data when ``path`` is a URL
@@ -318,11 +320,11 @@ def decode_at_fps(path: str | os.PathLike, fps: float, *, max_frames: int | None
         VideoError: the file is missing, empty, corrupt, has no video stream or no decodable frame. A file that
             breaks off after some frames (truncated) yields those and stops with a logged warning.
     """
-    if isinstance(fps, bool) or not (isinstance(fps, numbers.Real) and math.isfinite(fps) and fps > 0):
-        raise ValueError(f"fps must be a positive number, got {fps!r}")
+    if isinstance(fps, bool) or not (isinstance(fps, numbers.Real) and math.isfinite(fps) and 0 < fps <= MAX_FPS):
+        raise ValueError(f"fps must be a number in (0, {MAX_FPS:g}], got {fps!r}")
     if max_frames is not None and max_frames < 0:
         raise ValueError(f"max_frames must be >= 0, got {max_frames}")
-    if not math.isfinite(start) or start < 0:
+    if not isinstance(start, numbers.Real) or not math.isfinite(start) or start < 0:
         raise ValueError(f"start must be >= 0 seconds, got {start!r}")
     return _decode(path, fps, max_frames, start, max_side)
 
@@ -338,7 +340,7 @@ def _decode(path: str | os.PathLike, fps: float, max_frames: int | None, start: 
         origin = None
         if start > 0:
             origin = _seek(container, stream, path, start)
-        rate = Fraction(fps).limit_denominator(1_000_000)
+        rate = Fraction(fps).limit_denominator(1_000_000) or Fraction(fps)  # exact when tiny (never 0)
         start_q = Fraction(start).limit_denominator(1_000_000)
         eps = _epsilon(stream)
         state = {"decoded": 0}

@@ -55,9 +55,17 @@ class BenchmarkResult:
 
 def read_list(path: str | Path) -> list[str]:
     """A JSON list of strings, or one string per non-blank line."""
-    text = Path(path).read_text(encoding="utf-8")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"category list not found: {str(path)!r}")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text (expected a JSON list or one category per line)") from None
     if text.lstrip().startswith("["):
-        items = json.loads(text)
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{e.lineno}:{e.colno}: not valid JSON: {e.msg}") from None
         if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
             raise ValueError(f"{path}: expected a JSON list of strings")
         return items

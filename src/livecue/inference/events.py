@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -24,11 +25,17 @@ class Event:
         return data
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False)
+        """One line of strict JSON: a non-finite number (NaN, ±Infinity) is written as ``null``."""
+        return json.dumps(self.to_dict(), ensure_ascii=False, allow_nan=False)
 
 
 def _round(v: Any) -> Any:
-    return round(v, 6) if isinstance(v, float) else v
+    """Floats rounded to 6 decimals; NaN and ±Infinity become None (strict JSON has no such numbers)."""
+    if isinstance(v, float):
+        return round(v, 6) if math.isfinite(v) else None
+    if isinstance(v, list):
+        return [_round(x) for x in v]
+    return v
 
 
 @dataclass

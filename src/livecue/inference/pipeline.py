@@ -14,6 +14,7 @@ footage. Skipped frames are counted and reported as one :class:`~livecue.inferen
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -71,10 +72,10 @@ class Pipeline:
 
     def __init__(self, session: StreamSession, source: Iterable[tuple[float, Any]], *, realtime: bool = False,
                  batch_size: int = 8, max_lag: float = 1.0) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if max_lag <= 0:
-            raise ValueError(f"max_lag must be > 0 seconds, got {max_lag}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if not (isinstance(max_lag, (int, float)) and math.isfinite(max_lag) and max_lag > 0):
+            raise ValueError(f"max_lag must be a finite number > 0 seconds, got {max_lag!r}")
         self.session = session
         self.source = source
         self.realtime = realtime
@@ -196,13 +197,18 @@ class Pipeline:
         for t, frame in self.source:
             if self._stop.is_set():
                 break
-            if not live:  # pace a file to its stream clock
-                delay = start + float(t) - time.perf_counter()
-                if delay > 0 and self._stop.wait(delay):
-                    break
+            if not live and self._wait_until(start + float(t)):  # pace a file to its stream clock
+                break
             self._newest_t = max(self._newest_t, float(t))
             frames.put((float(t), frame))
         frames.put(_END)
+
+    def _wait_until(self, deadline: float) -> bool:
+        """Sleep until ``deadline`` (perf_counter seconds) in slices; True when stopped meanwhile."""
+        while (delay := deadline - time.perf_counter()) > 0:
+            if self._stop.wait(min(delay, 1.0)):
+                return True
+        return self._stop.is_set()
 
     def _encode_worker(self, frames: queue.Queue, out: queue.Queue) -> None:
         done = False

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import MAX_FPS
 from ..data.video import VideoError, decode_at_fps, frame_rotation, is_url, probe, read_image, to_rgb
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _check_fps(fps: float) -> float:
-    if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not math.isfinite(fps) or fps <= 0:
-        raise ValueError(f"fps must be a positive number, got {fps!r}")
+    if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not math.isfinite(fps) or not 0 < fps <= MAX_FPS:
+        raise ValueError(f"fps must be a number in (0, {MAX_FPS:g}], got {fps!r}")
     return float(fps)
 
 
@@ -321,8 +322,10 @@ class LiveSource(Source):
         k, shown, cached = 0, -1, None
         while not self._closed.is_set():
             delay = start + k / self.fps - time.monotonic()
-            if delay > 0 and self._closed.wait(delay):
-                return
+            if delay > 0:  # wait in slices: a tick far away (a tiny fps) must neither overflow nor block close()
+                if self._closed.wait(min(delay, 1.0)):
+                    return
+                continue
             with self._cond:
                 frame, seq, ended = self._latest, self._seq, self._ended
             if seq == shown and ended:

@@ -37,7 +37,9 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from ...argtypes import FPS, SEED, UNIT_INTERVAL, int_range, positive_int
 from ..records import read_records
+from .common import require_records
 
 log = logging.getLogger(__name__)
 
@@ -186,24 +188,24 @@ def robustness_records(out_dir: str | os.PathLike, *, n: int = 10, seed: int = 0
 
 # ---- command -------------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=SEED, default=0, help=f"seed, in {SEED.range}")
     if kind == "augment":
         parser.add_argument("--records", required=True, help="input records (JSONL)")
-        parser.add_argument("--p", type=float, default=1.0, help="probability to augment a record (default: 1)")
+        parser.add_argument("--p", type=UNIT_INTERVAL, default=1.0,
+                            help="probability to augment a record, in [0, 1] (default: 1)")
         parser.add_argument("--keep-original", action="store_true", help="also keep the unaugmented records")
     else:
-        parser.add_argument("--n", type=int, default=10, help="items of each type (default: %(default)s)")
-        parser.add_argument("--fps", type=float, default=2.0)
-        parser.add_argument("--resolution", type=int, default=384, help="side of the written frames (pixels)")
+        parser.add_argument("--n", type=positive_int(100_000), default=10,
+                            help="items of each type, in [1, 100000] (default: %(default)s)")
+        parser.add_argument("--fps", type=FPS, default=2.0, help=f"frame clock, in {FPS.range} (default: 2)")
+        parser.add_argument("--resolution", type=int_range(1, 2048), default=384,
+                            help="side of the written frames (pixels), in [1, 2048] (default: %(default)s)")
 
 
 def convert(args: argparse.Namespace, kind: str) -> Iterator[dict[str, Any]]:
     if kind == "augment":
-        if not 0.0 <= args.p <= 1.0:
-            raise ValueError(f"--p must lie in [0, 1], got {args.p}")
-        return augment_records(read_records(args.records), seed=args.seed, p=args.p,
-                               keep_original=args.keep_original)
-    if args.n < 0 or args.fps <= 0 or args.resolution < 1:
-        raise ValueError("--n must be >= 0, --fps > 0 and --resolution >= 1")
+        records = read_records(args.records)
+        return require_records(augment_records(records, seed=args.seed, p=args.p, keep_original=args.keep_original),
+                               lambda: f"the records file {args.records!r} holds no record")
     return robustness_records(Path(args.out).parent, n=args.n, seed=args.seed, fps=args.fps,
                               resolution=args.resolution)

@@ -32,13 +32,15 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import logging
 import math
 import posixpath
 import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+from ...argtypes import FPS
+from .common import Tally, is_number, read_json, require_records
 
 log = logging.getLogger(__name__)
 
@@ -105,15 +107,11 @@ def prompt_for(kind: str, n: int = 1, task: str = "") -> str:
 def load_coin(path: str | Path) -> dict[str, dict[str, Any]]:
     """Read and check ``COIN.json``; returns ``database`` (video id -> entry). Errors name the file and entry."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"COIN annotation file not found: {str(path)!r}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a valid JSON file: {e}") from None
+    data = read_json(path, "COIN annotation file")
     database = data.get("database") if isinstance(data, dict) else None
     if not isinstance(database, dict):
         raise ValueError(f"{path}: expected a JSON object with a 'database' object (the official COIN.json format)")
+    negative = 0
     for vid, entry in database.items():
         where = f"{path}: database[{vid!r}]"
         if not isinstance(entry, dict):
@@ -123,11 +121,17 @@ def load_coin(path: str | Path) -> dict[str, dict[str, Any]]:
                 raise ValueError(f"{where}: missing or malformed {key!r} (expected {kind.__name__})")
         for i, step in enumerate(entry["annotation"]):
             seg = step.get("segment") if isinstance(step, dict) else None
-            if (not isinstance(seg, (list, tuple)) or len(seg) != 2
-                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in seg)):
-                raise ValueError(f"{where}: annotation[{i}]: 'segment' must be [start, end] in seconds")
+            if not isinstance(seg, (list, tuple)) or len(seg) != 2 or not all(is_number(x) for x in seg):
+                raise ValueError(f"{where}: annotation[{i}]: 'segment' must be [start, end] in seconds (finite "
+                                 f"numbers), got {seg!r}")
             if not isinstance(step.get("label"), str) or not step["label"].strip():
                 raise ValueError(f"{where}: annotation[{i}]: 'label' must be a non-empty string")
+            negative += min(seg) < 0
+        for key in ("start", "end", "duration"):
+            if key in entry and not is_number(entry[key]):
+                raise ValueError(f"{where}: {key!r} must be a finite number of seconds, got {entry[key]!r}")
+    if negative:
+        log.warning("%s: %d step segments with a negative time (clamped to frame 0)", path, negative)
     return database
 
 
@@ -169,15 +173,19 @@ def make_record(rid: str, video: str, fps: float, first: int, last: int, prompt:
 
 def coin_records(database: dict[str, dict[str, Any]], kind: str, *, split: str = "train", fps: float = 2.0,
                  video_dir: str = "", video_ext: str = ".mp4", context: str = "step",
-                 learn_frames: bool = True) -> Iterator[dict[str, Any]]:
-    """Records of one COIN benchmark ``kind`` for the videos of ``split`` (``train``/``test``)."""
+                 learn_frames: bool = True, stats: Tally | None = None) -> Iterator[dict[str, Any]]:
+    """Records of one COIN benchmark ``kind`` for the videos of ``split`` (``train``/``test``).
+
+    ``stats`` (optional) counts the videos of the split and the samples skipped, by reason."""
     if kind not in KINDS:
         raise ValueError(f"unknown COIN benchmark {kind!r}; available: {', '.join(KINDS)}")
     if split not in ("train", "test"):
         raise ValueError(f"COIN split must be 'train' or 'test', got {split!r}")
     skipped = 0
+    stats = stats if stats is not None else Tally()
     for vid, entry in database.items():
         if split not in entry["subset"].lower():
+            stats.add(f"videos not in the {split} subset")
             continue
         duration = entry.get("duration")
         last_frame = math.floor(duration * fps + EPS) if isinstance(duration, (int, float)) else None
@@ -209,12 +217,15 @@ def coin_records(database: dict[str, dict[str, Any]], kind: str, *, split: str =
         for rid, (first, last), prompt, answer, labels in samples:
             if last < first:
                 skipped += 1
-                log.warning("%s: segment ends before it starts on the %g fps grid; skipped", rid, fps)
+                log.debug("%s: segment ends before it starts on the %g fps grid; skipped", rid, fps)
                 continue
             yield make_record(rid, video, fps, first, last, prompt, answer, learn_frames,
                               dict(base, answers=labels))
+        if not samples:
+            stats.add("videos without a sample (too few steps)")
     if skipped:
-        log.warning("%d COIN samples skipped (empty clips)", skipped)
+        stats.add("samples whose segment ends before it starts", skipped)
+        log.warning("%d COIN samples skipped (segment ends before it starts on the %g fps grid)", skipped, fps)
 
 
 # ---- converter protocol --------------------------------------------------------------------------------------------
@@ -223,7 +234,8 @@ def add_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
     parser.add_argument("--annotations", required=True, help="the official COIN.json")
     parser.add_argument("--split", choices=["train", "test"], default="train",
                         help="COIN subset: train = 'training', test = 'testing' (default: %(default)s)")
-    parser.add_argument("--fps", type=float, default=2.0, help="frame rate of the records (default: %(default)s)")
+    parser.add_argument("--fps", type=FPS, default=2.0,
+                        help=f"frame rate of the records, in {FPS.range} (default: %(default)s)")
     parser.add_argument("--video-dir", default="",
                         help="prefix of each record's 'video' ({video_id}.mp4; a path relative to the output file "
                              "or a feature-cache key)")
@@ -239,10 +251,11 @@ def add_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
 
 def convert(args: argparse.Namespace, kind: str) -> Iterable[dict[str, Any]]:
     """``livecue convert-data coin-* --annotations COIN.json ...``: the records of one COIN benchmark."""
-    if args.fps <= 0:
-        raise ValueError(f"--fps must be positive, got {args.fps}")
     database = load_coin(args.annotations)
     log.info("COIN: %d videos in %s", len(database), args.annotations)
-    return coin_records(database, kind, split=args.split, fps=args.fps, video_dir=args.video_dir,
-                        video_ext=args.video_ext, context=getattr(args, "context", "step"),
-                        learn_frames=args.learn_frames)
+    stats = Tally()
+    records = coin_records(database, kind, split=args.split, fps=args.fps, video_dir=args.video_dir,
+                           video_ext=args.video_ext, context=getattr(args, "context", "step"),
+                           learn_frames=args.learn_frames, stats=stats)
+    return require_records(records, lambda: f"{len(database)} videos in {args.annotations}"
+                           + (f": {stats.summary()}" if stats else ""))

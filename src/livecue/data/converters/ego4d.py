@@ -36,7 +36,9 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
+from ...argtypes import FPS, SEED, positive_int
 from ..records import truncate
+from .common import Tally, is_number, read_json
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +80,7 @@ def clean_text(src: str) -> str | None:
 
     Upstream strips before collapsing; the results are the same except for tabs/CRs next to the ends, where upstream
     would keep stray punctuation (``"C picks ,\\t"`` -> ``"C picks , ."``; here ``"C picks."``)."""
-    for tag in TAGS:
-        src = src.replace(tag, "")
-    words = " ".join(src.split()).strip(".,\n ").split()
+    words = _words(src)
     if not words:
         return None
     words[0] = words[0].capitalize()
@@ -88,54 +88,78 @@ def clean_text(src: str) -> str | None:
     return text if len(words) >= 2 else None
 
 
+def _words(src: str) -> list[str]:
+    """The words of a narration once its tags and end punctuation are removed (see :func:`clean_text`)."""
+    for tag in TAGS:
+        src = src.replace(tag, "")
+    return " ".join(src.split()).strip(".,\n ").split()
+
+
 # ---- loading -------------------------------------------------------------------------------------------------------
 def _load_json(path: str | os.PathLike) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {str(path)!r}")
-    with path.open(encoding="utf-8") as f:
-        return json.load(f)
+    return read_json(path, "annotation file")
 
 
-def _clean_items(items: Iterable[dict[str, Any]], where: str) -> list[tuple[float, str, str | None]]:
+def _clean_items(items: Iterable[dict[str, Any]], where: str,
+                 tally: Tally | None = None) -> list[tuple[float, str, str | None]]:
+    """Cleaned ``(time, text, annotation uid)`` sorted by time; what is dropped or clamped is counted in ``tally``."""
+    tally = tally if tally is not None else Tally()
     out = []
     for n, item in enumerate(items):
+        if not isinstance(item, dict):
+            tally.add("narrations that are not objects (skipped)")
+            continue
         time = item.get("time", item.get("timestamp_sec"))
         text = item.get("text", item.get("narration_text"))
-        if not isinstance(time, (int, float)) or isinstance(time, bool) or not isinstance(text, str):
-            log.debug("%s, narration %d: no numeric time/timestamp_sec or text/narration_text: skipped", where, n)
+        if not is_number(time):
+            log.debug("%s, narration %d: no numeric time/timestamp_sec: skipped", where, n)
+            tally.add("narrations without a numeric time (skipped)")
             continue
-        cleaned = clean_text(text)
-        if cleaned is not None:
-            out.append((float(time), cleaned, item.get("_annotation_uid", item.get("annotation_uid"))))
+        cleaned = clean_text(text) if isinstance(text, str) else None
+        if cleaned is None:
+            one_word = isinstance(text, str) and len(_words(text)) == 1
+            tally.add("narrations with a one-word text (skipped, as upstream)" if one_word
+                      else "narrations without text (skipped)")
+            continue
+        if time < 0:
+            tally.add("narrations with a negative time (clamped to frame 0)")
+        out.append((float(time), cleaned, item.get("_annotation_uid", item.get("annotation_uid"))))
     return sorted(out, key=lambda x: x[0])  # stable: ties keep file order
 
 
 def load_narrations(path: str | os.PathLike) -> dict[str, list[tuple[int, str | None, list[Narration]]]]:
-    """``video_uid -> [(pass number, annotation uid, [(time, cleaned text), ...] sorted by time), ...]``."""
+    """``video_uid -> [(pass number, annotation uid, [(time, cleaned text), ...] sorted by time), ...]``.
+
+    Narrations without text, without a numeric time or with one word are skipped and those with a negative time
+    clamped to frame 0 (as upstream); each kind is counted and reported as one warning naming the file."""
     data = _load_json(path)
     videos = data.get("videos", data) if isinstance(data, dict) else None
     if not isinstance(videos, dict):
         raise ValueError(f"{path}: expected a dict of videos keyed by video_uid (optionally under 'videos')")
     out: dict[str, list[tuple[int, str | None, list[Narration]]]] = {}
+    tally = Tally()
     for uid, video in videos.items():
         passes: list[tuple[int, str | None, list[Narration]]] = []
         if not isinstance(video, dict):
             raise ValueError(f"{path}: video {uid!r} must be an object")
         if isinstance(video.get("narrations"), list):  # all_narrations_redacted.json: group by annotation uid
             groups: dict[Any, list[Narration]] = {}
-            for time, text, ann in _clean_items(video["narrations"], f"{path}: video {uid!r}"):
+            for time, text, ann in _clean_items(video["narrations"], f"{path}: video {uid!r}", tally):
                 groups.setdefault(ann, []).append((time, text))
             passes = [(k, ann, g) for k, (ann, g) in enumerate(groups.items(), 1)]
         else:  # narration.json: narration_pass_K
             for key in sorted(video, key=lambda s: (len(s), s)):
                 m = re.fullmatch(r"narration_pass_(\d+)", key)
                 if m and isinstance(video[key], dict):
-                    items = _clean_items(video[key].get("narrations") or [], f"{path}: video {uid!r}, {key}")
+                    narrations = video[key].get("narrations") or []
+                    if not isinstance(narrations, list):
+                        raise ValueError(f"{path}: video {uid!r}, {key}: 'narrations' must be a list")
+                    items = _clean_items(narrations, f"{path}: video {uid!r}, {key}", tally)
                     anns = {a for _, _, a in items if a is not None}
                     passes.append((int(m.group(1)), anns.pop() if len(anns) == 1 else None,
                                    [(t, x) for t, x, _ in items]))
         out[uid] = [p for p in passes if p[2]]
+    tally.warn(log, f"{path}")
     return out
 
 
@@ -143,11 +167,17 @@ def load_durations(path: str | os.PathLike) -> dict[str, float]:
     """Video durations from ``ego4d.json`` (``videos: [{video_uid, duration_sec}]``) or ``{uid: seconds}`` /
     ``{uid: {"duration": seconds}}``."""
     data = _load_json(path)
+
+    def seconds(value: Any, where: str) -> float:
+        if not is_number(value) or value < 0:
+            raise ValueError(f"{path}: {where}: the duration must be a finite number of seconds >= 0, got {value!r}")
+        return float(value)
+
     if isinstance(data, dict) and isinstance(data.get("videos"), list):
-        return {v["video_uid"]: float(v["duration_sec"]) for v in data["videos"]
+        return {v["video_uid"]: seconds(v["duration_sec"], f"videos[{i}]") for i, v in enumerate(data["videos"])
                 if isinstance(v, dict) and "video_uid" in v and v.get("duration_sec") is not None}
     if isinstance(data, dict):
-        return {uid: float(v["duration"] if isinstance(v, dict) else v) for uid, v in data.items()}
+        return {uid: seconds(v.get("duration") if isinstance(v, dict) else v, repr(uid)) for uid, v in data.items()}
     raise ValueError(f"{path}: expected ego4d.json metadata ('videos': [{{video_uid, duration_sec}}])")
 
 
@@ -247,7 +277,8 @@ class HFRewriter:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.torch = torch
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+        self.device = device or (str(accelerator) if accelerator is not None else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
@@ -311,18 +342,20 @@ def add_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
     parser.add_argument("--test-split", action="append", default=[], metavar="FILE",
                         help="benchmark test annotation JSON (e.g. nlq_test_unannotated.json); excluded from train")
     parser.add_argument("--split", choices=["train", "val", "test"], default="train")
-    parser.add_argument("--fps", type=float, default=2.0, help="frame clock (default: %(default)s)")
-    parser.add_argument("--max-num-frames", type=int, default=1200,
+    parser.add_argument("--fps", type=FPS, default=2.0, help=f"frame clock, in {FPS.range} (default: %(default)s)")
+    parser.add_argument("--max-num-frames", type=positive_int(), default=1200,
                         help="cut before the first stream passing this many frames (live1+: 1200, live1: 7200)")
     parser.add_argument("--video-dir", default="", help="prefix of the records' video paths ({video_uid}.mp4)")
     if kind == "ego4d-refined":
         parser.add_argument("--rewriter", default="smollm2-135m-instruct",
                             help="local instruct LM directory or livecue alias (default: %(default)s)")
         parser.add_argument("--cache", default=None, help="JSON cache of rewrites; reruns skip the LM")
-        parser.add_argument("--batch-size", type=int, default=16)
-        parser.add_argument("--max-new-tokens", type=int, default=64)
-        parser.add_argument("--device", default=None, help="torch device of the rewriter (default: cuda if any)")
-        parser.add_argument("--seed", type=int, default=0, help="seed of the per-record instruction choice")
+        parser.add_argument("--batch-size", type=positive_int(1024), default=16, help="rewrites per batch, in [1, 1024]")
+        parser.add_argument("--max-new-tokens", type=positive_int(4096), default=64,
+                            help="rewrite length cap, in [1, 4096]")
+        parser.add_argument("--device", default=None, help="torch device of the rewriter (default: the accelerator if any, else cpu)")
+        parser.add_argument("--seed", type=SEED, default=0,
+                            help=f"seed of the per-record instruction choice, in {SEED.range}")
 
 
 def select_videos(uids: Iterable[str], split: str, val: set[str], test: set[str]) -> list[str]:
@@ -335,8 +368,7 @@ def select_videos(uids: Iterable[str], split: str, val: set[str], test: set[str]
 
 
 def convert(args: argparse.Namespace, kind: str) -> Iterator[dict[str, Any]]:
-    if args.fps <= 0 or args.max_num_frames < 1:
-        raise ValueError("--fps must be > 0 and --max-num-frames >= 1")
+    """The records of ``kind``; fails with the reason when there are none."""
     if args.split != "train" and not getattr(args, f"{args.split}_split"):
         raise ValueError(f"--split {args.split} needs --{args.split}-split FILE (benchmark annotation files)")
     videos = load_narrations(args.narrations)
@@ -346,6 +378,11 @@ def convert(args: argparse.Namespace, kind: str) -> Iterator[dict[str, Any]]:
         log.warning("no --val-split/--test-split files: every video counts as %s", args.split)
     uids = select_videos(videos, args.split, val, test)
     log.info("%s: %d of %d videos in split %s", kind, len(uids), len(videos), args.split)
+    if not any(videos[u] for u in uids):
+        usable = sum(1 for passes in videos.values() if passes)
+        raise ValueError(f"no records: {len(videos)} videos in {args.narrations}, {usable} with usable narrations "
+                         f"(a numeric time and a text of at least 2 words), {len(uids)} in split {args.split}; none "
+                         "has both")
     refined = kind == "ego4d-refined"
     prefix = "ego4d-refined" if refined else "ego4d"
     mapping: dict[str, str] = {}

@@ -48,7 +48,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Protocol
 
-from .lta import load_durations, read_json
+from ...argtypes import FPS, SEED, nonnegative_int, positive_int
+from .common import is_number, read_json, require_records
+from .lta import load_durations
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +101,8 @@ class HFGenerator:
         log.info("loading generator %s", self.name)
         path = resolve(self.name)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+        self.device = self.device or (str(accelerator) if accelerator is not None else "cpu")
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype="auto").eval().to(self.device)
 
     def __call__(self, prompt: str) -> str:
@@ -122,8 +125,8 @@ def _check_segment(seg: Any, where: str, text_key: str) -> None:
     if not isinstance(seg, dict):
         raise ValueError(f"{where}: must be an object")
     for key in ("start_time", "end_time"):
-        if not isinstance(seg.get(key), (int, float)) or isinstance(seg.get(key), bool):
-            raise ValueError(f"{where}: missing or malformed {key!r} (seconds)")
+        if not is_number(seg.get(key)):
+            raise ValueError(f"{where}: missing or malformed {key!r} (seconds, a finite number), got {seg.get(key)!r}")
     if not isinstance(seg.get(text_key), str):
         raise ValueError(f"{where}: missing or malformed {text_key!r}")
     if not isinstance(seg.get("segments", []), list):
@@ -136,15 +139,21 @@ def load_goalstep(path: str | Path) -> list[dict[str, Any]]:
     videos = data.get("videos") if isinstance(data, dict) else None
     if not isinstance(videos, list):
         raise ValueError(f"{path}: expected a JSON object with a 'videos' list (the official GoalStep format)")
+    negative = 0
     for v, video in enumerate(videos):
         where = f"{path}: videos[{v}]"
         _check_segment(video, where, "goal_description")
         if not isinstance(video.get("video_uid"), str) or not video["video_uid"]:
             raise ValueError(f"{where}: missing or malformed 'video_uid'")
+        negative += video["start_time"] < 0 or video["end_time"] < 0
         for s, step in enumerate(video.get("segments", [])):
             _check_segment(step, f"{where}.segments[{s}]", "step_description")
+            negative += step["start_time"] < 0 or step["end_time"] < 0
             for k, sub in enumerate(step.get("segments", [])):
                 _check_segment(sub, f"{where}.segments[{s}].segments[{k}]", "step_description")
+                negative += sub["start_time"] < 0 or sub["end_time"] < 0
+    if negative:
+        log.warning("%s: %d segments with a negative time (clamped to frame 0)", path, negative)
     return videos
 
 
@@ -309,12 +318,24 @@ class GenerationCache:
         self.dirty = 0
 
 
+def _reason(why: str) -> str:
+    """A rejection as a filter category (``"spans 30 s"`` -> ``"spans < 60 s"``)."""
+    if why.startswith("spans "):
+        return f"spans < {MIN_SPAN:g} s" if float(why.split()[1]) < MIN_SPAN else f"spans > {MAX_SPAN:g} s"
+    return why
+
+
 def goalstep_records(acts: list[dict[str, Any]], generator: Generator | None, *, fps: float = 2.0, seed: int = 0,
                      num_times: int = 2, max_waiting_frames: int = 20, cache: GenerationCache | None = None,
-                     video_dir: str = "", video_ext: str = ".mp4") -> Iterator[dict[str, Any]]:
-    """Generate (or read from ``cache``), parse, filter and load the conversations of ``acts``."""
+                     video_dir: str = "", video_ext: str = ".mp4",
+                     stats: dict[str, int] | None = None) -> Iterator[dict[str, Any]]:
+    """Generate (or read from ``cache``), parse, filter and load the conversations of ``acts``.
+
+    At the end the counts per filter reason are logged (information: ``GoalStep live chat: 8 conversations: 5 kept;
+    filtered: 2 spans < 60 s, 1 mentions seconds``); ``stats`` (optional) receives them (``kept`` and each reason).
+    """
     cache = cache or GenerationCache(None)
-    stats: dict[str, int] = {}
+    stats = stats if stats is not None else {}
     try:
         for act in acts:
             times = step_times(act["steps"], fps, act["duration"])
@@ -336,7 +357,7 @@ def goalstep_records(acts: list[dict[str, Any]], generator: Generator | None, *,
                     rng=random.Random(f"{seed}:{rid}:waiting"), max_waiting_frames=max_waiting_frames,
                     meta={"dataset": "ego4d-goalstep", "video_uid": uid, "activity": act["summary"],
                           "generation": nt})
-                why = why or (None if record else "unusable turn order")
+                why = _reason(why) if why else (None if record else "unusable turn order")
                 stats[why or "kept"] = stats.get(why or "kept", 0) + 1
                 if record is not None:
                     yield record
@@ -344,7 +365,17 @@ def goalstep_records(acts: list[dict[str, Any]], generator: Generator | None, *,
                     log.debug("%s: dropped (%s)", rid, why)
     finally:
         cache.save()
-        log.info("GoalStep live chat: %s", ", ".join(f"{k}: {v}" for k, v in sorted(stats.items())) or "nothing")
+        log.info("GoalStep live chat: %s", filter_summary(stats))
+
+
+def filter_summary(stats: dict[str, int]) -> str:
+    """``"8 conversations: 5 kept; filtered: 2 spans < 60 s, 1 mentions seconds"`` from ``goalstep_records`` stats."""
+    total = sum(stats.values())
+    if not total:
+        return "no conversation generated (no activity with steps)"
+    filtered = sorted(((n, k) for k, n in stats.items() if k != "kept"), key=lambda x: (-x[0], x[1]))
+    return (f"{total} conversations: {stats.get('kept', 0)} kept"
+            + ("; filtered: " + ", ".join(f"{n} {k}" for n, k in filtered) if filtered else ""))
 
 
 # ---- converter protocol --------------------------------------------------------------------------------------------
@@ -356,27 +387,34 @@ def add_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
                         help="local instruct LLM directory or livecue alias (default: %(default)s)")
     parser.add_argument("--cache", default=None, help="JSON file caching the generations (resumable)")
     parser.add_argument("--durations", default=None, help="Ego4D ego4d.json for video durations (optional)")
-    parser.add_argument("--fps", type=float, default=2.0, help="frame rate of the records (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of skeletons and waiting frames")
-    parser.add_argument("--num-times", type=int, default=2, help="conversations per activity (default: %(default)s)")
-    parser.add_argument("--max-waiting-frames", type=int, default=20,
-                        help="at most this many frames before the first user turn (default: %(default)s)")
-    parser.add_argument("--max-new-tokens", type=int, default=2048, help="generation cap (default: %(default)s)")
-    parser.add_argument("--device", default=None, help="torch device of the generator (default: cuda if any)")
+    parser.add_argument("--fps", type=FPS, default=2.0,
+                        help=f"frame rate of the records, in {FPS.range} (default: %(default)s)")
+    parser.add_argument("--seed", type=SEED, default=0, help=f"seed of skeletons and waiting frames, in {SEED.range}")
+    parser.add_argument("--num-times", type=positive_int(100), default=2,
+                        help="conversations per activity, in [1, 100] (default: %(default)s)")
+    parser.add_argument("--max-waiting-frames", type=nonnegative_int(10_000), default=20,
+                        help="at most this many frames before the first user turn, in [0, 10000] "
+                             "(default: %(default)s)")
+    parser.add_argument("--max-new-tokens", type=positive_int(32768), default=2048,
+                        help="generation cap, in [1, 32768] (default: %(default)s)")
+    parser.add_argument("--device", default=None, help="torch device of the generator (default: the accelerator if any, else cpu)")
     parser.add_argument("--video-dir", default="", help="prefix of each record's 'video' ({uid}.mp4)")
     parser.add_argument("--video-ext", default=".mp4", help="video file extension (default: %(default)s)")
 
 
 def convert(args: argparse.Namespace, kind: str) -> Iterable[dict[str, Any]]:
     """``livecue convert-data goalstep --annotations goalstep_train.json ... --cache gen.json``."""
-    if args.fps <= 0 or args.num_times < 1 or args.max_waiting_frames < 0:
-        raise ValueError("--fps and --num-times must be positive and --max-waiting-frames >= 0")
     videos = [v for path in args.annotations for v in load_goalstep(path)]
     durations = load_durations(args.durations) if args.durations else None
     acts = activities(videos, durations)
     log.info("GoalStep: %d videos, %d activities", len(videos), len(acts))
+    if not acts:
+        raise ValueError(f"no records: the {len(videos)} videos of {', '.join(args.annotations)} have no steps "
+                         "(no 'segments'), so there is no activity to generate a conversation for")
     generator = HFGenerator(args.generator, max_new_tokens=args.max_new_tokens, device=args.device,
                             seed=args.seed)
-    return goalstep_records(acts, generator, fps=args.fps, seed=args.seed, num_times=args.num_times,
-                            max_waiting_frames=args.max_waiting_frames, cache=GenerationCache(args.cache),
-                            video_dir=args.video_dir, video_ext=args.video_ext)
+    stats: dict[str, int] = {}
+    records = goalstep_records(acts, generator, fps=args.fps, seed=args.seed, num_times=args.num_times,
+                               max_waiting_frames=args.max_waiting_frames, cache=GenerationCache(args.cache),
+                               video_dir=args.video_dir, video_ext=args.video_ext, stats=stats)
+    return require_records(records, lambda: f"every generated conversation was filtered out ({filter_summary(stats)})")

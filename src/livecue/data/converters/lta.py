@@ -27,7 +27,6 @@ Choices (upstream showlab/videollm-online where explicit, else documented here):
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import posixpath
@@ -35,6 +34,9 @@ import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+from ...argtypes import FPS
+from .common import Tally, is_number, read_json, require_records
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +50,6 @@ RENAMES = {  # taxonomy entries whose first synonym would clash with another ent
     "nut_(tool)": "nut", "chip_(food)": "snack", "chip_(wood'_metal),": "chips", "chip_(wood,_metal)": "chip",
 }
 EPS = 1e-9
-
-
-def read_json(path: str | Path, what: str) -> Any:
-    """Parse a JSON file; a missing file or invalid JSON raises an error naming the file and ``what`` it is."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {str(path)!r}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a valid JSON file: {e}") from None
 
 
 def short_name(entry: str) -> str:
@@ -82,11 +73,14 @@ def lta_taxonomy(path: str | Path) -> dict[str, list[str]]:
 
 
 def load_lta(path: str | Path, taxonomy: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
-    """Read and check an LTA annotation file; returns its ``clips`` (one entry per action)."""
+    """Read and check an LTA annotation file; returns its ``clips`` (one entry per action).
+
+    Negative times are kept (they are clamped to frame 0 later) and reported as one warning with their count."""
     data = read_json(path, "LTA annotation file")
     clips = data.get("clips") if isinstance(data, dict) else None
     if not isinstance(clips, list):
         raise ValueError(f"{path}: expected a JSON object with a 'clips' list (the official fho_lta format)")
+    negative = 0
     for i, a in enumerate(clips):
         where = f"{path}: clips[{i}]"
         if not isinstance(a, dict):
@@ -99,12 +93,17 @@ def load_lta(path: str | Path, taxonomy: dict[str, list[str]] | None = None) -> 
                 raise ValueError(f"{where}: missing or malformed {key!r} (an integer; unannotated test files "
                                  "are not supported)")
         for key in ("clip_parent_start_sec", "action_clip_start_sec", "action_clip_end_sec"):
-            if not isinstance(a.get(key), (int, float)) or isinstance(a.get(key), bool):
-                raise ValueError(f"{where}: missing or malformed {key!r} (seconds)")
+            if not is_number(a.get(key)):
+                raise ValueError(f"{where}: missing or malformed {key!r} (seconds, a finite number), got "
+                                 f"{a.get(key)!r}")
+        if any(a[key] < 0 for key in ("clip_parent_start_sec", "action_clip_start_sec", "action_clip_end_sec")):
+            negative += 1
         if taxonomy is not None and not (0 <= a["verb_label"] < len(taxonomy["verbs"])
                                          and 0 <= a["noun_label"] < len(taxonomy["nouns"])):
             raise ValueError(f"{where}: verb_label {a['verb_label']} / noun_label {a['noun_label']} outside the "
                              f"taxonomy ({len(taxonomy['verbs'])} verbs, {len(taxonomy['nouns'])} nouns)")
+    if negative:
+        log.warning("%s: %d of %d actions have a negative time (clamped to frame 0)", path, negative, len(clips))
     return clips
 
 
@@ -114,8 +113,14 @@ def load_durations(path: str | Path) -> dict[str, float]:
     videos = data.get("videos") if isinstance(data, dict) else None
     if not isinstance(videos, list):
         raise ValueError(f"{path}: expected a JSON object with a 'videos' list (Ego4D's ego4d.json)")
-    return {v["video_uid"]: float(v["duration_sec"]) for v in videos
-            if isinstance(v, dict) and "video_uid" in v and "duration_sec" in v}
+    durations = {}
+    for i, v in enumerate(videos):
+        if isinstance(v, dict) and "video_uid" in v and v.get("duration_sec") is not None:
+            if not is_number(v["duration_sec"]) or v["duration_sec"] < 0:
+                raise ValueError(f"{path}: videos[{i}]: 'duration_sec' must be a finite number >= 0, got "
+                                 f"{v['duration_sec']!r}")
+            durations[v["video_uid"]] = float(v["duration_sec"])
+    return durations
 
 
 def _round_frame(t: float, fps: float, last: int | None) -> int:
@@ -133,11 +138,14 @@ def answer_text(actions: list[tuple[int, int]], taxonomy: dict[str, list[str]]) 
 def lta_records(clips: list[dict[str, Any]], taxonomy: dict[str, list[str]], *, fps: float = 2.0,
                 num_observed: int = NUM_OBSERVED, num_future: int = NUM_FUTURE, video_key: str = "video",
                 durations: dict[str, float] | None = None, video_dir: str = "", video_ext: str = ".mp4",
-                learn_frames: bool = True) -> Iterator[dict[str, Any]]:
-    """One record per window of ``num_observed`` observed + ``num_future`` annotated actions of a clip."""
+                learn_frames: bool = True, stats: Tally | None = None) -> Iterator[dict[str, Any]]:
+    """One record per window of ``num_observed`` observed + ``num_future`` annotated actions of a clip.
+
+    ``stats`` (optional) counts the clips and windows skipped, by reason; they are also logged as one warning."""
     by_clip: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for a in clips:
         by_clip[a["clip_uid"]].append(a)
+    stats = stats if stats is not None else Tally()
     short = 0
     for clip_uid, actions in by_clip.items():
         actions = sorted(actions, key=lambda a: a["action_idx"])
@@ -163,7 +171,8 @@ def lta_records(clips: list[dict[str, Any]], taxonomy: dict[str, list[str]], *, 
             n = last - first + 1
             rid = f"lta/{clip_uid}/{actions[j - 1]['action_idx']}"
             if n <= 0:
-                log.warning("%s: observed actions end before they start on the %g fps grid; skipped", rid, fps)
+                log.debug("%s: observed actions end before they start on the %g fps grid; skipped", rid, fps)
+                stats.add("windows whose observed actions end before they start")
                 continue
             yield {"id": rid, "video": video, "fps": fps, "start": first / fps, "duration": n / fps,
                    "messages": [
@@ -175,14 +184,16 @@ def lta_records(clips: list[dict[str, Any]], taxonomy: dict[str, list[str]], *, 
                             "last_visible_action_idx": actions[j - 1]["action_idx"],
                             "verb_labels": [v for v, _ in future], "noun_labels": [n_ for _, n_ in future]}}
     if short:
-        log.info("LTA: %d clips with fewer than %d actions skipped", short, num_observed + num_future)
+        stats.add(f"clips with fewer than {num_observed + num_future} actions", short)
+    stats.warn(log, f"LTA: skipped (of {len(by_clip)} clips)")
 
 
 def add_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
     """Options of the LTA converter."""
     parser.add_argument("--annotations", nargs="+", required=True, help="official fho_lta_{train,val}.json file(s)")
     parser.add_argument("--taxonomy", required=True, help="the official fho_lta_taxonomy.json")
-    parser.add_argument("--fps", type=float, default=2.0, help="frame rate of the records (default: %(default)s)")
+    parser.add_argument("--fps", type=FPS, default=2.0,
+                        help=f"frame rate of the records, in {FPS.range} (default: %(default)s)")
     parser.add_argument("--video-key", choices=["video", "clip"], default="video",
                         help="records point at full videos (upstream) or at the LTA clips (default: %(default)s)")
     parser.add_argument("--durations", default=None, help="Ego4D ego4d.json for video durations (optional)")
@@ -194,11 +205,13 @@ def add_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
 
 def convert(args: argparse.Namespace, kind: str) -> Iterable[dict[str, Any]]:
     """``livecue convert-data lta --annotations fho_lta_train.json --taxonomy fho_lta_taxonomy.json``."""
-    if args.fps <= 0:
-        raise ValueError(f"--fps must be positive, got {args.fps}")
     taxonomy = lta_taxonomy(args.taxonomy)
     clips = [a for path in args.annotations for a in load_lta(path, taxonomy)]
     durations = load_durations(args.durations) if args.durations else None
     log.info("LTA: %d actions in %d file(s)", len(clips), len(args.annotations))
-    return lta_records(clips, taxonomy, fps=args.fps, video_key=args.video_key, durations=durations,
-                       video_dir=args.video_dir, video_ext=args.video_ext, learn_frames=args.learn_frames)
+    stats = Tally()
+    records = lta_records(clips, taxonomy, fps=args.fps, video_key=args.video_key, durations=durations,
+                          video_dir=args.video_dir, video_ext=args.video_ext, learn_frames=args.learn_frames,
+                          stats=stats)
+    return require_records(records, lambda: f"{len(clips)} actions in {', '.join(args.annotations)}"
+                           + (f"; skipped: {stats.summary()}" if stats else ""))
