@@ -243,3 +243,49 @@ def test_page_streams_a_local_video_file(served, browser, tmp_path):
     assert wd.js("return document.getElementById('video').videoWidth") == 320
     wd.click("#stop")
     wd.wait("return document.querySelector('#log li[data-type=closed]')", "the session to close")
+
+
+TOKEN = "b7e1c0ffee5eed42"
+
+
+@pytest.fixture(scope="module")
+def served_with_token(tmp_path_factory):
+    """`livecue serve --model tiny --token …` with its access log on; yields (URL, a function returning its logs)."""
+    tmp_path = tmp_path_factory.mktemp("serve_token")
+    out_path, err_path = tmp_path / "stdout.log", tmp_path / "stderr.log"
+    with out_path.open("w") as out, err_path.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "livecue.cli", "serve", "--model", "tiny", "--port", "0",
+                                 "--token", TOKEN, "--log-level", "info"], stdout=out, stderr=err, text=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while "livecue serve:" not in out_path.read_text() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/", out_path.read_text())
+        assert match, f"livecue serve did not start: {out_path.read_text()!r} {err_path.read_text()[-2000:]}"
+        url = f"http://127.0.0.1:{match.group(1)}"
+        wait_http(url + "/health")
+        yield url, lambda: out_path.read_text() + err_path.read_text()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_page_sends_the_token_as_a_subprotocol_and_never_in_a_url(served_with_token, browser):
+    """Opened as /?token=…, the page moves the token out of the address bar and sends it as the WebSocket
+    subprotocol livecue.token.…; the server's logs never show it."""
+    url, logs = served_with_token
+    wd = browser
+    wd.call("POST", "/url", {"url": f"{url}/?token={TOKEN}&fps=2"})
+    wd.wait("return document.getElementById('model').textContent.includes('server up')", "the page to load")
+    assert wd.js("return location.search") == "?fps=2"
+    wd.click("#start")
+    wd.wait(COUNT.format("reply") + " >= 1", "a reply over the authenticated session")
+    wd.click("#stop")
+    wd.wait("return document.querySelector('#log li[data-type=closed]')", "the session to close")
+    text = logs()
+    assert '"WebSocket /ws" [accepted]' in text and "GET /?token=***&fps=2 HTTP" in text
+    assert TOKEN not in text

@@ -15,7 +15,6 @@ import time
 import weakref
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 
 pytest.importorskip("fastapi", reason="the [serve] extra is not installed")
@@ -30,13 +29,10 @@ from livecue.serve.images import encode_image
 from livecue.serve.protocol import Limits, Open, ProtocolError, pack_frame, parse_text
 from livecue.serve.scheduler import Scheduler
 from livecue.serve.streaming import TextDeltas
+from serve_helpers import frames, wait_until
 
 LIMITS = Limits(max_message_bytes=200_000, max_frame_bytes=100_000, max_pixels=320 * 240, queue_size=4)
 
-
-def frames(n: int, seed: int = 0, shape=(48, 64)) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, 256, (*shape, 3), dtype=np.uint8) for _ in range(n)]
 
 
 def jpeg(seed: int = 0, shape=(48, 64)) -> bytes:
@@ -82,14 +78,6 @@ def drain(client: SyncLiveClient, timeout: float = 30.0) -> list[dict]:
     """Every event until the server closes the session."""
     return list(client.events(timeout=timeout))
 
-
-def wait_until(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 # ---- pure parts ----------------------------------------------------------------------------------------------------
@@ -299,7 +287,7 @@ def test_http_endpoints(server):
     assert version["protocol"] == 1 and version["livecue"]
     model = httpx.get(server.url + "/model").json()
     assert model["frame_num_tokens"] == 10 and model["stream"]["fps"] == 2.0 and model["parameters"] > 0
-    assert model["memory"] == {"policy": "Unbounded"}
+    assert model["memory"] == {"policy": "SinkWindow", "max_tokens": 4096, "chunk": 256}  # bounded by default
     page = httpx.get(server.url + "/")
     assert page.status_code == 200 and "getUserMedia" in httpx.get(server.url + "/static/app.js").text
     with SyncLiveClient(server.url) as client:

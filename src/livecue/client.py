@@ -70,6 +70,17 @@ def _headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+def _token_from_url(url: str, token: str | None) -> tuple[str, str | None]:
+    """Move a ``?token=`` of ``url`` into the token (sent as a header, so it never travels in a request line)."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    given = [v for k, v in query if k == "token"]
+    if not given:
+        return url, token
+    rest = urllib.parse.urlencode([(k, v) for k, v in query if k != "token"])
+    return urllib.parse.urlunsplit(parts._replace(query=rest)), token or given[-1]
+
+
 def _websockets() -> Any:
     try:
         import websockets
@@ -105,13 +116,13 @@ class LiveClient:
 
     Args:
         url: the server (``http://host:port`` or ``ws://host:port/ws``).
-        token: the server's token, if it has one (sent as ``Authorization: Bearer``).
+        token: the server's token, if it has one (sent as ``Authorization: Bearer``; a ``?token=`` in ``url`` is
+            moved there too).
         open_timeout: seconds to connect.
     """
 
     def __init__(self, url: str, token: str | None = None, *, open_timeout: float = 10.0) -> None:
-        self.url = ws_url(url)
-        self.token = token
+        self.url, self.token = _token_from_url(ws_url(url), token)
         self.open_timeout = open_timeout
         self.ws: Any = None
         self.ready: dict[str, Any] | None = None
@@ -214,8 +225,7 @@ class SyncLiveClient:
     """Blocking client of one stream session, for scripts (same methods as :class:`LiveClient`)."""
 
     def __init__(self, url: str, token: str | None = None, *, open_timeout: float = 10.0) -> None:
-        self.url = ws_url(url)
-        self.token = token
+        self.url, self.token = _token_from_url(ws_url(url), token)
         self.open_timeout = open_timeout
         self.ws: Any = None
         self.ready: dict[str, Any] | None = None
@@ -259,6 +269,10 @@ class SyncLiveClient:
 
     def set_threshold(self, threshold: float) -> None:
         self.send_raw(message("update", threshold=threshold))
+
+    def ping(self, id: Any = None) -> None:
+        """Answered by ``pong``; keeps a quiet session from its idle timeout."""
+        self.send_raw(message("ping", id=id))
 
     def close(self) -> None:
         self.send_raw(message("close"))

@@ -3,6 +3,11 @@
 Open http://HOST:PORT/ in a browser for the webcam page; programs use the WebSocket protocol (docs/protocol.md),
 e.g. through ``livecue.client`` or ``livecue watch SOURCE --server URL``. Listening on an address other than
 loopback needs a token (``--token`` or ``LIVECUE_TOKEN``).
+
+Every start option is checked before the model loads: numbers must be finite and in the range their help states
+(``--fps nan``, ``--max-rate inf``, ``--max-pixels -1``, ``--queue-size 0`` are refused with one line naming the
+option). The defaults give exactly :class:`~livecue.serve.protocol.Limits` and
+:class:`~livecue.serve.protocol.ServerLimits` (docs/protocol.md lists them; a test keeps all three equal).
 """
 
 from __future__ import annotations
@@ -10,11 +15,47 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import math
 import os
 import socket
 import sys
 
-from ._common import add_model_argument, load_from_args, parser, split_overrides
+from ..serve.protocol import Limits, ServerLimits
+from ._common import (
+    MAX_INT,
+    add_model_argument,
+    finite_float,
+    int_range,
+    load_from_args,
+    nonnegative_float,
+    parser,
+    positive_float,
+    positive_int,
+    split_overrides,
+)
+
+_L, _S = Limits(), ServerLimits()
+MIN_MESSAGE_BYTES = _L.max_message_bytes  # 3 MiB: the message limit is never below this ...
+# ... and always holds a base64 JSON frame of --max-frame-bytes (4/3 of it) plus room for its JSON
+_CHECKS = {
+    "port": int_range(0, 65535), "max_sessions": positive_int(4096), "fps": positive_float(_L.max_fps),
+    "queue_size": positive_int(256), "max_frame_bytes": positive_int(256 * 2**20),
+    "max_message_bytes": positive_int(512 * 2**20), "max_pixels": positive_int(8192 * 8192),
+    "max_rate": positive_float(10_000.0), "max_session_frames": positive_int(MAX_INT),
+    "max_context_tokens": positive_int(2**24), "temperature": nonnegative_float(100.0),
+    "top_p": finite_float(0.0, 1.0, lo_open=True), "threads": positive_int(1024),
+    "max_pending_queries": positive_int(1024), "max_query_tokens": positive_int(2**20),
+    "query_token_rate": positive_float(100_000.0), "open_timeout": positive_float(3600.0),
+    "idle_timeout": positive_float(7 * 24 * 3600.0), "header_timeout": positive_float(3600.0),
+    "max_connections": positive_int(65535), "max_sockets": positive_int(65535), "decode_threads": positive_int(64),
+}
+
+
+def _num(p: argparse.ArgumentParser, flag: str, default: object, help_: str, **kw: object) -> None:
+    dest = flag[2:].replace("-", "_")
+    check = _CHECKS[dest]
+    shown = "" if default is None else "; default: %(default)s"
+    p.add_argument(flag, type=check, default=default, help=f"{help_} ({check.range}{shown})", **kw)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,27 +63,82 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_argument(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine "
                                                        "only; any other address needs --token)")
-    p.add_argument("--port", type=int, default=8000, help="port (0: any free port; default: %(default)s)")
-    p.add_argument("--token", default=os.environ.get("LIVECUE_TOKEN"),
-                   help="clients must send this token (Authorization: Bearer, or ?token=); default $LIVECUE_TOKEN")
-    p.add_argument("--max-sessions", type=int, default=16, help="streams open at once (default: %(default)s)")
-    p.add_argument("--fps", type=float, default=None, help="default stream fps of a session (default: the model's)")
-    p.add_argument("--queue-size", type=int, default=4,
-                   help="frames waiting per session; when full the oldest is dropped (default: %(default)s)")
-    p.add_argument("--max-frame-bytes", type=int, default=2 * 2**20, help="largest JPEG/PNG frame, bytes")
-    p.add_argument("--max-pixels", type=int, default=1920 * 1080, help="largest frame, width x height")
-    p.add_argument("--max-rate", type=float, default=50.0, help="messages per second per connection")
-    p.add_argument("--max-session-frames", type=int, default=None, help="close a session after this many frames")
-    p.add_argument("--max-context-tokens", type=int, default=None,
-                   help="bound each stream's KV cache: attention sink + sliding window of this many tokens (about "
-                        "11 per frame for live1+); default: unbounded (memory and per-frame cost grow with the stream)")
-    p.add_argument("--temperature", type=float, default=0.0, help="reply sampling temperature (0 = greedy)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads for the model worker (default on CPU: cores - 1, at least 1, leaving "
-                        "a core to the network and frame decoding; oversubscribed cores slow every step)")
+    _num(p, "--port", 8000, "port (0: any free port)")
+    p.add_argument("--token", default=os.environ.get("LIVECUE_TOKEN") or None,
+                   help="clients must send this token (Authorization: Bearer, or the WebSocket subprotocol "
+                        "livecue.token.TOKEN); default $LIVECUE_TOKEN")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="a browser origin allowed to open /ws besides the server's own pages, e.g. "
+                        "https://example.org (repeatable; '*' allows any)")
+    _num(p, "--max-sessions", 16, "streams open at once")
+    _num(p, "--fps", None, "default stream fps of a session (default: the model's)")
+    _num(p, "--queue-size", _L.queue_size, "frames waiting per session; when full the oldest is dropped")
+    _num(p, "--max-frame-bytes", _L.max_frame_bytes, "largest JPEG/PNG/WebP frame, bytes")
+    _num(p, "--max-message-bytes", None, "largest WebSocket message (default: the larger of 3 MiB and what a base64 "
+                                         "JSON frame of --max-frame-bytes needs)")
+    _num(p, "--max-pixels", _L.max_pixels, "largest frame, width x height")
+    _num(p, "--max-rate", _L.max_rate, "messages per second per connection (burst: twice as many)")
+    _num(p, "--max-session-frames", None, "close a session after this many frames (default: never)")
+    _num(p, "--max-pending-queries", _L.max_pending_queries, "queries waiting per session")
+    _num(p, "--max-query-tokens", _L.max_query_tokens, "query tokens one session may send at once")
+    _num(p, "--query-token-rate", _L.query_token_rate, "query tokens per second per session, sustained")
+    _num(p, "--max-context-tokens", None, "bound each stream's KV cache to an attention sink + a sliding window of "
+                                          "this many tokens (about 11 per frame for live1+); default 4096 (same as "
+                                          "--memory sink:4096)")
+    p.add_argument("--memory", default=None, metavar="POLICY",
+                   help="each stream's memory: 'sink:MAX_TOKENS[:CHUNK]' (bounded; default sink:4096) or "
+                        "'unbounded' (whole streams, as upstream: memory and per-frame cost grow without bound)")
+    _num(p, "--open-timeout", _L.open_timeout, "seconds a new WebSocket has to send 'open'")
+    _num(p, "--idle-timeout", _L.idle_timeout, "close a session after this many seconds without a message")
+    _num(p, "--header-timeout", _S.header_timeout, "seconds an HTTP connection has to send its request head")
+    _num(p, "--max-connections", _S.max_connections, "WebSocket connections at once")
+    _num(p, "--max-sockets", _S.max_sockets, "TCP connections at once; past it the longest-waiting connection "
+                                             "without a complete request is dropped")
+    _num(p, "--decode-threads", _S.decode_workers, "images decoded at once")
+    _num(p, "--temperature", 0.0, "reply sampling temperature (0 = greedy)")
+    _num(p, "--top-p", 1.0, "nucleus sampling mass")
+    _num(p, "--threads", None, "torch intra-op threads for the model worker (default on CPU: cores - 1, at least 1, "
+                               "leaving a core to the network and frame decoding)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
+
+
+def message_bytes(max_frame_bytes: int) -> int:
+    """The default message limit for a frame limit: at least 3 MiB, and room for a base64 JSON frame of it."""
+    return max(MIN_MESSAGE_BYTES, math.ceil(max_frame_bytes * 4 / 3) + 64 * 1024)
+
+
+def limits_from_args(args: argparse.Namespace) -> tuple[Limits, ServerLimits]:
+    """The server's limits from its options (the defaults give ``Limits()`` and ``ServerLimits()``)."""
+    msg_bytes = args.max_message_bytes or message_bytes(args.max_frame_bytes)
+    if msg_bytes < args.max_frame_bytes + 8:
+        raise ValueError(f"--max-message-bytes {msg_bytes} cannot hold a frame of --max-frame-bytes "
+                         f"{args.max_frame_bytes} (+ 8 bytes of time): raise it or lower --max-frame-bytes")
+    limits = Limits(max_frame_bytes=args.max_frame_bytes, max_message_bytes=msg_bytes, max_pixels=args.max_pixels,
+                    max_rate=args.max_rate, max_burst=max(1, int(args.max_rate * 2)), queue_size=args.queue_size,
+                    max_session_frames=args.max_session_frames, max_pending_queries=args.max_pending_queries,
+                    max_query_tokens=args.max_query_tokens, query_token_rate=args.query_token_rate,
+                    open_timeout=args.open_timeout, idle_timeout=args.idle_timeout)
+    server = ServerLimits(max_connections=args.max_connections, max_sockets=args.max_sockets,
+                          header_timeout=args.header_timeout, decode_workers=args.decode_threads)
+    return limits, server
+
+
+def memory_from_args(args: argparse.Namespace):
+    """The sessions' memory policy: ``--memory``, ``--max-context-tokens`` or the server default (bounded)."""
+    from ..inference.memory import SinkWindow, parse_memory
+    from ..serve.app import DEFAULT_MEMORY
+
+    if args.memory is not None and args.max_context_tokens is not None:
+        raise ValueError("--memory and --max-context-tokens both set the memory policy: pass one of them")
+    if args.memory is not None:
+        try:
+            return parse_memory(args.memory)
+        except ValueError as e:  # "memory ..." -> "--memory ..."
+            raise ValueError(f"--{e}") from None
+    if args.max_context_tokens is not None:
+        return SinkWindow(args.max_context_tokens, chunk=min(256, args.max_context_tokens // 4))
+    return DEFAULT_MEMORY
 
 
 def is_loopback(host: str) -> bool:
@@ -62,27 +158,34 @@ def bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host.strip("[]"), port))
-    except OSError as e:
+    except (OSError, OverflowError) as e:
         sock.close()
-        raise OSError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+        raise OSError(f"cannot listen on {host}:{port}: {getattr(e, 'strerror', None) or e}") from None
     sock.listen(128)
     sock.set_inheritable(True)
     return sock
 
 
-def main(argv: list[str]) -> int:
-    argv, overrides = split_overrides(argv)
-    args = build_parser().parse_args(argv)
+def check_args(args: argparse.Namespace) -> None:
+    """Cross-option checks (each value was range-checked by argparse); ValueError naming the option."""
     if not is_loopback(args.host) and not args.token:
         raise ValueError(f"refusing to listen on {args.host!r} without a token: that address can be reached from "
                          f"other machines, which could then use the model. Pass --token SECRET (or set "
                          f"LIVECUE_TOKEN), or listen on 127.0.0.1")
-    if args.max_sessions < 1:
-        raise ValueError(f"--max-sessions must be >= 1, got {args.max_sessions}")
-    if not 0 <= args.port <= 65535:
-        raise ValueError(f"--port must be in [0, 65535], got {args.port}")
-    if args.fps is not None and args.fps <= 0:
-        raise ValueError(f"--fps must be positive, got {args.fps}")
+    if args.token is not None and (not args.token.strip() or any(c.isspace() or ord(c) < 32 for c in args.token)):
+        raise ValueError("--token must be a non-empty string without spaces or control characters (e.g. "
+                         "openssl rand -hex 16)")
+    from ..serve.security import check_origin
+
+    args.allow_origin = [check_origin(o) for o in args.allow_origin]
+
+
+def main(argv: list[str]) -> int:
+    argv, overrides = split_overrides(argv)
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    limits, server_limits = limits_from_args(args)
+    memory = memory_from_args(args)
     try:
         import uvicorn
     except ImportError:
@@ -90,28 +193,20 @@ def main(argv: list[str]) -> int:
 
     from ..inference.decide import SamplingConfig
     from ..serve.app import create_app
-    from ..serve.protocol import Limits
+    from ..serve.net import ensure_file_limit, http_protocol_kwargs
 
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    ensure_file_limit(server_limits.max_sockets)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import torch
 
     if args.threads or str(args.device or "cpu").startswith("cpu"):
         torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 2) - 1))
-    limits = Limits(max_frame_bytes=args.max_frame_bytes, max_message_bytes=max(3 * 2**20, args.max_frame_bytes * 2),
-                    max_pixels=args.max_pixels, max_rate=args.max_rate, queue_size=args.queue_size,
-                    max_session_frames=args.max_session_frames, max_burst=max(1, int(args.max_rate * 2)))
+    sock = bind(args.host, args.port)
     model, tokenizer = load_from_args(args, overrides)
-    memory = None
-    if args.max_context_tokens is not None:
-        from ..inference.memory import SinkWindow
-
-        memory = SinkWindow(args.max_context_tokens, chunk=min(256, args.max_context_tokens // 4))
     app = create_app(model, tokenizer, max_sessions=args.max_sessions, token=args.token, limits=limits, fps=args.fps,
                      sampling=SamplingConfig(args.temperature, args.top_p), name=str(args.adapter or args.model),
-                     memory=memory)
-    sock = bind(args.host, args.port)
+                     memory=memory, server_limits=server_limits, loopback_only=is_loopback(args.host),
+                     allow_origins=args.allow_origin)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"livecue serve: {args.adapter or args.model} on http://{shown}:{port}/ (WebSocket /ws, at most "
@@ -120,7 +215,11 @@ def main(argv: list[str]) -> int:
           flush=True)
     # a message beyond the WebSocket size limit closes the connection (1009); below it the app answers `too_large`
     config = uvicorn.Config(app, log_level=args.log_level, ws_max_size=limits.max_message_bytes * 2,
-                            ws_ping_interval=20.0, ws_ping_timeout=20.0, timeout_graceful_shutdown=5)
+                            ws_ping_interval=20.0, ws_ping_timeout=20.0, timeout_graceful_shutdown=5,
+                            **http_protocol_kwargs(server_limits.header_timeout, server_limits.max_sockets))
+    from ..serve.security import redact_logs
+
+    redact_logs(args.token)  # uvicorn.Config has just configured its loggers
     uvicorn.Server(config).run(sockets=[sock])
     return 0
 

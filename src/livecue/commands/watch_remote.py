@@ -4,6 +4,9 @@ The model runs on the server; this side only decodes the source and sends JPEG f
 sent with flow control (at most the server's queue size of frames in flight), so no frame is dropped and the run
 goes as fast as the server allows, like local ``watch``; with ``--realtime`` a file is paced to its stream clock.
 Live sources (webcam, RTSP, …) are sent as they are captured and the server drops frames if it falls behind.
+Each ``--query`` is sent just before the first frame at or after its time (the server keeps only a few queries
+waiting per session, ``max_pending_queries``); those after the last frame are sent before the close and answered
+at it, as locally.
 """
 
 from __future__ import annotations
@@ -65,9 +68,14 @@ async def _stream(args: argparse.Namespace, jsonl: TextIO | None) -> tuple[dict[
         print(f"watching {getattr(source, 'name', args.source)} at {fps:g} fps with {ready['model']} on {client.url} "
               f"(session {ready['session']}, θ = {ready['threshold']:g})"
               f"{' in real time' if args.realtime or live else ''}", flush=True)
-        for i, text in enumerate(args.query):
-            await client.ask(text, at=args.at[i] if i < len(args.at) else 0.0)
+        queries = sorted(((args.at[i] if i < len(args.at) else 0.0, i, text) for i, text in enumerate(args.query)),
+                         reverse=True)  # popped from the end: earliest first
         flow = _Flow(int(ready.get("queue_size", 4)))
+
+        async def ask_until(t: float) -> None:
+            while queries and queries[-1][0] <= t:
+                at, _, text = queries.pop()
+                await client.ask(text, at=at)
 
         async def send() -> None:
             nonlocal sent, failure
@@ -80,6 +88,7 @@ async def _stream(args: argparse.Namespace, jsonl: TextIO | None) -> tuple[dict[
                         await asyncio.sleep(max(0.0, start + float(t) - time.monotonic()))
                     elif not live:
                         await flow.wait_room()
+                    await ask_until(float(t))
                     flow.sent.append(float(t))
                     await client.send_frame(frame, float(t))
                     sent += 1
@@ -88,6 +97,7 @@ async def _stream(args: argparse.Namespace, jsonl: TextIO | None) -> tuple[dict[
             finally:
                 source.close()
                 with contextlib.suppress(Exception):  # the server may already be gone
+                    await ask_until(float("inf"))
                     await client.close()
 
         sender = asyncio.create_task(send())

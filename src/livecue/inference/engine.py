@@ -44,6 +44,7 @@ from .events import Answer, Event, Reply, Silence
 from .memory import MemoryPolicy, Unbounded
 
 log = logging.getLogger(__name__)
+_CACHE_MAX_LEN = 128  # texts / id lists longer than this (user text: system prompts, queries) are never cached
 
 
 def to_frame_tensor(frame: Any) -> torch.Tensor:
@@ -130,6 +131,15 @@ class StreamSession:
         while self.queries:
             query = self.queries.popleft()
             yield from self.engine.run([self._handle(query, max(query.t, self.t))])[0]
+
+    def finish_program(self) -> Program:
+        """:meth:`finish` as a program (its return value is the events), to run in a :class:`Batch` beside other
+        sessions' frames, where it can be cancelled between forwards like any frame."""
+        events: list[Event] = []
+        while self.queries:
+            query = self.queries.popleft()
+            events += yield from self._handle(query, max(query.t, self.t))
+        return events
 
     @property
     def context_length(self) -> int:
@@ -287,6 +297,19 @@ class Batch:
     def keys(self) -> list[Any]:
         """Keys of the programs still running."""
         return [key for key, _, _ in self._waiting]
+
+    def cancel(self, key: Any) -> bool:
+        """Stop the program added with ``key`` before its next forward (e.g. its client has gone): it is closed and
+        never reported. Its session's state is left mid-step (drop the session); the other programs and their
+        sessions are untouched. Returns whether such a program was in the batch."""
+        found = False
+        for entry in [e for e in self._waiting if e[0] is key or e[0] == key]:
+            self._waiting.remove(entry)
+            entry[1].close()
+            found = True
+        before = len(self._done)
+        self._done = [d for d in self._done if not (d[0] is key or d[0] == key)]
+        return found or len(self._done) != before
 
     def _advance(self, key: Any, program: Program, logits: torch.Tensor | None) -> None:
         """Run ``program`` up to its next forward. A program that raises finishes with the exception as its result
@@ -477,7 +500,7 @@ class StreamEngine:
         ids = self._text_ids.get(text)
         if ids is None:
             ids = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids
-            if len(self._text_ids) < 4096:
+            if len(self._text_ids) < 4096 and len(text) <= _CACHE_MAX_LEN:  # template pieces, not user text
                 self._text_ids[text] = ids
         return list(ids)
 
@@ -488,7 +511,7 @@ class StreamEngine:
         tensor = self._id_tensors.get(key)
         if tensor is None:
             tensor = torch.tensor([ids])
-            if len(self._id_tensors) < 8192:
+            if len(self._id_tensors) < 8192 and len(ids) <= _CACHE_MAX_LEN:
                 self._id_tensors[key] = tensor
         return tensor
 

@@ -76,7 +76,10 @@ def parse_memory(spec: str) -> MemoryPolicy:
     parts = spec.strip().lower().split(":")
     if parts == ["unbounded"]:
         return Unbounded()
-    if parts[0] == "sink" and len(parts) in (2, 3) and all(p.isdigit() for p in parts[1:]):
+    if parts[0] == "sink" and len(parts) in (2, 3) and all(p.isdigit() and len(p) <= 9 for p in parts[1:]):
         budget = int(parts[1])
-        return SinkWindow(budget, int(parts[2]) if len(parts) == 3 else min(256, budget // 8))
+        try:
+            return SinkWindow(budget, int(parts[2]) if len(parts) == 3 else min(256, budget // 8))
+        except ValueError as e:
+            raise ValueError(f"memory {spec!r}: {e}") from None
     raise ValueError(f"memory must be 'unbounded', 'sink:MAX_TOKENS' or 'sink:MAX_TOKENS:CHUNK', got {spec!r}")

@@ -8,35 +8,33 @@ Routes:
 * ``GET /health`` — liveness and load; ``GET /version`` — versions and protocol; ``GET /model`` — the model's
   layout and stream defaults; ``GET /sessions`` — the active sessions.
 
-With a ``token``, ``/ws``, ``/model`` and ``/sessions`` need it (``Authorization: Bearer TOKEN`` or ``?token=TOKEN``;
-browsers cannot set WebSocket headers, so the page passes ``?token=``); the page, ``/health`` and ``/version`` stay
-public. ``livecue serve`` refuses to listen on a non-loopback address without a token.
+With a ``token``, ``/ws``, ``/model`` and ``/sessions`` need it (``Authorization: Bearer TOKEN``, on ``/ws`` also the
+subprotocol ``livecue.token.TOKEN`` that browsers can send, or ``?token=TOKEN``; see :mod:`livecue.serve.security`);
+the page, ``/health`` and ``/version`` stay public. ``livecue serve`` refuses to listen on a non-loopback address
+without a token. A loopback server answers only requests whose Host is a loopback name with its port, and ``/ws``
+accepts browser pages of its own origin (plus ``allow_origins``) only. There is no ``/docs``, ``/redoc`` or
+``/openapi.json``: docs/protocol.md is the reference.
+
+Every session's memory is bounded by default (:data:`DEFAULT_MEMORY`: an attention sink + a sliding window of 4096
+tokens); ``memory=Unbounded()`` keeps whole streams, as upstream does.
 """
 
 # no `from __future__ import annotations`: FastAPI reads the route annotations, whose types are imported locally
 
 import contextlib
-import hmac
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
-from .protocol import PROTOCOL_VERSION, Limits, error_event, event
+from ..inference.memory import SinkWindow
+from .protocol import PROTOCOL_VERSION, Limits, ServerLimits, error_event, event
+from .security import SUBPROTOCOL, Guard, offered_subprotocols, redact_logs, token_ok
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
-
-
-def _check_token(expected: str | None, headers: Any, query: Any) -> bool:
-    """Whether a request carries the server token (always true when the server has none)."""
-    if not expected:
-        return True
-    given = query.get("token")
-    auth = headers.get("authorization", "")
-    if auth[:7].lower() == "bearer ":
-        given = auth[7:].strip()
-    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+DEFAULT_CONTEXT_TOKENS = 4096  # about 6 minutes of a live1+ stream at 2 fps (11 tokens a frame)
+DEFAULT_MEMORY = SinkWindow(DEFAULT_CONTEXT_TOKENS, chunk=256)
 
 
 def model_info(model: Any, name: str) -> dict[str, Any]:
@@ -60,7 +58,9 @@ def model_info(model: Any, name: str) -> dict[str, Any]:
 
 def create_app(model: Any, tokenizer: Any, *, max_sessions: int = 16, token: str | None = None,
                limits: Limits | None = None, fps: float | None = None, sampling: Any = None,
-               name: str | None = None, max_batch: int = 16, memory: Any = None) -> Any:
+               name: str | None = None, max_batch: int = 16, memory: Any = None,
+               server_limits: ServerLimits | None = None, loopback_only: bool = False,
+               allow_origins: Iterable[str] = ()) -> Any:
     """Build the FastAPI app serving ``model`` to many streams.
 
     Args:
@@ -68,13 +68,19 @@ def create_app(model: Any, tokenizer: Any, *, max_sessions: int = 16, token: str
         tokenizer: its tokenizer.
         max_sessions: sessions open at once; more are refused with a ``busy`` error.
         token: require this token on ``/ws``, ``/model``, ``/sessions`` (None: no auth; loopback only).
-        limits: message limits (:class:`~livecue.serve.protocol.Limits`).
+        limits: per-connection limits and timeouts (:class:`~livecue.serve.protocol.Limits`).
         fps: the default stream fps (default: the model's).
         sampling: reply decoding (:class:`~livecue.inference.decide.SamplingConfig`; default greedy).
         name: the model's name in ``/model`` and ``ready`` (default: its config name).
         max_batch: frames of at most this many sessions are stepped per scheduler round.
-        memory: the sessions' memory policy (:mod:`livecue.inference.memory`; default unbounded, e.g.
-            ``SinkWindow(4096)`` to bound each stream's KV cache).
+        memory: the sessions' memory policy (:mod:`livecue.inference.memory`; default :data:`DEFAULT_MEMORY`, a
+            bounded sink + sliding window; pass ``Unbounded()`` to keep whole streams).
+        server_limits: server-wide caps (:class:`~livecue.serve.protocol.ServerLimits`: WebSocket connections,
+            decode workers; the socket cap and header timeout are the HTTP protocol's, see
+            :mod:`livecue.serve.net`).
+        loopback_only: answer only requests whose Host is a loopback name/address with the server's port (set it
+            when listening on a loopback address).
+        allow_origins: browser origins allowed on ``/ws`` besides the server's own (``"*"``: any).
 
     Returns:
         The app; ``app.state.scheduler`` is its :class:`~livecue.serve.scheduler.Scheduler`.
@@ -89,29 +95,40 @@ def create_app(model: Any, tokenizer: Any, *, max_sessions: int = 16, token: str
     from .. import __version__
     from ..inference.engine import StreamEngine
     from .connection import Connection
+    from .images import DecodePool
     from .scheduler import Scheduler, describe_memory
 
     limits = limits or Limits()
+    server_limits = server_limits or ServerLimits()
     name = name or model.cfg.name
-    engine = StreamEngine(model, tokenizer, sampling=sampling, memory=memory)
+    engine = StreamEngine(model, tokenizer, sampling=sampling, memory=DEFAULT_MEMORY if memory is None else memory)
     scheduler = Scheduler(engine, limits=limits, max_sessions=max_sessions, fps=fps, max_batch=max_batch)
+    decoder = DecodePool(server_limits.decode_workers)
     info = model_info(model, name)
+    redact_logs(token)
+    connections: set[Any] = set()
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
+        redact_logs(token)  # again: the server's logging setup may have replaced the loggers' configuration
         scheduler.start()
         log.info("serving %s to at most %d sessions", name, max_sessions)
         yield
         scheduler.stop()
+        decoder.close()
 
-    app = FastAPI(title="livecue", version=__version__, lifespan=lifespan,
-                  description="Online video LLM server: many live streams, one model (docs/protocol.md).")
+    app = FastAPI(title="livecue", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None, description="Online video LLM server (docs/protocol.md).")
     app.state.scheduler = scheduler
     app.state.limits = limits
+    app.state.server_limits = server_limits
+    app.state.decoder = decoder
+    app.state.connections = connections
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_middleware(Guard, loopback_only=loopback_only, allow_origins=list(allow_origins))
 
     def unauthorized() -> Any:
-        return JSONResponse({"detail": "missing or wrong token: send 'Authorization: Bearer TOKEN' or ?token=TOKEN"},
+        return JSONResponse({"detail": "missing or wrong token: send 'Authorization: Bearer TOKEN'"},
                             status_code=401, headers={"WWW-Authenticate": "Bearer"})
 
     @app.get("/", include_in_schema=False)
@@ -120,7 +137,8 @@ def create_app(model: Any, tokenizer: Any, *, max_sessions: int = 16, token: str
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "sessions": len(scheduler.sessions), "max_sessions": max_sessions}
+        return {"status": "ok", "sessions": len(scheduler.sessions), "max_sessions": max_sessions,
+                "connections": len(connections), "max_connections": server_limits.max_connections}
 
     @app.get("/version")
     async def version() -> dict[str, Any]:
@@ -133,26 +151,42 @@ def create_app(model: Any, tokenizer: Any, *, max_sessions: int = 16, token: str
 
     @app.get("/model")
     async def model_route(request: Request) -> Any:
-        if not _check_token(token, request.headers, request.query_params):
+        if not token_ok(token, request.headers, request.query_params):
             return unauthorized()
         return {**info, "default_fps": scheduler.fps, "memory": describe_memory(engine.memory), "auth": bool(token)}
 
     @app.get("/sessions")
     async def sessions(request: Request) -> Any:
-        if not _check_token(token, request.headers, request.query_params):
+        if not token_ok(token, request.headers, request.query_params):
             return unauthorized()
         return {"count": len(scheduler.sessions), "max_sessions": max_sessions, "sessions": scheduler.snapshot()}
 
     @app.websocket("/ws")
     async def ws_route(ws: WebSocket) -> None:
-        await ws.accept()
-        if not _check_token(token, ws.headers, ws.query_params):
-            await ws.send_json(error_event("unauthorized", "missing or wrong token: pass ?token=TOKEN in the URL or "
-                                                           "an 'Authorization: Bearer TOKEN' header"))
-            await ws.send_json(event("closed", None, reason="unauthorized"))
-            await ws.close(code=4401, reason="unauthorized")
+        # never echo the token subprotocol: select plain "livecue" when offered (browsers need one selected)
+        await ws.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered_subprotocols(ws.headers) else None)
+        if len(connections) >= server_limits.max_connections:
+            await _refuse(ws, "busy", f"the server is full: {len(connections)} connections are open (the limit is "
+                                      f"{server_limits.max_connections}); try again later", 1013)
+            return
+        if not token_ok(token, ws.headers, ws.query_params):
+            await _refuse(ws, "unauthorized", "missing or wrong token: send an 'Authorization: Bearer TOKEN' header "
+                                              "or the WebSocket subprotocol 'livecue.token.TOKEN'", 4401)
             return
         scheduler.start()
-        await Connection(ws, scheduler, limits, name).run()
+        connection = Connection(ws, scheduler, limits, name, decoder)
+        connections.add(connection)
+        try:
+            await connection.run()
+        finally:
+            connections.discard(connection)
 
     return app
+
+
+async def _refuse(ws: Any, code: str, message: str, close_code: int) -> None:
+    """An ``error`` event, ``closed``, then close the WebSocket with ``close_code``."""
+    with contextlib.suppress(Exception):  # the client may be gone already
+        await ws.send_json(error_event(code, message))
+        await ws.send_json(event("closed", None, reason=code))
+        await ws.close(code=close_code, reason=code)

@@ -1,15 +1,21 @@
 """One WebSocket connection: read client messages, validate them, feed the scheduler, send events back.
 
 Every bad message (malformed, oversized, too fast, out of order, before ``open``) is answered with an ``error`` event
-and then ignored: the connection and its session go on. Frames are decoded off the event loop (a worker thread).
-Events produced by the model worker thread are handed to the event loop with ``call_soon_threadsafe`` and sent in
-order by one sender task. When the client goes away, its session is dropped from the scheduler at once.
+and then ignored: the connection and its session go on. Frames are decoded off the event loop, by the server's
+bounded :class:`~livecue.serve.images.DecodePool`. Events produced by the model worker thread are handed to the
+event loop with ``call_soon_threadsafe`` and sent in order by one sender task; a client that does not read them is
+disconnected once ``MAX_OUTBOX_BYTES`` wait. When the client goes away, its session is dropped from the scheduler at
+once (its queued and in-flight work is cancelled at the next round).
+
+Timeouts: a connection must send ``open`` within ``limits.open_timeout`` seconds, and an open session must send some
+message (a frame, a ``ping``...) at least every ``limits.idle_timeout`` seconds while the model has no work for it;
+otherwise it gets an ``error`` (``open_timeout`` / ``idle_timeout``), ``closed``, and close code 4408. A session that
+is closing gracefully is not timed out (its remaining work is bounded).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import time
@@ -17,7 +23,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from .images import decode_image
+from .images import DecodePool
 from .protocol import (
     PROTOCOL_VERSION,
     Close,
@@ -28,6 +34,7 @@ from .protocol import (
     ProtocolError,
     Query,
     Update,
+    dumps_event,
     error_event,
     event,
     parse_binary,
@@ -36,7 +43,9 @@ from .protocol import (
 from .scheduler import Scheduler, SchedulerFull, ServeSession, describe_memory
 
 log = logging.getLogger(__name__)
-MAX_OUTBOX = 10_000  # events waiting for a client that does not read them: past this the connection is closed
+MAX_OUTBOX = 10_000  # events waiting for a client that does not read them: past this the connection is closed ...
+MAX_OUTBOX_BYTES = 8 * 2**20  # ... or past this many bytes of them
+TIMEOUT_CODE = 4408  # WebSocket close code after `open_timeout` / `idle_timeout`
 
 
 class RateLimiter:
@@ -66,22 +75,27 @@ class Connection:
     Args:
         ws: the accepted WebSocket.
         scheduler: the shared scheduler (one model).
-        limits: message limits.
+        limits: message limits and timeouts.
         model_name: reported in ``ready``.
+        decoder: the server's decode pool (default: a private one with one worker).
     """
 
-    def __init__(self, ws: WebSocket, scheduler: Scheduler, limits: Limits, model_name: str) -> None:
+    def __init__(self, ws: WebSocket, scheduler: Scheduler, limits: Limits, model_name: str,
+                 decoder: DecodePool | None = None) -> None:
         self.ws = ws
         self.scheduler = scheduler
         self.limits = limits
         self.model_name = model_name
+        self.decoder = decoder or DecodePool(1)
         self.loop = asyncio.get_running_loop()
-        self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.outbox: asyncio.Queue[tuple[str, str] | None] = asyncio.Queue()  # (event type, JSON text)
+        self.outbox_bytes = 0
+        self.opened_at = time.monotonic()
         self.session: ServeSession | None = None
         self.rate = RateLimiter(limits.max_rate, limits.max_burst)
         self.last_t = -math.inf  # the latest frame time received (frames must not go back in time)
         self.errors = 0
-        self.finished = False    # `closed` was sent: stop reading
+        self.finished = False    # `closed` (or a close) is queued: stop reading and sending
 
     # ---- main loop ------------------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -89,7 +103,10 @@ class Connection:
         try:
             while not self.finished:
                 try:
-                    msg = await self.ws.receive()
+                    msg = await asyncio.wait_for(self.ws.receive(), self._receive_timeout())
+                except TimeoutError:
+                    self._time_out()
+                    continue
                 except (WebSocketDisconnect, RuntimeError):
                     break
                 if msg["type"] == "websocket.disconnect":
@@ -105,6 +122,32 @@ class Connection:
                 await sender
             except (asyncio.CancelledError, Exception):  # noqa: BLE001 - the client is gone either way
                 pass
+
+    def _receive_timeout(self) -> float | None:
+        """Seconds to wait for the next client message: until the ``open`` deadline, the idle timeout, or for ever
+        while the session closes gracefully."""
+        if self.session is None:
+            return max(0.0, self.opened_at + self.limits.open_timeout - time.monotonic())
+        return None if self.session.closing else self.limits.idle_timeout
+
+    def _time_out(self) -> None:
+        """No ``open`` in time, or an idle session: tell the client, drop the session, close the connection. A
+        session the model still has work for (frames queued or in flight, queries waiting) is not idle: its client
+        may be waiting for the answers."""
+        s = self.session
+        if s is not None and (s.frames or s.busy or s.pending_queries):
+            return
+        if self.session is None:
+            code, text = "open_timeout", f"no 'open' message within {self.limits.open_timeout:g} s of connecting"
+        else:
+            code, text = "idle_timeout", f"no message from the client for {self.limits.idle_timeout:g} s: send " \
+                                         f"frames or a 'ping' to keep a session open"
+            self.scheduler.close(self.session, graceful=False)
+        log.info("closing a connection: %s", text)
+        stats = self.session.stats.to_dict() if self.session is not None else {}
+        self.session = None
+        self.send(error_event(code, text))
+        self.send(event("closed", None, reason=code, **stats), close_code=TIMEOUT_CODE)
 
     async def handle(self, text: str | None, data: bytes | None) -> None:
         """Validate and act on one client message; answer any problem with an ``error`` event."""
@@ -138,12 +181,16 @@ class Connection:
             self._open(msg)
             return
         session = self._require_session(type(msg).__name__.lower())
+        if session.closing and not isinstance(msg, Close):
+            what = {Frame: "frames", Query: "queries", Update: "updates"}.get(type(msg), "messages")
+            raise ProtocolError("closing", f"the session is closing: no more {what} are accepted",
+                                t=getattr(msg, "t", None))
         if isinstance(msg, Frame):
             await self._frame(session, msg)
         elif isinstance(msg, Query):
             # "now" is the client's clock (its latest frame), not how far the model has got through the queue
             at = msg.at if msg.at is not None else max(self.last_t, 0.0)
-            self.scheduler.control(session, "query", (msg.text, at, msg.answer))
+            self.scheduler.control(session, "query", (msg.text, at, msg.answer))  # QueryRefused: an error event
         elif isinstance(msg, Update):
             self.scheduler.control(session, "threshold", msg.threshold)
         elif isinstance(msg, Close):
@@ -160,6 +207,8 @@ class Connection:
             self.send(error_event("busy", str(e)))
             self.send(event("closed", None, reason="server full"))
             return
+        except ProtocolError:
+            raise
         except ValueError as e:
             raise ProtocolError("bad_message", str(e)) from None
         self.session = session
@@ -170,8 +219,6 @@ class Connection:
                         memory=describe_memory(stream.memory), limits=self.limits.to_dict()))
 
     async def _frame(self, session: ServeSession, msg: Frame) -> None:
-        if session.closing:
-            raise ProtocolError("closing", "the session is closing: no more frames are accepted")
         if msg.t < self.last_t:
             raise ProtocolError("out_of_order", f"frame time {msg.t:g} is earlier than the previous frame's "
                                                 f"{self.last_t:g}: frame times must not decrease (frame ignored)",
@@ -180,7 +227,7 @@ class Connection:
         if not self.scheduler.admit(session, msg.t):
             return  # faster than the session fps: counted, reported as `dropped`
         try:
-            frame = await asyncio.to_thread(decode_image, msg.data, self.limits.max_pixels)
+            frame = await self.decoder.decode(msg.data, self.limits.max_pixels)
         except ProtocolError as e:
             e.t = msg.t
             raise
@@ -192,15 +239,22 @@ class Connection:
         return self.session
 
     # ---- sending --------------------------------------------------------------------------------------------------
-    def send(self, ev: dict[str, Any]) -> None:
-        """Queue an event for the client (event-loop thread only)."""
-        if self.outbox.qsize() >= MAX_OUTBOX:
-            if not self.finished:
-                log.warning("client is not reading its events: closing the connection")
-                self.finished = True
-                self.outbox.put_nowait(None)
+    def send(self, ev: dict[str, Any], close_code: int | None = None) -> None:
+        """Queue an event for the client (event-loop thread only); ``close_code``: close the socket after it."""
+        if self.finished:
             return
-        self.outbox.put_nowait(ev)
+        text = dumps_event(ev)
+        if self.outbox.qsize() >= MAX_OUTBOX or self.outbox_bytes + len(text) > MAX_OUTBOX_BYTES:
+            log.warning("client is not reading its events: closing the connection")
+            self.finished = True
+            if self.session is not None:
+                self.scheduler.close(self.session, graceful=False)
+            self.outbox.put_nowait(None)
+            return
+        self.outbox_bytes += len(text)
+        self.outbox.put_nowait((ev["type"] if close_code is None else f"close:{close_code}", text))
+        if ev["type"] == "closed" or close_code is not None:
+            self.finished = True
 
     def _emit_threadsafe(self, ev: dict[str, Any]) -> None:
         """The scheduler's emit callback (model worker thread)."""
@@ -217,13 +271,15 @@ class Connection:
 
     async def _sender(self) -> None:
         while True:
-            ev = await self.outbox.get()
-            if ev is None:
+            item = await self.outbox.get()
+            if item is None:
                 await self.ws.close(code=1011, reason="client not reading events")
                 return
-            await self.ws.send_text(json.dumps(ev, ensure_ascii=False))
-            if ev["type"] == "closed":
-                self.finished = True
+            kind, text = item
+            self.outbox_bytes -= len(text)
+            await self.ws.send_text(text)
+            if kind == "closed" or kind.startswith("close:"):
                 self.session = None
-                await self.ws.close(code=1000)
+                code = int(kind[6:]) if kind.startswith("close:") else 1000
+                await self.ws.close(code=code)
                 return

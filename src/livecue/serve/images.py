@@ -1,45 +1,48 @@
-"""JPEG/PNG frames <-> ``(H, W, 3)`` uint8 RGB arrays with PyAV (no Pillow/OpenCV).
+"""JPEG/PNG/WebP frames <-> ``(H, W, 3)`` uint8 RGB arrays with PyAV (no Pillow/OpenCV).
 
 The server decodes only what it recognises by its magic bytes (JPEG, PNG, WebP), with that demuxer named
 explicitly: bytes from the network are never probed against every format FFmpeg knows (some, such as playlists,
-would open other URLs). The pixel limit is checked on the header's size before anything is decoded.
+would open other URLs). The pixel limit is checked on every size the header bytes declare
+(:mod:`livecue.serve.imagesize`) **before** any decoder sees them, so a tiny file that declares a huge picture costs
+nothing; and at most ``workers`` images are decoded at once across the server (:class:`DecodePool`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 
 import numpy as np
 
+from .imagesize import check_declared_size, image_kind
 from .protocol import ProtocolError
 
 log = logging.getLogger(__name__)
 
-_FORMATS = ((b"\xff\xd8\xff", "jpeg_pipe"), (b"\x89PNG\r\n\x1a\n", "png_pipe"))
+_DEMUXERS = {"jpeg": "jpeg_pipe", "png": "png_pipe", "webp": "webp_pipe"}
 
 
 def image_format(data: bytes) -> str:
     """The FFmpeg demuxer for image bytes, from their magic bytes; ProtocolError if not JPEG/PNG/WebP."""
-    for magic, fmt in _FORMATS:
-        if data.startswith(magic):
-            return fmt
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp_pipe"
-    raise ProtocolError("bad_image", f"unsupported image format (first bytes {data[:8].hex()}): send JPEG or PNG")
+    return _DEMUXERS[image_kind(data)]
 
 
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
-    """Decode one JPEG/PNG image to an ``(H, W, 3)`` uint8 RGB array.
+    """Decode one JPEG/PNG/WebP image to an ``(H, W, 3)`` uint8 RGB array.
 
     Raises:
         ProtocolError: ``bad_image`` for bytes that are not a decodable image, ``too_many_pixels`` when
-            width × height exceeds ``max_pixels``.
+            width × height exceeds ``max_pixels`` (checked on the header bytes before decoding).
     """
+    fmt = image_format(data)
+    check_declared_size(data, max_pixels)  # before any decoder allocates
     import av
 
-    fmt = image_format(data)
     try:
         with av.open(io.BytesIO(data), format=fmt) as container:
             if not container.streams.video:
@@ -63,6 +66,45 @@ def _check_pixels(width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise ProtocolError("too_many_pixels", f"frame is {width}x{height} = {width * height} pixels; the limit is "
                                                f"{max_pixels}")
+
+
+class DecodePool:
+    """At most ``workers`` image decodes at once across the whole server, off the event loop.
+
+    Every connection awaits its own frame's decode, so at most one decode per connection waits for a worker; the
+    memory in flight is bounded by ``workers`` decoded frames, whatever the number of clients.
+
+    Args:
+        workers: decode threads (>= 1).
+        decode: the decode function (tests replace it).
+    """
+
+    def __init__(self, workers: int = 2, decode: Callable[[bytes, int], np.ndarray] = decode_image) -> None:
+        if workers < 1:
+            raise ValueError(f"decode workers must be >= 1, got {workers}")
+        self.workers = workers
+        self._decode = decode
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="livecue-decode")
+        self._lock = threading.Lock()
+        self.active = 0       # decodes running now
+        self.peak = 0         # the most that ever ran at once
+
+    async def decode(self, data: bytes, max_pixels: int) -> np.ndarray:
+        """Decode ``data`` on a pool thread (see :func:`decode_image`)."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._run, data, max_pixels)
+
+    def _run(self, data: bytes, max_pixels: int) -> np.ndarray:
+        with self._lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        try:
+            return self._decode(data, max_pixels)
+        finally:
+            with self._lock:
+                self.active -= 1
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def encode_image(frame: np.ndarray, format: str = "jpeg", quality: int = 4) -> bytes:

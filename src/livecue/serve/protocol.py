@@ -4,10 +4,12 @@ Client → server, on ``/ws``:
 
 * text messages are JSON objects with a ``type``: ``open``, ``frame`` (base64 image), ``query``, ``update``,
   ``ping``, ``close``;
-* binary messages are frames: an 8-byte little-endian float64 stream time ``t`` followed by the JPEG or PNG bytes.
+* binary messages are frames: an 8-byte little-endian float64 stream time ``t`` followed by the JPEG, PNG or WebP
+  bytes.
 
 Server → client: JSON text messages (events), each with ``type`` and ``t`` (stream seconds, or null): ``ready``,
-``silence``, ``reply_delta``, ``reply``, ``answer``, ``dropped``, ``updated``, ``pong``, ``error``, ``closed``.
+``silence``, ``reply_delta``, ``reply``, ``answer``, ``dropped``, ``updated``, ``pong``, ``error``, ``closed``
+(strict JSON: :func:`dumps_event` never writes ``NaN``).
 
 Everything here is pure (no I/O): parsing raises :class:`ProtocolError` with a machine-readable ``code`` and a
 one-line human message; the server answers it with an ``error`` event and the session goes on.
@@ -42,18 +44,28 @@ class ProtocolError(ValueError):
 class Limits:
     """What one connection may send; anything over a limit is answered with an ``error`` event.
 
+    docs/protocol.md lists every field with its default (a test keeps the two equal).
+
     Attributes:
         max_message_bytes: largest WebSocket message of any kind (a base64 JSON frame included).
-        max_frame_bytes: largest encoded image (JPEG/PNG bytes) in a frame.
-        max_pixels: largest decoded frame, width × height.
+        max_frame_bytes: largest encoded image (JPEG/PNG/WebP bytes) in a frame.
+        max_pixels: largest frame, width × height (read from the image header before decoding).
         max_rate: sustained messages per second per connection (token bucket) ...
         max_burst: ... with this many messages of burst.
         max_text_chars: longest query text.
-        max_system_chars: longest system prompt.
+        max_system_chars: longest system prompt ...
+        max_system_tokens: ... and its most tokens (it stays in every session's attention sink, never evicted).
         max_reply_tokens: the largest reply cap a client may ask for.
         max_fps: the highest stream fps a client may ask for.
         queue_size: frames waiting per session; when full the oldest is dropped (and a ``dropped`` event says so).
         max_session_frames: frames one session may stream before it is closed (None: unlimited).
+        max_pending_queries: queries and instructions waiting per session (not yet read by the model); more are
+            refused with ``too_many_queries``.
+        max_query_tokens: the most tokens of query text one session may send at once (one query longer than this
+            is refused with ``too_large``) ...
+        query_token_rate: ... refilled at this many tokens per second (``rate_limited`` beyond).
+        open_timeout: seconds a new connection has to send ``open``.
+        idle_timeout: seconds a session may go without any message from its client before it is closed.
     """
 
     max_message_bytes: int = 3 * 2**20
@@ -63,24 +75,63 @@ class Limits:
     max_burst: int = 100
     max_text_chars: int = 2000
     max_system_chars: int = 8000
+    max_system_tokens: int = 2048
     max_reply_tokens: int = 512
     max_fps: float = 30.0
     queue_size: int = 4
     max_session_frames: int | None = None
+    max_pending_queries: int = 8
+    max_query_tokens: int = 1024
+    query_token_rate: float = 64.0
+    open_timeout: float = 10.0
+    idle_timeout: float = 120.0
 
     def __post_init__(self) -> None:
         for name in ("max_message_bytes", "max_frame_bytes", "max_pixels", "max_burst", "max_text_chars",
-                     "max_system_chars", "max_reply_tokens", "queue_size"):
+                     "max_system_chars", "max_system_tokens", "max_reply_tokens", "queue_size", "max_pending_queries",
+                     "max_query_tokens"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"Limits.{name} must be a positive integer, got {value!r}")
-        if not self.max_rate > 0 or not self.max_fps > 0:
-            raise ValueError(f"Limits.max_rate and max_fps must be > 0, got {self.max_rate}, {self.max_fps}")
-        if self.max_session_frames is not None and self.max_session_frames < 1:
-            raise ValueError(f"Limits.max_session_frames must be >= 1 or None, got {self.max_session_frames}")
+        for name in ("max_rate", "max_fps", "query_token_rate", "open_timeout", "idle_timeout"):
+            value = getattr(self, name)
+            if not _is_number(value) or value <= 0:
+                raise ValueError(f"Limits.{name} must be a finite number > 0, got {value!r}")
+        if self.max_session_frames is not None and (not isinstance(self.max_session_frames, int)
+                                                    or self.max_session_frames < 1):
+            raise ValueError(f"Limits.max_session_frames must be >= 1 or None, got {self.max_session_frames!r}")
+        if self.max_message_bytes < self.max_frame_bytes + FRAME_HEADER.size:
+            raise ValueError(f"Limits.max_message_bytes ({self.max_message_bytes}) must hold a binary frame of "
+                             f"max_frame_bytes ({self.max_frame_bytes}) + {FRAME_HEADER.size} bytes")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """Server-wide connection hygiene (docs/protocol.md lists the defaults; a test keeps them equal).
+
+    Attributes:
+        max_connections: WebSocket connections open at once, with or without a session; more are refused (``busy``).
+        max_sockets: TCP connections of any kind; past it the connection that has waited longest without sending a
+            complete HTTP request is dropped to make room (half-open and slow clients cannot exhaust file descriptors).
+        header_timeout: seconds an HTTP connection has to send a complete request head (slowloris).
+        decode_workers: images decoded at once across the server.
+    """
+
+    max_connections: int = 64
+    max_sockets: int = 512
+    header_timeout: float = 10.0
+    decode_workers: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("max_connections", "max_sockets", "decode_workers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"ServerLimits.{name} must be a positive integer, got {value!r}")
+        if not _is_number(self.header_timeout) or self.header_timeout <= 0:
+            raise ValueError(f"ServerLimits.header_timeout must be a finite number > 0, got {self.header_timeout!r}")
 
 
 # ---- client messages -----------------------------------------------------------------------------------------------
@@ -269,6 +320,24 @@ def error_event(code: str, message: str, t: float | None = None, **extra: Any) -
 def event(type_: str, t: float | None = None, **fields: Any) -> dict[str, Any]:
     """Any other server event."""
     return {"type": type_, "t": None if t is None else round(float(t), 6), **fields}
+
+
+def dumps_event(ev: dict[str, Any]) -> str:
+    """An event as strict JSON text: a non-finite number (NaN, ±inf) becomes null, never the invalid ``NaN``."""
+    try:
+        return json.dumps(ev, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(ev), ensure_ascii=False, allow_nan=False)
+
+
+def _finite(x: Any) -> Any:
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
 
 
 @dataclass

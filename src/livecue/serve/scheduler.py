@@ -16,72 +16,33 @@ of decoded frames and an inbox of controls (queries, θ updates). One worker thr
 A full queue drops its **oldest** frame: the model always watches recent footage. Drops are counted and reported
 as one ``dropped`` event before the session's next processed frame (or at its close). Every event goes to the
 session's ``emit`` callback (thread-safe on the server side). Only the worker thread touches engine sessions.
+
+A session that is dropped (its client disconnected) has its work cancelled at the start of the next round: its
+program leaves the batch (:meth:`~livecue.inference.engine.Batch.cancel`) before another forward is run for it, so
+a long reply of a client that has gone stops at once. A graceful close answers the pending queries in the batch too
+(one forward per round beside the other sessions), never in a loop that holds up everyone.
 """
 
 from __future__ import annotations
 
 import collections
+import copy
 import itertools
 import logging
-import math
 import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import weakref
 from typing import Any
 
 import numpy as np
 
 from ..inference.engine import StreamEngine
-from ..inference.events import Answer, Reply, Silence
-from .protocol import Limits, Open, SessionStats, error_event, event
-from ..inference.engine import StreamSession
+from ..inference.events import Silence
+from .protocol import Limits, Open, ProtocolError, error_event, event
+from .session import Emit, QueryRefused, SchedulerFull, ServeSession, TokenBucket, describe_memory
 from .streaming import TextDeltas
 
 log = logging.getLogger(__name__)
-Emit = Callable[[dict[str, Any]], None]
-
-
-def describe_memory(policy: Any) -> dict[str, Any]:
-    """A memory policy as JSON: its class name and fields (e.g. ``{"policy": "SinkWindow", "max_tokens": 4096}``)."""
-    fields = dict(getattr(policy, "__dict__", {}))
-    return {"policy": type(policy).__name__, **{k: v for k, v in fields.items() if not k.startswith("_")}}
-
-
-class SchedulerFull(RuntimeError):
-    """No room for another session (``max_sessions`` are open)."""
-
-
-@dataclass
-class ServeSession:
-    """One client's stream inside the scheduler."""
-
-    id: str
-    stream: StreamSession
-    emit: Emit
-    fps: float
-    silence: bool
-    queue_size: int
-    opened: float = field(default_factory=time.time)
-    frames: collections.deque = field(default_factory=collections.deque)  # (t, frame) waiting for the model
-    controls: collections.deque = field(default_factory=collections.deque)  # (kind, payload)
-    stats: SessionStats = field(default_factory=SessionStats)
-    dropped_pending: int = 0  # dropped (queue full) since the last report
-    dropped_t: float = 0.0
-    skipped_pending: int = 0  # skipped (faster than the session fps) since the last report
-    skipped_t: float = 0.0
-    kept_t: float | None = None  # time of the last frame admitted at the session fps
-    closing: bool = False      # graceful close asked: finish the queue, answer queries, then `closed`
-    gone: bool = False         # removed (disconnected or closed)
-    busy: bool = False         # the worker is stepping it right now
-    deltas: TextDeltas | None = None  # the reply being streamed token by token
-
-    def info(self) -> dict[str, Any]:
-        """A snapshot for ``GET /sessions`` (read without the worker's cooperation: approximate)."""
-        return {"id": self.id, "opened": round(self.opened, 3), "fps": self.fps,
-                "threshold": self.stream.threshold, "queued": len(self.frames),
-                "context_tokens": self.stream.context_length, "evicted_tokens": self.stream.evicted_tokens,
-                "closing": self.closing, **self.stats.to_dict()}
+__all__ = ["Emit", "QueryRefused", "Scheduler", "SchedulerFull", "ServeSession", "describe_memory"]
 
 
 class Scheduler:
@@ -112,28 +73,44 @@ class Scheduler:
         self._stop = False
         self._batch = engine.batch()  # frames in flight (continuous batching; only the worker touches it)
         self.rounds = 0
+        self._counter: Any = None  # a tokenizer of the client side's own, to measure system prompts in `open`
 
     # ---- client side (any thread) ---------------------------------------------------------------------------------
     def open(self, params: Open, emit: Emit) -> ServeSession:
         """Create a session; raise :class:`SchedulerFull` when ``max_sessions`` are open. (The worker runs it once
         :meth:`start` has been called; tests may drive :meth:`step` by hand instead.)"""
         cfg = self.engine.model.cfg.stream
+        if params.system_prompt:
+            self._check_system_prompt(params.system_prompt)
         with self._cond:
             if len(self.sessions) >= self.max_sessions:
                 raise SchedulerFull(f"the server is full: {self.max_sessions} sessions are open; try again later")
             sid = f"s{next(self._ids)}"
-            holder: dict[str, ServeSession] = {}
             stream = self.engine.session(
                 params.system_prompt, threshold=params.threshold,
-                max_reply_tokens=params.max_reply_tokens or min(cfg.max_reply_tokens, self.limits.max_reply_tokens),
-                on_token=lambda kind, t, ids, q: self._on_token(holder["s"], kind, t, ids, q))
+                max_reply_tokens=params.max_reply_tokens or min(cfg.max_reply_tokens, self.limits.max_reply_tokens))
+            buckets = TokenBucket(self.limits.query_token_rate, self.limits.max_query_tokens)
             session = ServeSession(sid, stream, emit, fps=params.fps or self.fps, silence=params.silence,
-                                   queue_size=self.limits.queue_size)
-            holder["s"] = session
+                                   queue_size=self.limits.queue_size, query_tokens=buckets)
+            # a weak reference: session -> stream -> callback -> session would be a reference cycle, and a dropped
+            # session's KV cache would then live on until the garbage collector's next full pass (RSS grows)
+            ref = weakref.ref(session)
+            stream.on_token = lambda kind, t, ids, q: self._on_token(ref(), kind, t, ids, q)
             self.sessions[sid] = session
             self._ring.append(sid)
         log.info("session %s opened (%d open)", sid, len(self.sessions))
         return session
+
+    def _check_system_prompt(self, text: str) -> None:
+        """ProtocolError ``too_large`` when a client's system prompt is over ``max_system_tokens`` (it would stay in
+        the session's attention sink for good). Counted with a copy of the tokenizer: the worker thread uses the
+        engine's."""
+        if self._counter is None:
+            self._counter = copy.deepcopy(self.engine.tokenizer)
+        n = len(self._counter(text, add_special_tokens=False, split_special_tokens=True).input_ids)
+        if n > self.limits.max_system_tokens:
+            raise ProtocolError("too_large", f"system_prompt is {n} tokens; the limit is "
+                                             f"{self.limits.max_system_tokens}")
 
     def admit(self, session: ServeSession, t: float) -> bool:
         """Whether a frame at ``t`` keeps to the session's fps. A frame closer than 3/4 of a frame interval to the
@@ -159,11 +136,25 @@ class Scheduler:
             self._cond.notify()
 
     def control(self, session: ServeSession, kind: str, payload: Any) -> None:
-        """Queue a control for the worker: ``("query", (text, at, answer))`` or ``("threshold", value)``."""
+        """Queue a control for the worker: ``("query", (text, at, answer))`` or ``("threshold", value)``. θ updates
+        waiting for the same round are coalesced (the latest wins); a query beyond ``max_pending_queries`` raises
+        :class:`QueryRefused` (``too_many_queries``)."""
         with self._cond:
-            if not session.gone:
-                session.controls.append((kind, payload))
-                self._cond.notify()
+            if session.gone:
+                return
+            if kind == "query":
+                pending = session.pending_queries
+                if pending >= self.limits.max_pending_queries:
+                    raise QueryRefused("too_many_queries", f"this session has {pending} queries waiting for the "
+                                                           f"model; the limit is {self.limits.max_pending_queries}: "
+                                                           f"wait for them to be read (query ignored)")
+                session.queued_queries += 1
+            elif kind == "threshold":
+                kept = [c for c in session.controls if c[0] != "threshold"]
+                if len(kept) != len(session.controls):
+                    session.controls = collections.deque(kept)
+            session.controls.append((kind, payload))
+            self._cond.notify()
 
     def close(self, session: ServeSession, graceful: bool = True) -> None:
         """End a session. Graceful: watch the queued frames, answer pending queries, emit ``closed``.
@@ -217,16 +208,19 @@ class Scheduler:
                 log.exception("scheduler round failed")
 
     def _has_work(self) -> bool:
-        return bool(self._batch) or any(s.frames or s.controls or s.closing for s in self.sessions.values())
+        return bool(self._batch) or any(s.frames or s.controls or (s.closing and not s.busy)
+                                        for s in self.sessions.values())
 
     def step(self) -> bool:
         """Run one round (see the module docstring). Returns whether there was anything to do."""
         with self._cond:
+            cancelled = [key for key in self._batch.keys if key[0].gone]
             controls = [(s, list(s.controls)) for s in self.sessions.values() if s.controls]
             for s, _ in controls:
                 s.controls.clear()
+                s.queued_queries = 0
             picks: list[tuple[ServeSession, float, np.ndarray, list[dict[str, Any]]]] = []
-            room = self.max_batch - len(self._batch.keys)
+            room = self.max_batch - len(self._batch.keys) + len(cancelled)
             for _ in range(len(self._ring)):
                 if len(picks) >= room:
                     break
@@ -235,14 +229,21 @@ class Scheduler:
                 s = self.sessions[sid]
                 if s.frames and not s.busy:
                     t, frame = s.frames.popleft()
-                    picks.append((s, t, frame, self._take_drops(s, before=t)))
+                    picks.append((s, t, frame, s.take_drops(before=t)))
                     s.busy = True
             finishing = [s for s in self.sessions.values() if s.closing and not s.frames and not s.busy]
+            for s in finishing:
+                s.busy = s.finishing = True
+        for key in cancelled:  # their clients have gone: no forward is run for them any more
+            self._batch.cancel(key)
+            key[0].busy = False
         for s, items in controls:
             for kind, payload in items:
                 self._apply(s, kind, payload)
         feats = self.engine.frame_features_batch([p[2] for p in picks], return_errors=True)
         self._start_frames([(s, t, drops) for s, t, _, drops in picks], feats)
+        for s in finishing:  # answer the pending queries beside the others' frames; then `closed`
+            self._batch.add(s.stream.finish_program(), key=(s, None))
         in_flight = self._batch.keys
         try:
             done = self._batch.round()
@@ -252,14 +253,14 @@ class Scheduler:
             done = [(key, e) for key in in_flight]
             self._batch = self.engine.batch()
         for (s, t), result in done:
-            if isinstance(result, Exception):
+            if t is None:
+                self._finish(s, result)
+            elif isinstance(result, Exception):
                 self._frame_failed(s, t, result)
             else:
                 self._deliver(s, t, result)
-        for s in finishing:
-            self._finish(s)
         self.rounds += 1
-        return bool(controls or picks or finishing or in_flight)
+        return bool(controls or picks or finishing or in_flight or cancelled)
 
     def _start_frames(self, picks: list[tuple[ServeSession, float, list[dict[str, Any]]]], feats: list[Any]) -> None:
         """Add every picked session's frame to the continuous batch (its forwards join the next rounds); a session
@@ -282,7 +283,7 @@ class Scheduler:
             if s.gone:  # disconnected while its frame was in flight
                 return
             for ev in events:
-                self._count(s, ev)
+                s.count(ev)
                 if isinstance(ev, Silence) and not s.silence:
                     continue
                 self._send(s, ev.to_dict())
@@ -307,7 +308,8 @@ class Scheduler:
         try:
             if kind == "query":
                 text, at, answer = payload
-                s.stream.add_query(text, at=at, answer=answer)
+                if self._query_allowed(s, text, at):
+                    s.stream.add_query(text, at=at, answer=answer)
             elif kind == "threshold":
                 s.stream.threshold = float(payload)
                 self._send(s, event("updated", s.stream.t if s.stats.frames else None, threshold=s.stream.threshold))
@@ -317,22 +319,40 @@ class Scheduler:
             s.stats.errors += 1
             self._send(s, error_event("bad_message", str(e)))
 
-    def _finish(self, s: ServeSession) -> None:
-        """Graceful end: report drops, answer the queries still waiting, emit ``closed``, forget the session."""
+    def _query_allowed(self, s: ServeSession, text: str, at: float | None) -> bool:
+        """Charge a query's tokens to the session's bucket; an error event (and False) when it is over the limits."""
+        n = len(self.engine.encode_text(text))
+        limits = self.limits
+        if n > limits.max_query_tokens:
+            message = (f"query text is {n} tokens; the limit is {limits.max_query_tokens} (query ignored)")
+            code = "too_large"
+        elif not s.query_tokens.take(n):
+            message = (f"too much query text: the limit is {limits.query_token_rate:g} tokens per second (burst "
+                       f"{limits.max_query_tokens}); this query of {n} tokens was ignored")
+            code = "rate_limited"
+        else:
+            return True
+        s.stats.errors += 1
+        self._send(s, error_event(code, message, t=at))
+        return False
+
+    def _finish(self, s: ServeSession, events: Any) -> None:
+        """Graceful end, once the finish program is done: its answers, the drops, ``closed``; forget the session."""
+        s.busy = False
         if s.gone:
             return
         with self._cond:
-            drops = self._take_drops(s)
+            drops = s.take_drops()
         for ev in drops:
             self._send(s, ev)
-        try:
-            for ev in s.stream.finish():
-                self._count(s, ev)
-                self._send(s, ev.to_dict())
-        except Exception as e:  # noqa: BLE001 - the session still closes
-            log.warning("session %s: finishing failed: %s", s.id, e)
+        if isinstance(events, Exception):  # the session still closes
+            log.warning("session %s: finishing failed: %s", s.id, events)
             s.stats.errors += 1
-            self._send(s, error_event("frame_failed", f"answering the last queries failed: {e}"))
+            self._send(s, error_event("frame_failed", f"answering the last queries failed: {events}"))
+            events = []
+        for ev in events:
+            s.count(ev)
+            self._send(s, ev.to_dict())
         with self._cond:
             self._remove(s)
         self._send(s, event("closed", s.stats.last_t, reason="closed by the client", **s.stats.to_dict()))
@@ -350,36 +370,15 @@ class Scheduler:
         log.info("session %s removed (%d open)", s.id, len(self.sessions))
 
     # ---- events ---------------------------------------------------------------------------------------------------
-    def _on_token(self, s: ServeSession, kind: str, t: float, ids: list[int], query: str | None) -> None:
+    def _on_token(self, s: ServeSession | None, kind: str, t: float, ids: list[int], query: str | None) -> None:
+        if s is None:  # the session has been dropped and freed meanwhile
+            return
         if len(ids) == 1 or s.deltas is None:  # a new reply
             s.deltas = TextDeltas(lambda x: self.engine.tokenizer.decode(x, skip_special_tokens=True))
         text = s.deltas.push(ids)
         if text and not s.gone:
             self._send(s, event("reply_delta", t, kind=kind, text=text, tokens=len(ids),
                                 **({"query": query} if query is not None else {})))
-
-    def _take_drops(self, s: ServeSession, before: float = math.inf) -> list[dict[str, Any]]:
-        """``dropped`` events for the frames dropped/skipped so far that are older than ``before`` (lock held)."""
-        out = []
-        if s.skipped_pending and s.skipped_t < before:
-            out.append(event("dropped", s.skipped_t, count=s.skipped_pending,
-                             reason=f"frames faster than the session's {s.fps:g} fps were skipped"))
-            s.stats.dropped += s.skipped_pending
-            s.skipped_pending = 0
-        if s.dropped_pending:
-            out.append(event("dropped", s.dropped_t, count=s.dropped_pending,
-                             reason=f"the model fell behind: the session's frame queue ({s.queue_size}) was full, "
-                                    "oldest frames dropped"))
-            s.stats.dropped += s.dropped_pending
-            s.dropped_pending = 0
-        return sorted(out, key=lambda e: e["t"])
-
-    @staticmethod
-    def _count(s: ServeSession, ev: Any) -> None:
-        if isinstance(ev, Reply):
-            s.stats.replies += 1
-        elif isinstance(ev, Answer):
-            s.stats.answers += 1
 
     @staticmethod
     def _send(s: ServeSession, ev: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ const MAX_LOG = 300;
 const state = {
   ws: null, stream: null, timer: null, ready: null, t0: 0, lastT: -1, mode: "webcam", sending: false,
   sentAt: new Map(), latencies: [], counts: {}, span: 30, caption: {key: null, text: "", timer: null},
-  markers: [],
+  markers: [], keepalive: null,
 };
 
 function setStatus(s, detail) {
@@ -78,10 +78,21 @@ function showCaption(key, text, query) {
 }
 
 // ---- protocol --------------------------------------------------------------------------------------------------
+// The token travels as a WebSocket subprotocol ("livecue.token.TOKEN", beside plain "livecue", which the server
+// selects), never in the URL, so it cannot end up in logs. A token with characters a subprotocol cannot hold falls
+// back to ?token= (the server redacts it from its logs).
+const SUBPROTOCOL_CHARS = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
 function wsUrl() {
   const token = el.token.value.trim();
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
-  return `${proto}//${location.host}/ws${token ? `?token=${encodeURIComponent(token)}` : ""}`;
+  const inUrl = token && !SUBPROTOCOL_CHARS.test(token);
+  return `${proto}//${location.host}/ws${inUrl ? `?token=${encodeURIComponent(token)}` : ""}`;
+}
+
+function wsProtocols() {
+  const token = el.token.value.trim();
+  return token && SUBPROTOCOL_CHARS.test(token) ? ["livecue", `livecue.token.${token}`] : ["livecue"];
 }
 
 function send(obj) {
@@ -91,11 +102,14 @@ function send(obj) {
 function connect() {
   return new Promise((resolve, reject) => {
     setStatus("connecting");
-    const ws = new WebSocket(wsUrl());
+    const ws = new WebSocket(wsUrl(), wsProtocols());
     ws.binaryType = "arraybuffer";
     state.ws = ws;
     ws.onopen = () => {
       setStatus("connected");
+      // the server closes a session after its idle timeout without messages (e.g. a paused video): keep it open
+      clearInterval(state.keepalive);
+      state.keepalive = setInterval(() => send({type: "ping"}), 15000);
       send({type: "open", threshold: Number(el.threshold.value), fps: Number(el.fps.value) || undefined});
     };
     ws.onmessage = (msg) => {
@@ -107,7 +121,7 @@ function connect() {
     };
     ws.onerror = () => setStatus("error", "connection failed");
     ws.onclose = (e) => {
-      if (state.ws === ws) state.ws = null;
+      if (state.ws === ws) { state.ws = null; clearInterval(state.keepalive); }
       if (!state.ready) reject(new Error(e.reason || `connection closed (${e.code})`));
       setStatus("closed", e.reason || (e.code === 1000 ? "" : `code ${e.code}`));
       stopCapture();
@@ -288,7 +302,12 @@ el.ask.addEventListener("submit", (e) => {
 
 (function init() {
   const params = new URLSearchParams(location.search);
-  if (params.get("token")) el.token.value = params.get("token");
+  if (params.get("token")) {
+    el.token.value = params.get("token");
+    params.delete("token");  // out of the address bar and the history
+    const rest = params.toString();
+    history.replaceState(null, "", location.pathname + (rest ? `?${rest}` : "") + location.hash);
+  }
   if (params.get("fps")) el.fps.value = params.get("fps");
   fetch("/health").then((r) => r.json()).then((h) => {
     el.model.textContent = `server up · ${h.sessions}/${h.max_sessions} sessions`;
