@@ -5,7 +5,14 @@ first reply token or answer), reply latency (frame sent → final reply/answer),
 markdown report. Every client sends the bikes sample (looped) at the stream fps with increasing stream times and asks
 a question every ``--ask-every`` seconds (staggered across clients), so answers are streamed token by token too.
 
+With ``--session-mean S`` every client ends its session after a random time (exponential, mean S seconds) and
+reconnects: with probability ``--abrupt`` it drops the TCP connection without a close handshake (often mid-reply),
+otherwise it closes gracefully and waits for ``closed``; then it opens a new session after a short pause. The report
+gives the server's RSS at ``--baseline`` seconds (minute 2 by default) and at the end of the run, and their growth
+(the hardening target: under 5 %).
+
     python benchmarks/serve_soak.py --clients 16 --duration 600             # starts `livecue serve --model tiny`
+    python benchmarks/serve_soak.py --clients 32 --duration 600 --session-mean 60 --abrupt 0.5 --threads 1
     python benchmarks/serve_soak.py --server http://127.0.0.1:8000 --duration 60
 
 Traffic goes only to the loopback server it starts (or the --server given); every loop is bounded in time.
@@ -17,6 +24,7 @@ import argparse
 import asyncio
 import os
 import platform
+import random
 import re
 import subprocess
 import sys
@@ -36,7 +44,11 @@ class ClientStats:
     answers: int = 0
     dropped: int = 0
     errors: list[str] = field(default_factory=list)
-    closed: dict | None = None
+    closed: dict | None = None  # the last `closed` event
+    watched: int = 0            # frames the server reported watched, over every completed session
+    sessions: int = 0           # sessions opened
+    completed: int = 0          # sessions closed gracefully (a `closed` event received)
+    abrupt: int = 0             # sessions dropped without a close handshake
     timeline: list[tuple[float, float]] = field(default_factory=list)  # (wall, frame latency)
 
 
@@ -68,20 +80,26 @@ def sample_frames(fps: float) -> list[bytes]:
         return [encode_image(frame) for _, frame in source]
 
 
-async def run_client(k: int, url: str, frames: list[bytes], args: argparse.Namespace, t_end: float,
-                     stats: ClientStats) -> None:
+async def run_session(k: int, url: str, frames: list[bytes], args: argparse.Namespace, t_end: float,
+                      stats: ClientStats, rng: random.Random) -> None:
+    """One session: open, stream in real time until its end (or the run's), then close gracefully or drop."""
     from livecue.client import LiveClient
 
     pending: dict[float, float] = {}  # frame t -> wall time sent
     sent_at: dict[float, float] = {}
-    async with LiveClient(url) as client:
+    ends = min(t_end, time.monotonic() + rng.expovariate(1 / args.session_mean)) if args.session_mean else t_end
+    abrupt = ends < t_end and rng.random() < args.abrupt
+    client = LiveClient(url)
+    await client.connect()
+    try:
         await client.open(threshold=args.threshold, max_reply_tokens=args.max_reply_tokens)
+        stats.sessions += 1
 
         async def send() -> None:
             start = time.monotonic()
             i = 0
             next_ask = args.ask_every * (k + 1) / args.clients if args.ask_every else float("inf")
-            while time.monotonic() < t_end:
+            while time.monotonic() < ends:
                 t = round(i / args.fps, 6)
                 await asyncio.sleep(max(0.0, start + t - time.monotonic()))
                 if t >= next_ask:
@@ -92,7 +110,10 @@ async def run_client(k: int, url: str, frames: list[bytes], args: argparse.Names
                 await client.send_frame(frames[i % len(frames)], t)
                 stats.sent += 1
                 i += 1
-            await client.close()
+            if abrupt:
+                client.ws.transport.abort()  # gone, without a close handshake (often mid-reply)
+            else:
+                await client.close()
 
         sender = asyncio.create_task(send())
         async for ev in client:
@@ -119,8 +140,29 @@ async def run_client(k: int, url: str, frames: list[bytes], args: argparse.Names
                 stats.errors.append(f"{ev['code']}: {ev['message']}")
             elif kind == "closed":
                 stats.closed = ev
+                stats.watched += ev.get("frames", 0)
+                stats.completed += 1
                 break
         await sender
+        stats.abrupt += abrupt
+    finally:
+        await client.disconnect()
+
+
+async def run_client(k: int, url: str, frames: list[bytes], args: argparse.Namespace, t_end: float,
+                     stats: ClientStats) -> None:
+    """Sessions back to back until the end of the run (one, without --session-mean)."""
+    from livecue.client import ServerError
+
+    rng = random.Random(args.seed * 1000 + k)
+    while time.monotonic() < t_end:
+        try:
+            await run_session(k, url, frames, args, t_end, stats, rng)
+        except (ServerError, ConnectionError) as e:  # e.g. `busy`: counted, then retried like a reconnect
+            stats.errors.append(f"session refused: {e}")
+        if not args.session_mean:
+            return
+        await asyncio.sleep(rng.uniform(0.1, 2.0))
 
 
 async def soak(url: str, pid: int | None, args: argparse.Namespace) -> dict:
@@ -148,13 +190,15 @@ async def soak(url: str, pid: int | None, args: argparse.Namespace) -> dict:
     results = await asyncio.gather(*(run_client(k, url, frames, args, t_end, stats[k]) for k in range(args.clients)),
                                    return_exceptions=True)
     wall = time.monotonic() - start
+    run_end = [m for m in memory if m[0] <= args.duration]
     await asyncio.sleep(2)
     mon.cancel()
     from livecue.client import LiveClient
 
     after = await LiveClient(url).get("/sessions")
+    base = min(memory, key=lambda m: abs(m[0] - args.baseline)) if memory else (0.0, float("nan"), -1)
     return {"stats": stats, "failures": [repr(r) for r in results if isinstance(r, BaseException)],
-            "memory": memory, "wall": wall, "rss0": rss0, "rss_end": rss_mb(pid) if pid else float("nan"),
+            "memory": memory, "wall": wall, "baseline": base, "run_end": run_end[-1] if run_end else base, "rss0": rss0, "rss_end": rss_mb(pid) if pid else float("nan"),
             "cpu": (cpu_seconds(pid) - cpu0) if pid else float("nan"), "sessions_after": after["count"]}
 
 
@@ -163,11 +207,12 @@ def report(res: dict, args: argparse.Namespace, command: str) -> str:
     lat = [x for s in stats for x in s.frame_latency]
     rlat = [x for s in stats for x in s.reply_latency]
     sent = sum(s.sent for s in stats)
-    watched = sum((s.closed or {}).get("frames", 0) for s in stats)
+    watched = sum(s.watched for s in stats)
     dropped = sum(s.dropped for s in stats)
     errors = [e for s in stats for e in s.errors]
     mem = res["memory"]
     rss = [m[1] for m in mem]
+    growth = 100 * (res["run_end"][1] - res["baseline"][1]) / res["baseline"][1]
 
     def ms(x: float) -> str:
         return f"{1000 * x:.0f} ms"
@@ -180,10 +225,11 @@ def report(res: dict, args: argparse.Namespace, command: str) -> str:
         f"- model: `{args.model}`; {args.clients} clients × {args.duration:g} s at {args.fps:g} fps (the bikes sample "
         f"looped, 640×272 JPEG); θ = {args.threshold}; a question every {args.ask_every:g} s per client; "
         f"reply cap {args.max_reply_tokens or 'model default'}",
+        f"- sessions: {'one per client' if not args.session_mean else f'each ends after a random time (exponential, mean {args.session_mean:g} s), then the client reconnects; {100 * args.abrupt:g}% of the ends drop the TCP connection without a close handshake'}",
         f"- wall time {res['wall']:.0f} s; server CPU {res['cpu']:.0f} s ({res['cpu'] / res['wall']:.2f} cores)", "",
         "| metric | value |", "| --- | --- |",
-        f"| frames sent / watched / dropped | {sent} / {watched} / {dropped} ({100 * dropped / max(1, sent):.1f}% "
-        f"dropped) |",
+        f"| frames sent / watched (in sessions closed gracefully) / dropped | {sent} / {watched} / {dropped} "
+        f"({100 * dropped / max(1, sent):.1f}% dropped) |",
         f"| per-frame latency p50 / p90 / p99 / max | {ms(percentile(lat, 50))} / {ms(percentile(lat, 90))} / "
         f"{ms(percentile(lat, 99))} / {ms(max(lat) if lat else float('nan'))} |",
         f"| reply/answer latency p50 / p99 (frame sent → final text) | {ms(percentile(rlat, 50))} / "
@@ -193,8 +239,11 @@ def report(res: dict, args: argparse.Namespace, command: str) -> str:
         f"| server RSS: before clients / min / max / end of run / after all closed | {res['rss0']:.0f} / "
         f"{min(rss):.0f} / {max(rss):.0f} / {rss[-1]:.0f} / {res['rss_end']:.0f} MB |",
         f"| sessions open after the run | {res['sessions_after']} |",
-        f"| sessions completed (closed event received) | {sum(s.closed is not None for s in stats)} / "
-        f"{args.clients} |", "",
+        f"| sessions opened / closed gracefully (`closed` received) / dropped abruptly | "
+        f"{sum(s.sessions for s in stats)} / {sum(s.completed for s in stats)} / {sum(s.abrupt for s in stats)} |",
+        f"| server RSS at {res['baseline'][0]:.0f} s → end of run ({res['run_end'][0]:.0f} s) | "
+        f"{res['baseline'][1]:.0f} → {res['run_end'][1]:.0f} MB: **{growth:+.1f} %** "
+        f"({'under' if growth < 5 else 'NOT under'} the 5 % target) |", "",
         "Per minute (latency of the frames answered in that minute; RSS at its end):", "",
         "| minute | frames answered | latency p50 | latency p99 | RSS MB | open sessions |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -213,7 +262,7 @@ def report(res: dict, args: argparse.Namespace, command: str) -> str:
 
 def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "livecue.cli", "serve", "--model", args.model, "--port", "0", "--max-sessions",
-           str(args.clients), "--log-level", "warning"] + (["--threads", str(args.threads)] if args.threads else [])
+           str(args.clients + 8), "--log-level", "warning"] + (["--threads", str(args.threads)] if args.threads else [])
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(args.server_log, "w"), text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     line = proc.stdout.readline()
@@ -235,6 +284,12 @@ def main() -> int:
     p.add_argument("--ask-every", type=float, default=6.0, help="seconds between questions of one client (0: none)")
     p.add_argument("--max-reply-tokens", type=int, default=None)
     p.add_argument("--sample-every", type=float, default=5.0, help="seconds between memory samples")
+    p.add_argument("--session-mean", type=float, default=0.0,
+                   help="mean session length in seconds before a random disconnect/reconnect (0: one session)")
+    p.add_argument("--abrupt", type=float, default=0.5,
+                   help="share of session ends that drop the connection without a close handshake")
+    p.add_argument("--baseline", type=float, default=120.0, help="RSS growth is measured from this many seconds")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="model threads of the server it starts")
     p.add_argument("--server", default=None, help="use this running server instead of starting one")
     p.add_argument("--server-log", default="/tmp/livecue_soak_server.log")
