@@ -57,6 +57,8 @@ def check_output(case: Case, code: int, out: str, err: str, root: Path) -> None:
     else:
         assert len(errors) == 1, f"{case.id}: expected one error line, got {errors}\n{err[-2000:]}"
         assert fragment in errors[0], f"{case.id}: {fragment!r} not in {errors[0]!r}"
+    if case.code == 2:  # a refused option: that one line is all (no usage block), and it points to --help
+        assert err.strip().splitlines() == errors and "--help)" in errors[0], f"{case.id}: {err!r}"
     if case.jsonl:
         lines = (root / case.jsonl).read_text(encoding="utf-8").splitlines()
         assert lines, f"{case.id}: {case.jsonl} is empty"

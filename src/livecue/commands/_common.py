@@ -8,6 +8,7 @@ here), so argparse refuses a bad value with one line naming the option and the a
 from __future__ import annotations
 
 import argparse
+from typing import Any, NoReturn
 
 from ..argtypes import (  # noqa: F401 - re-exported for the commands
     FPS,
@@ -56,10 +57,17 @@ def add_model_argument(parser: argparse.ArgumentParser, default: str = "tiny") -
     parser.add_argument("--device", default=None, help="torch device (default: cpu)")
 
 
-def parser(prog: str, description: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(
-        prog=f"livecue {prog}", description=description,
-        epilog="Config overrides: --section.key=value (e.g. --stream.threshold=0.8).")
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``livecue watch: error: argument --fps: ... (see livecue watch --help)``
+    instead of the usage block followed by the error (exit status 2, as argparse)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
+def parser(prog: str, description: str, **kwargs: Any) -> argparse.ArgumentParser:
+    kwargs.setdefault("epilog", "Config overrides: --section.key=value (e.g. --stream.threshold=0.8).")
+    return ArgumentParser(prog=f"livecue {prog}", description=description, **kwargs)
 
 
 def load_from_args(args: argparse.Namespace, overrides: list[str] | None = None):

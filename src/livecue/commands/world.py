@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 import time
 
-from ._common import FPS, SEED, nonnegative_float, int_range, positive_float, positive_int
+from ._common import FPS, SEED, int_range, nonnegative_float, parser, positive_float, positive_int
 
 MAX_RESOLUTION = 4096
 MAX_STREAM_BYTES = 4 * 2**30  # one stream's frames are rendered in memory before they are written
@@ -17,8 +16,8 @@ def main(argv: list[str]) -> int:
     Raises:
         ValueError: a bad option value (one line naming it).
     """
-    p = argparse.ArgumentParser(
-        prog="livecue world",
+    p = parser(
+        "world", epilog=None,
         description="Generate the built-in streaming world: procedurally rendered videos of shapes that appear, "
                     "move, change colour, grow, shrink, collide and disappear, with narration at event frames and "
                     "user questions with correct answers. Writes OUT/videos/<id>.<format> and OUT/<split>.jsonl.")
