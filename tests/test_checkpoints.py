@@ -368,6 +368,30 @@ def test_config_only_directory_is_not_a_random_model(tmp_path, capsys):
     assert model.cfg.name == "tiny"
 
 
+def test_weights_must_match_the_manifest_of_a_training_run(bases, tmp_path, capsys):
+    """A checkpoint a training run wrote carries a manifest: a flipped bit inside a tensor's bytes (still finite,
+    right names and shapes) is refused naming the file; a hand-edited config (e.g. a calibrated θ) still loads."""
+    from livecue.model.load import load_model
+    from livecue.train.checkpoint import MODEL_FORMAT, write_manifest
+
+    ckpt = tmp_path / "final"
+    shutil.copytree(bases / "lora", ckpt)
+    write_manifest(ckpt, {"format": MODEL_FORMAT})
+    config = json.loads((ckpt / CONFIG).read_text())
+    config["stream"]["threshold"] = 0.5
+    (ckpt / CONFIG).write_text(json.dumps(config))
+    assert load_model(ckpt)[0].cfg.stream.threshold == 0.5
+    for name in (WEIGHTS, ADAPTER):
+        broken = tmp_path / name
+        shutil.copytree(ckpt, broken)
+        data = bytearray((broken / name).read_bytes())
+        data[-4] ^= 1  # the lowest mantissa bit of the last float32: finite, every structural check passes
+        (broken / name).write_bytes(bytes(data))
+        assert cli.main(["info", "--model", str(broken)]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and name in err[0] and "does not match its sha256 in livecue_manifest.json" in err[0]
+
+
 def test_efficientnet_weights_are_checked(tmp_path):
     """The EfficientNet-Lite0 tower's ``torch.save`` weights: corrupt, incomplete or non-finite -> one line."""
     pytest.importorskip("efficientnet_lite_pytorch", reason="the EfficientNet tower needs the [models] extra")

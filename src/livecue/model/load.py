@@ -276,7 +276,8 @@ def check_checkpoint_files(directory: str | Path, *, full: bool = True) -> LiveC
     """Check a livecue checkpoint directory's files without building its model; returns its config.
 
     ``livecue_config.json`` valid, ``livecue_model.safetensors`` present and readable, the LoRA adapter's files
-    complete (and present when the weights were saved with one), the tokenizer files there. With ``full`` every
+    complete (and present when the weights were saved with one), the weights' sizes and sha256 equal to those a
+    ``livecue_manifest.json`` records (when there is one), the tokenizer files there. With ``full`` every
     tensor is also read and checked finite (what a resume must trust). Names and shapes against the config are
     checked when the model is built (:func:`load_model`). Raises one-line ``ValueError`` / ``FileNotFoundError``.
     """
@@ -299,6 +300,7 @@ def check_checkpoint_files(directory: str | Path, *, full: bool = True) -> LiveC
             verify.load_tensors(file)
         else:
             verify.read_header(file)
+    verify.check_manifest(path, files)  # a training run's checkpoint: the weights' bytes are the ones it wrote
     verify.check_tokenizer_dir(path)
     return cfg
 

@@ -7,6 +7,9 @@ livecue checkpoints, upstream-layout adapters and pretrained parts (vision tower
 * :func:`check_keys` compares a file's tensors with what the config builds: missing, unexpected, wrong shape.
 * :func:`load_tensors` does both, then loads the tensors and refuses non-finite values.
 * :func:`require_file`, :func:`read_json`, :func:`check_tokenizer_dir` cover the other files of a checkpoint.
+* :func:`check_manifest` compares weights files with the sizes and sha256 a ``livecue_manifest.json`` records
+  (livecue training writes one beside every checkpoint and final model): corruption inside a tensor's bytes passes
+  every structural check but not this one.
 * :func:`from_pretrained` loads a Hugging Face part strictly (no randomly initialised "missing" weights).
 
 Loading is strict: a tensor a config needs is either in the file with the right shape, or the load is refused.
@@ -14,8 +17,10 @@ Loading is strict: a tensor a config needs is either in the file with the right 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -29,6 +34,7 @@ Shape = tuple[int, ...]
 SHOWN = 3  # keys (or key groups) a message names before "..."
 TOKENIZER_VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
 _LAYER = re.compile(r"^(.*?\.layers\.\d+)\.")
+MANIFEST = "livecue_manifest.json"  # sizes and sha256 of a checkpoint's files, written last (livecue.train)
 
 
 def first_line(exc: BaseException) -> str:
@@ -64,6 +70,39 @@ def read_json(file: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{str(file)!r} must hold a JSON object, got {type(data).__name__}")
     return data
+
+
+def file_sha256(path: Path, sync: bool = False) -> str:
+    """The sha256 of a file (read in 1 MiB blocks); ``sync`` also flushes it to disk."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+        if sync:
+            os.fsync(f.fileno())
+    return digest.hexdigest()
+
+
+def check_manifest(directory: Path, files: Iterable[Path]) -> None:
+    """When ``directory`` has a ``livecue_manifest.json``, each of ``files`` it lists must have the recorded size
+    and sha256 (ValueError naming the file otherwise). Without a manifest (packaged or hand-made checkpoints) there
+    is nothing to compare. Only weights files are passed: a config or tokenizer may be edited by hand on purpose."""
+    manifest = Path(directory) / MANIFEST
+    if not manifest.is_file():
+        return
+    listed = read_json(manifest).get("files")
+    if not isinstance(listed, dict):
+        raise ValueError(f"{str(manifest)!r} has no 'files' table (the size and sha256 of each file): corrupt")
+    for file in files:
+        meta = listed.get(Path(file).relative_to(directory).as_posix())
+        if not isinstance(meta, dict):
+            continue
+        size = Path(file).stat().st_size
+        if size != meta.get("size"):
+            raise ValueError(f"{str(file)!r} has {size} bytes but {MANIFEST} records {meta.get('size')!r} (truncated "
+                             f"or replaced)")
+        if file_sha256(file) != meta.get("sha256"):
+            raise ValueError(f"{str(file)!r} does not match its sha256 in {MANIFEST} (corrupt or modified)")
 
 
 @contextmanager

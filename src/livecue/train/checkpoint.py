@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..model.verify import MANIFEST, file_sha256  # noqa: F401 - also this module's interface
+
 log = logging.getLogger(__name__)
 
-MANIFEST = "livecue_manifest.json"
 STATE_DIR = "state"
 STATE_FILE = "trainer_state.json"
 CHECKPOINT_FORMAT = "livecue-training-checkpoint"
@@ -137,17 +138,6 @@ def config_differences(run: RunInfo, manifest: dict[str, Any]) -> list[str]:
 
 
 # ---- files ---------------------------------------------------------------------------------------------------------
-def file_sha256(path: Path, sync: bool = False) -> str:
-    """The sha256 of a file (read in 1 MiB blocks); ``sync`` also flushes it to disk."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-        if sync:
-            os.fsync(f.fileno())
-    return digest.hexdigest()
-
-
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
