@@ -26,7 +26,7 @@ import torch
 
 from .inference.engine import Program, StreamEngine, StreamSession
 from .inference.events import Reply
-from .inference.memory import MemoryPolicy, parse_memory
+from .inference.memory import Eviction, MemoryPolicy, Units, parse_memory
 from .model import lm as lm_api
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class ForcedSession(StreamSession):
     def __init__(self, engine: StreamEngine, reply_tokens: int, memory: MemoryPolicy, record: bool = False) -> None:
         self.trace: list[tuple[str, Any, Any]] | None = [] if record else None
         super().__init__(engine, threshold=0.0, max_reply_tokens=reply_tokens,
-                         memory=_TracedPolicy(memory) if record else memory)
+                         memory=_TracedPolicy(memory, self.trace) if self.trace is not None else memory)
         self._ban_eos = False
 
     def _generate(self, prompt: str, turn: tuple[str, float, str | None]) -> Program:
@@ -109,17 +109,16 @@ class ForcedSession(StreamSession):
 
 
 class _TracedPolicy:
-    """Wraps a memory policy and writes its evictions into the session's trace."""
+    """Wraps a memory policy and writes the evictions it plans into a trace."""
 
-    def __init__(self, inner: MemoryPolicy) -> None:
-        self.inner = inner
+    def __init__(self, inner: MemoryPolicy, trace: list[tuple[str, Any, Any]]) -> None:
+        self.inner, self.trace = inner, trace
 
-    def after_step(self, session: ForcedSession) -> None:
-        before = session.evicted_tokens
-        start = session.units[0][0] if session.units else 0
-        self.inner.after_step(session)
-        if session.evicted_tokens != before and session.trace is not None:
-            session.trace.append(("evict", start, start + session.evicted_tokens - before))
+    def plan(self, units: Units, length: int) -> Eviction | None:
+        plan = self.inner.plan(units, length)
+        if plan is not None:
+            self.trace.append(("evict", plan.start, plan.end))
+        return plan
 
 
 # ---- memory and devices ---------------------------------------------------------------------------------------------

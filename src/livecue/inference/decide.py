@@ -1,15 +1,16 @@
 """The streaming decision (SPEC §6) and reply sampling, as pure functions of logits.
 
 Stay silent iff ``p(silence token) >= θ``, with ``p = softmax(last logits)``. Higher θ makes the model more
-talkative (upstream θ = 0.725).
+talkative (upstream θ = 0.725). Reply sampling options: :class:`~livecue.inference.options.SamplingConfig`.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
+
+from .options import SamplingConfig
 
 
 @dataclass(frozen=True)
@@ -22,27 +23,6 @@ def decide(last_logits: torch.Tensor, silence_id: int, threshold: float) -> Deci
     """Shape: last_logits (V,). Silent iff softmax(last_logits)[silence_id] >= threshold."""
     p = torch.softmax(last_logits.float(), dim=-1)[silence_id].item()
     return Decision(speak=p < threshold, p_silence=p)
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """Reply decoding. ``temperature = 0`` is greedy (the default)."""
-
-    temperature: float = 0.0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-
-    def __post_init__(self) -> None:
-        for name in ("temperature", "top_p", "repetition_penalty"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
 
 
 def next_token(last_logits: torch.Tensor, sampling: SamplingConfig, previous: list[int],

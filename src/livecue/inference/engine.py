@@ -181,8 +181,20 @@ class StreamSession:
                                     latency=time.perf_counter() - began, p_silence=d.p_silence,
                                     frame=self.frames - 1, truncated=truncated))
         self.units.append((self._sink if not self.units else start, self.context_length))
-        self.memory.after_step(self)
+        self._apply_memory()
         return events
+
+    def _apply_memory(self) -> None:
+        """Evict what the memory policy plans (it only sees the unit spans and the cache length)."""
+        plan = self.memory.plan(self.units, self.context_length)
+        if plan is None:
+            return
+        lm_api.evict_span(self.engine.model.lm, self.cache, plan.start, plan.end)
+        shift = plan.end - plan.start
+        self.units = [(a - shift, b - shift) for a, b in self.units[plan.units:]]
+        self.evicted_tokens += shift
+        if self.history is not None:
+            del self.history[plan.start:plan.end]
 
     def _feed_frame(self, features: torch.Tensor) -> Program:
         if not self._in_stream:

@@ -1,33 +1,47 @@
-"""Memory policies: what a stream keeps in its KV cache (issue: bounded memory for unbounded streams).
+"""Memory policies: what a stream keeps in its KV cache (bounded memory for unbounded streams).
 
 * :class:`Unbounded` (upstream): everything stays; per-frame cost and memory grow with the stream.
 * :class:`SinkWindow`: an attention sink (the system prompt and whatever preceded the first frame) plus a sliding
   window of the most recent frames and turns. When the cache exceeds ``max_tokens`` the oldest whole units (a frame
   with its separator, or a query/reply turn) are evicted down to ``max_tokens - chunk`` (evicting in chunks keeps the
-  cost off most frames). Kept keys are re-rotated so positions stay contiguous for RoPE models
-  (:func:`livecue.model.lm.evict_span`), which keeps positions inside the range the model was trained on.
+  cost off most frames).
 
-A policy sees the session after every frame (and its reply or answer) through ``after_step(session)``; the session
-keeps ``units``, the cache spans of everything fed since the first frame.
+A policy is a pure planner: after every frame (and its reply or answer) the session asks ``plan(units, length)``,
+where ``units`` are the cache spans ``[(start, end), ...]`` of everything fed since the first frame (the sink is
+everything before ``units[0][0]``) and ``length`` the cache length, and gets back the :class:`Eviction` to apply (or
+None). The session applies it through the cache module (:func:`livecue.model.lm.evict_span`, which re-rotates the
+kept keys so positions stay contiguous for RoPE models). Policies never touch a session, a cache or a tensor.
+
+This module is pure Python (no torch): the command line parses ``--memory`` with it at start-up.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..model import lm as lm_api
+Units = Sequence[tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class Eviction:
+    """Drop cache positions ``[start, end)``: the first ``units`` units (``start`` is the end of the sink)."""
+
+    start: int
+    end: int
+    units: int
 
 
 class MemoryPolicy(Protocol):
-    def after_step(self, session) -> None: ...
+    def plan(self, units: Units, length: int) -> Eviction | None: ...
 
 
 @dataclass(frozen=True)
 class Unbounded:
     """Keep everything (upstream behaviour)."""
 
-    def after_step(self, session) -> None:
+    def plan(self, units: Units, length: int) -> Eviction | None:
         return None
 
 
@@ -48,32 +62,23 @@ class SinkWindow:
             raise ValueError(f"SinkWindow needs max_tokens > 0 and 0 <= chunk < max_tokens, got "
                              f"max_tokens={self.max_tokens}, chunk={self.chunk}")
 
-    def after_step(self, session) -> None:
-        length = lm_api.cache_length(session.cache)
-        if length <= self.max_tokens or not session.units:
-            return
+    def plan(self, units: Units, length: int) -> Eviction | None:
+        if length <= self.max_tokens or not units:
+            return None
         target = self.max_tokens - self.chunk
-        sink = session.units[0][0]
-        drop_end = sink
-        dropped = 0
+        sink = units[0][0]
+        drop_end, dropped = sink, 0
         # evict whole units, oldest first, but never the newest one (the frame just fed)
-        while dropped < len(session.units) - 1 and length - (drop_end - sink) > target:
-            drop_end = session.units[dropped][1]
+        while dropped < len(units) - 1 and length - (drop_end - sink) > target:
+            drop_end = units[dropped][1]
             dropped += 1
-        if drop_end == sink:
-            return
-        lm_api.evict_span(session.engine.model.lm, session.cache, sink, drop_end)
-        shift = drop_end - sink
-        session.units = [(a - shift, b - shift) for a, b in session.units[dropped:]]
-        session.evicted_tokens += shift
-        if session.history is not None:
-            del session.history[sink:drop_end]
+        return Eviction(sink, drop_end, dropped) if drop_end > sink else None
 
 
 def parse_memory(spec: str) -> MemoryPolicy:
     """``unbounded`` | ``sink:MAX_TOKENS`` | ``sink:MAX_TOKENS:CHUNK`` -> a memory policy (default chunk: an eighth
     of the budget, at most 256). The spelling of ``--memory`` options."""
-    parts = spec.strip().lower().split(":")
+    parts = str(spec).strip().lower().split(":")
     if parts == ["unbounded"]:
         return Unbounded()
     if parts[0] == "sink" and len(parts) in (2, 3) and all(p.isdigit() and len(p) <= 9 for p in parts[1:]):
@@ -83,3 +88,12 @@ def parse_memory(spec: str) -> MemoryPolicy:
         except ValueError as e:
             raise ValueError(f"memory {spec!r}: {e}") from None
     raise ValueError(f"memory must be 'unbounded', 'sink:MAX_TOKENS' or 'sink:MAX_TOKENS:CHUNK', got {spec!r}")
+
+
+def memory_spec(policy: MemoryPolicy) -> str:
+    """The ``--memory`` spelling of a policy (inverse of :func:`parse_memory` for the built-in policies)."""
+    if isinstance(policy, SinkWindow):
+        return f"sink:{policy.max_tokens}:{policy.chunk}"
+    if isinstance(policy, Unbounded):
+        return "unbounded"
+    return type(policy).__name__

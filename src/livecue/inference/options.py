@@ -1,0 +1,174 @@
+"""StreamOptions: the options of a stream, one set for every front door (``watch``, ``demo``, ``serve``, ``eval``,
+``bench``, the WebSocket ``open`` message and the Python API).
+
+Each option is declared once in :data:`OPTIONS` with its command-line name, its checker and its help; the same
+checker validates a value whether it comes from argparse (``--fps nan`` -> one line naming the option and the
+range), from a WebSocket message or from Python (``StreamOptions(fps=0)`` -> ``ValueError``). ``None`` means "the
+model's own value" (``stream.*`` of its config) for the options a model config has a value for.
+
+    opts = StreamOptions(threshold=0.8, memory="sink:4096")
+    engine = StreamEngine(model, tokenizer, options=opts)        # defaults of every session of this engine
+    session = engine.session(options=StreamOptions(threshold=0.5))  # per-session overrides
+
+Pure Python (no torch): commands build their parsers from it at start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..argtypes import FPS, UNIT_INTERVAL, Number, finite_float, nonnegative_float, positive_float, positive_int, text
+from .memory import MemoryPolicy, parse_memory
+
+MAX_SYSTEM_CHARS = 8000   # the longest system prompt
+MAX_QUERY_CHARS = 2000    # the longest query / instruction text
+MAX_REPLY_TOKENS = 4096   # the largest reply cap
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Reply decoding. ``temperature = 0`` is greedy (the default)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("temperature", "top_p", "repetition_penalty"):
+            _check(name, getattr(self, name))
+
+
+def _memory(spec: str) -> str:
+    """argparse ``type=`` / checker of ``--memory``: the spec itself, once it parses."""
+    try:
+        parse_memory(spec)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return str(spec).strip().lower()
+
+
+@dataclass(frozen=True)
+class Option:
+    """One stream option: its flag, its checker (an argparse ``type=``) and its help."""
+
+    flag: str
+    check: Callable[[Any], Any]
+    help: str
+    metavar: str | None = None
+
+
+OPTIONS: dict[str, Option] = {
+    "threshold": Option("--threshold", UNIT_INTERVAL, f"θ in {UNIT_INTERVAL.range}: stay silent iff p(silence) >= θ; "
+                                                      "higher = more talkative (default: the model's)"),
+    "fps": Option("--fps", FPS, f"frames per second fed to the model, in {FPS.range} (default: the model's)"),
+    "system_prompt": Option("--system", text(MAX_SYSTEM_CHARS, "system prompt"),
+                            f"system prompt, at most {MAX_SYSTEM_CHARS:,} characters (default: the model's)",
+                            metavar="TEXT"),
+    "max_reply_tokens": Option("--max-reply-tokens", positive_int(MAX_REPLY_TOKENS),
+                               f"cap on a reply's length, in [1, {MAX_REPLY_TOKENS}] (default: the model's)"),
+    "temperature": Option("--temperature", nonnegative_float(100.0), "reply sampling temperature in [0, 100] "
+                                                                     "(0 = greedy; default: 0)"),
+    "top_p": Option("--top-p", finite_float(0.0, 1.0, lo_open=True), "nucleus sampling mass in (0, 1] (default: 1)"),
+    "repetition_penalty": Option("--repetition-penalty", positive_float(100.0),
+                                 "penalise repeated reply tokens, in (0, 100] (1 = off; default: 1)"),
+    "memory": Option("--memory", _memory, "what each stream keeps in its KV cache: 'unbounded', or an attention sink "
+                                          "+ sliding window 'sink:MAX_TOKENS[:CHUNK]' (e.g. sink:4096)",
+                     metavar="SPEC"),
+}
+
+
+def _check(name: str, value: Any) -> Any:
+    """``value`` checked by option ``name``'s checker; ValueError naming the option otherwise."""
+    option = OPTIONS[name]
+    if isinstance(option.check, Number):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        if option.check.kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        try:
+            return option.check.check(value)
+        except argparse.ArgumentTypeError as e:
+            raise ValueError(f"{name} {e}") from None
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, got {type(value).__name__}")
+    try:
+        return option.check(value)
+    except argparse.ArgumentTypeError as e:
+        message = str(e)
+        raise ValueError(message if message.startswith(name) else f"{name} {message}") from None
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """The options of a stream (see the module docstring). ``None``: the model's value (``stream.*``) or, for
+    ``memory``, the front door's default (unbounded in the library, ``sink:4096`` in ``livecue serve``).
+
+    Attributes:
+        threshold: θ in [0, 1]: silent iff p(silence) >= θ.
+        fps: the stream clock (frames per second fed to the model).
+        system_prompt: the system message.
+        max_reply_tokens: cap on a reply's length (a capped reply is still closed with eos).
+        temperature, top_p, repetition_penalty: reply sampling (:class:`SamplingConfig`).
+        memory: ``unbounded`` | ``sink:MAX_TOKENS[:CHUNK]``.
+    """
+
+    threshold: float | None = None
+    fps: float | None = None
+    system_prompt: str | None = None
+    max_reply_tokens: int | None = None
+    temperature: float = 0.0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    memory: str | None = None
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                object.__setattr__(self, f.name, _check(f.name, value))
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(self.temperature, self.top_p, self.repetition_penalty)
+
+    def memory_policy(self, default: MemoryPolicy | None = None) -> MemoryPolicy | None:
+        """The memory policy ``memory`` names, or ``default`` when it is None."""
+        return default if self.memory is None else parse_memory(self.memory)
+
+    def merged(self, other: "StreamOptions | None") -> "StreamOptions":
+        """These options with every field ``other`` sets (not None, not the default) taking its place."""
+        if other is None:
+            return self
+        base = StreamOptions()
+        changes = {f.name: getattr(other, f.name) for f in dataclasses.fields(other)
+                   if getattr(other, f.name) != getattr(base, f.name)}
+        return dataclasses.replace(self, **changes)
+
+    # ---- command line --------------------------------------------------------------------------------------------
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None,
+                      defaults: dict[str, Any] | None = None) -> None:
+        """Add the options ``names`` (default: all) to ``parser`` with their checkers and help; ``defaults`` may
+        replace a default (its help then says so)."""
+        defaults = defaults or {}
+        for name in names or tuple(OPTIONS):
+            option = OPTIONS[name]
+            default = defaults.get(name, _DEFAULTS[name])
+            help_ = option.help if name not in defaults else f"{option.help.split(' (default')[0]} (default: {default})"
+            parser.add_argument(option.flag, dest=name, type=option.check, default=default, help=help_,
+                                metavar=option.metavar)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "StreamOptions":
+        """The options a parsed command line holds (those :meth:`add_arguments` added)."""
+        return cls(**{name: getattr(args, name) for name in OPTIONS if hasattr(args, name)})
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(StreamOptions)}
+assert set(_DEFAULTS) == set(OPTIONS), "every StreamOptions field is declared in OPTIONS"
+
+__all__ = ["MAX_QUERY_CHARS", "MAX_REPLY_TOKENS", "MAX_SYSTEM_CHARS", "OPTIONS", "Option", "SamplingConfig",
+           "StreamOptions"]
