@@ -49,7 +49,7 @@ def test_sampling():
     g = torch.Generator().manual_seed(0)
     draws = {next_token(logits, SamplingConfig(temperature=1.0, top_p=0.5), [], g) for _ in range(20)}
     assert draws == {1}  # top-p 0.5 keeps only the most likely token
-    with pytest.raises(ValueError, match="top_p must be in"):
+    with pytest.raises(ValueError, match=r"top_p must be a finite number in \(0, 1\]"):
         SamplingConfig(top_p=0.0)
 
 
