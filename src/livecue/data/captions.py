@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Iterable
+from fractions import Fraction
 from pathlib import Path
-from typing import Iterable
 
+import av
 import numpy as np
 
 HOLD_SECONDS = 2.5  # how long a caption stays on screen
 
 
 def _font(size: int):
-    from PIL import ImageFont
+    from PIL import ImageFont  # Pillow is optional (the [models] extra): caption_frame names it when missing
 
     for name in ("DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"):
         try:
@@ -64,11 +66,7 @@ def check_output(path: str | Path) -> Path:
 def write_captioned(path: str | Path, frames: Iterable[tuple[float, np.ndarray]],
                     captions: list[tuple[float, str]], fps: float) -> Path:
     """Write ``frames`` (t, (H, W, 3)) as an mp4 with each caption shown from its time for a few seconds."""
-    import av
-
     path = check_output(path)
-    from fractions import Fraction
-
     rate = Fraction(fps).limit_denominator(1000)
     with av.open(str(path), "w") as container:
         stream = None

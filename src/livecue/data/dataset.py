@@ -11,9 +11,10 @@ frames) at the record's fps; :class:`~livecue.data.features.FeatureCache` reads 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ import torch
 from .labels import IGNORE, Markers, tokenize_conversation
 from .records import num_frames, read_records, template_messages, truncate
 from .template import Template
+from .video import decode_at_fps, letterbox
 
 
 class FrameProvider(Protocol):
@@ -60,8 +62,6 @@ class VideoFrames:
             first = int(round(start * fps))
             frames = np.array(array[first:first + n])  # a copy: writable, file closed
         else:
-            from .video import decode_at_fps
-
             frames = np.stack([f for _, f in decode_at_fps(path, fps, start=start, max_frames=n)]) \
                 if n else np.zeros((0, 1, 1, 3), np.uint8)
         if len(frames) < n:
@@ -69,8 +69,6 @@ class VideoFrames:
                              f"(start {start:g} s) but the video gives {len(frames)}")
         x = torch.from_numpy(np.ascontiguousarray(frames[:n])).permute(0, 3, 1, 2)  # (F, 3, H, W)
         if self.resolution is not None:
-            from ..model.vision import letterbox
-
             x = letterbox(x, self.resolution).round().to(torch.uint8)
         return x
 

@@ -18,13 +18,17 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from .records import num_frames
+from .video import decode_at_fps
 
 log = logging.getLogger(__name__)
 INDEX = "index.json"
@@ -58,8 +62,6 @@ def iter_video_frames(path: Path, fps: float) -> Iterable[np.ndarray]:
         for frame in frames:
             yield np.array(frame)
         return
-    from .video import decode_at_fps
-
     for _, frame in decode_at_fps(path, fps):
         yield frame
 
@@ -86,8 +88,6 @@ def encode_video(path: Path, fps: float, encode: Callable[[torch.Tensor], torch.
 
 def save_features(file: Path, features: torch.Tensor, metadata: dict[str, str]) -> None:
     """Atomic write: a temporary file in the same directory renamed into place."""
-    from safetensors.torch import save_file
-
     file.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=file.parent)
     os.close(fd)
@@ -101,8 +101,6 @@ def save_features(file: Path, features: torch.Tensor, metadata: dict[str, str]) 
 
 def build_index(out: str | Path, header: dict[str, Any]) -> dict[str, Any]:
     """Rebuild ``index.json`` from the feature files present (after all shards finished)."""
-    from safetensors import safe_open
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     videos = {}
@@ -153,8 +151,6 @@ class FeatureCache:
 
     def load(self, key: str) -> torch.Tensor:
         """All features of one video: (N, K, D)."""
-        from safetensors.torch import load_file
-
         entry = self.index["videos"].get(key)
         if entry is None:
             raise KeyError(f"video {key!r} is not in the feature cache {str(self.dir)!r}")

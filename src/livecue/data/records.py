@@ -28,8 +28,9 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 ROLES = ("system", "user", "assistant", "stream")
 EPS = 1e-6
@@ -142,12 +143,6 @@ def validate_record(record: Any, index: int | None = None) -> dict[str, Any]:
 def num_frames(record: dict[str, Any]) -> int:
     """Total frames of a record."""
     return sum(m.get("num_frames", 0) for m in record["messages"] if m.get("role") == "stream")
-
-
-def frame_times(record: dict[str, Any]) -> list[float]:
-    """Video times (seconds) of the record's frames, in order."""
-    fps, start = record["fps"], record.get("start", 0.0)
-    return [start + k / fps for k in range(num_frames(record))]
 
 
 def truncate(record: dict[str, Any], max_num_frames: int) -> dict[str, Any]:

@@ -10,6 +10,7 @@ are skipped below it (skipped frames are decoded but never converted to RGB, whe
 
 Frames are ``(H, W, 3)`` uint8 RGB numpy arrays, rotated upright when the file carries a display matrix or a
 ``rotate`` tag. Every failure to open or decode raises :class:`VideoError` with one line naming the path.
+:func:`letterbox` turns a batch of frames into the square a vision tower sees (long side to its resolution).
 """
 
 from __future__ import annotations
@@ -23,18 +24,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import av
 import numpy as np
 
-from ..config import MAX_FPS
+from ..argtypes import FPS
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used (letterbox)
+    import torch
 
 log = logging.getLogger(__name__)
 
 URL_TIMEOUT = 15.0  # seconds to wait for data when ``path`` is a URL
 
 __all__ = ["VideoError", "VideoInfo", "probe", "decode_at_fps", "read_image", "frame_rotation", "rotate_frame",
-           "resize_long_side", "to_rgb", "is_url"]
+           "resize_long_side", "letterbox", "to_rgb", "is_url"]
 
 
 class VideoError(ValueError):
@@ -95,8 +100,6 @@ def _check_file(path: str | os.PathLike, what: str) -> None:
 
 def _open(path: str | os.PathLike, what: str = "video") -> tuple[Any, Any]:
     """Open ``path`` and return ``(container, video_stream)`` with threaded decoding, or raise VideoError."""
-    import av
-
     _check_file(path, what)
     try:
         timeout = (URL_TIMEOUT, URL_TIMEOUT) if is_url(path) else None
@@ -119,7 +122,7 @@ def frame_rotation(frame: Any, stream: Any) -> int:
     """Counter-clockwise degrees (a multiple of 90) that make ``frame`` upright: display matrix, else ``rotate`` tag."""
     degrees = 0.0
     try:
-        from av.sidedata.sidedata import Type
+        from av.sidedata.sidedata import Type  # here, in the try: older PyAV builds lack it
 
         if any(sd.type == Type.DISPLAYMATRIX for sd in frame.side_data):
             degrees = float(frame.rotation)
@@ -171,8 +174,6 @@ def resize_long_side(frame: np.ndarray, max_side: int) -> np.ndarray:
 
     Frames already small enough are returned unchanged; the aspect ratio is kept.
     """
-    import av
-
     if max_side <= 0:
         raise ValueError(f"max_side must be positive, got {max_side}")
     if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
@@ -185,14 +186,37 @@ def resize_long_side(frame: np.ndarray, max_side: int) -> np.ndarray:
     return source.to_ndarray(format="rgb24", width=new_w, height=new_h, interpolation="AREA")
 
 
+def letterbox(frames: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Resize so the long side is ``resolution`` and pad to a centred square with black (what a vision tower sees).
+
+    Args:
+        frames: ``(F, 3, H, W)`` uint8 or float in [0, 255].
+
+    Returns:
+        ``(F, 3, R, R)`` float32 in [0, 255].
+    """
+    # torch is imported on first use: decoding (sources, the remote client) must not pay seconds for it at import
+    import torch.nn.functional as F
+
+    if frames.ndim != 4 or frames.shape[1] != 3:
+        raise ValueError(f"frames must have shape (F, 3, H, W), got {tuple(frames.shape)}")
+    x = frames.float()
+    _, _, h, w = x.shape
+    if (h, w) != (resolution, resolution):
+        scale = resolution / max(h, w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True).clamp_(0, 255)
+        top, left = (resolution - nh) // 2, (resolution - nw) // 2
+        x = F.pad(x, (left, resolution - nw - left, top, resolution - nh - top), value=0.0)
+    return x
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Decode an image file (png, jpg, bmp, webp, … anything ffmpeg reads) to an upright ``(H, W, 3)`` uint8 RGB array.
 
     Raises:
         VideoError: missing, empty or unreadable image, naming the path.
     """
-    import av
-
     container, stream = _open(path, what="image")
     try:
         frame = next(container.decode(stream), None)
@@ -214,8 +238,6 @@ def _rate(value: Any) -> Fraction | None:
 
 
 def _first_frame(container: Any, stream: Any, path: str | os.PathLike) -> Any:
-    import av
-
     try:
         first = next(container.decode(stream), None)
     except (av.FFmpegError, OSError) as exc:
@@ -269,8 +291,6 @@ def _timed_frames(container: Any, stream: Any, path: str | os.PathLike, origin: 
     Missing pts are extrapolated from the previous frame; times never go backwards. A decode error after at least one
     frame ends the iteration with a warning (truncated file); before any frame it raises VideoError.
     """
-    import av
-
     time_base = Fraction(stream.time_base) if stream.time_base else Fraction(1, 1000)
     step = 1 / (_rate(stream.average_rate) or _rate(stream.guessed_rate) or Fraction(25))
     last: Fraction | None = None
@@ -320,8 +340,7 @@ def decode_at_fps(path: str | os.PathLike, fps: float, *, max_frames: int | None
         VideoError: the file is missing, empty, corrupt, has no video stream or no decodable frame. A file that
             breaks off after some frames (truncated) yields those and stops with a logged warning.
     """
-    if isinstance(fps, bool) or not (isinstance(fps, numbers.Real) and math.isfinite(fps) and 0 < fps <= MAX_FPS):
-        raise ValueError(f"fps must be a number in (0, {MAX_FPS:g}], got {fps!r}")
+    fps = FPS.validate("fps", fps)
     if max_frames is not None and max_frames < 0:
         raise ValueError(f"max_frames must be >= 0, got {max_frames}")
     if not isinstance(start, numbers.Real) or not math.isfinite(start) or start < 0:
@@ -331,8 +350,6 @@ def decode_at_fps(path: str | os.PathLike, fps: float, *, max_frames: int | None
 
 def _decode(path: str | os.PathLike, fps: float, max_frames: int | None, start: float,
             max_side: int | None) -> Iterator[tuple[float, np.ndarray]]:
-    import av
-
     if max_frames == 0:
         return
     container, stream = _open(path)
@@ -386,8 +403,6 @@ def _decode(path: str | os.PathLike, fps: float, max_frames: int | None, start: 
 
 def _seek(container: Any, stream: Any, path: str | os.PathLike, start: float) -> int | None:
     """Remember the first frame's pts, then seek to the keyframe at or before ``start``; returns the origin pts."""
-    import av
-
     origin = _first_frame(container, stream, path).pts
     if origin is None or not stream.time_base:
         container.seek(0)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
 
 log = logging.getLogger(__name__)
@@ -178,8 +179,6 @@ def save_npy(path: str | Path, frames: np.ndarray) -> Path:
 
 def video_codec() -> str:
     """``libx264`` when this PyAV build has it, else ``mpeg4``."""
-    import av
-
     return "libx264" if "libx264" in av.codecs_available else "mpeg4"
 
 
@@ -192,8 +191,6 @@ def save_mp4(path: str | Path, frames: np.ndarray, fps: float, *, crf: int = 18,
     Raises:
         ValueError: frames of the wrong shape, or odd width/height (yuv420p needs even sizes).
     """
-    import av
-
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[3] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
         raise ValueError(f"save_mp4 needs (N>0, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")

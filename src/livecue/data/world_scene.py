@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Protocol
 
 import numpy as np
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .world import WorldConfig
 
 EVENT_TYPES = ("appear", "disappear", "move", "change_colour", "grow", "shrink", "collide")
 QUESTION_TYPES = ("colour", "count", "what_happened", "where")
@@ -52,6 +50,27 @@ class WorldObject:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+class SceneSettings(Protocol):
+    """What the scene reads of a :class:`~livecue.data.world.WorldConfig` (which validates it): the scene does not
+    import its config, whose rendering knobs it never sees."""
+
+    grid: int
+    fps: float
+    max_objects: int
+    min_initial_objects: int
+    max_initial_objects: int
+    event_rate: float
+    min_event_gap: int
+    move_frames: int
+    event_types: tuple[str, ...]
+    shapes: tuple[str, ...]
+    colours: tuple[str, ...]
+    question_rate: float
+
+    @property
+    def num_frames(self) -> int: ...
 
 
 def _capital(text: str) -> str:
@@ -162,7 +181,7 @@ def _interp(a: WorldObject, b: WorldObject, f: float) -> WorldObject:
     return dataclasses.replace(a, x=a.x + (b.x - a.x) * f, y=a.y + (b.y - a.y) * f)
 
 
-def _candidates(kind: str, objs: tuple[WorldObject, ...], cfg: WorldConfig) -> list[tuple[Any, ...]]:
+def _candidates(kind: str, objs: tuple[WorldObject, ...], cfg: SceneSettings) -> list[tuple[Any, ...]]:
     """All feasible instances of an event kind in the scene ``objs``: ``(involved, results, detail)`` triples."""
     g, out = cfg.grid, []
     names = {o.name for o in objs}
@@ -212,7 +231,7 @@ def _candidates(kind: str, objs: tuple[WorldObject, ...], cfg: WorldConfig) -> l
     return out
 
 
-def _event(kind: str, objs: tuple[WorldObject, ...], cfg: WorldConfig, rng: np.random.Generator,
+def _event(kind: str, objs: tuple[WorldObject, ...], cfg: SceneSettings, rng: np.random.Generator,
            start: int, room: int) -> tuple[list[tuple[WorldObject, ...]], dict[str, Any]] | None:
     """Pick an instance of ``kind``; return its per-frame states (at most ``room`` frames) and its description."""
     options = _candidates(kind, objs, cfg)
@@ -246,7 +265,7 @@ def _event(kind: str, objs: tuple[WorldObject, ...], cfg: WorldConfig, rng: np.r
     return states, event
 
 
-def _initial(cfg: WorldConfig, rng: np.random.Generator) -> tuple[WorldObject, ...]:
+def _initial(cfg: SceneSettings, rng: np.random.Generator) -> tuple[WorldObject, ...]:
     count = int(rng.integers(cfg.min_initial_objects, cfg.max_initial_objects + 1))
     names = [(s, c) for s in cfg.shapes for c in cfg.colours]
     picks = rng.choice(len(names), size=count, replace=False)
@@ -255,7 +274,7 @@ def _initial(cfg: WorldConfig, rng: np.random.Generator) -> tuple[WorldObject, .
                              c // cfg.grid + 0.5) for p, c in zip(picks.tolist(), cells.tolist()))
 
 
-def simulate(cfg: WorldConfig, rng: np.random.Generator) -> Story:
+def simulate(cfg: SceneSettings, rng: np.random.Generator) -> Story:
     """Run the scene for ``cfg.num_frames`` frames: events at random frames, then questions at silent frames."""
     n = cfg.num_frames
     objs = _initial(cfg, rng)
@@ -288,7 +307,7 @@ def simulate(cfg: WorldConfig, rng: np.random.Generator) -> Story:
     return Story(states, events, _questions(cfg, rng, states, events))
 
 
-def _questions(cfg: WorldConfig, rng: np.random.Generator, states: list[tuple[WorldObject, ...]],
+def _questions(cfg: SceneSettings, rng: np.random.Generator, states: list[tuple[WorldObject, ...]],
                events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     busy = {f for e in events for f in range(e["start_frame"], e["end_frame"] + 1)}
     free = [k for k in range(1, len(states)) if k not in busy]

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from ..config import LiveConfig
+from ..data.labels import IGNORE
 from . import lm as lm_api
 from .connector import build_connector
-from ..data.labels import IGNORE
 from .loss import streaming_loss
 from .vision import FrameEncoder
 

@@ -1,8 +1,8 @@
-"""Build a LiveModel and its tokenizer from a config; save and load livecue checkpoints.
+"""Save and load livecue checkpoints; load any model source as ``(LiveModel, tokenizer)``.
 
-``build_model(cfg)`` assembles the parts a config names: pretrained (hub id, local directory or a livecue alias
-such as ``smollm2-135m-instruct``) or randomly initialised (``random_init``, e.g. the ``tiny`` preset).
-``load_model(source)`` takes a checkpoint directory, a preset name or a config file.
+``load_model(source)`` takes a checkpoint directory, a preset name, a config file, a hub id, the packaged default
+model or the paper's released adapter (:mod:`livecue.model.upstream`); building a model from a config is
+:mod:`livecue.model.build`.
 
 A livecue checkpoint directory holds ``livecue_config.json``, the tokenizer files (with ``<v>``) and
 ``livecue_model.safetensors`` with the weights that cannot be rebuilt from pretrained sources: always the connector,
@@ -15,121 +15,26 @@ tokenizer files are refused with one line naming the file. No part of a checkpoi
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
 from ..config import CONFIG_FILE, LiveConfig, list_presets, preset
-from ..data.labels import Markers, add_frame_placeholder
-from ..data.template import Template
-from . import verify
+from ..pretrained import local_dir
+from . import upstream, verify
+from .build import DTYPE_NAMES, build_model, load_tokenizer
 from .live import LiveModel
-from .verify import hub_error  # also this module's interface: older callers import it from here
+from .lora import ADAPTER_CONFIG, ADAPTER_FILE, has_lora, load_adapter, merge_lora, read_adapter_config, save_adapter
+from .verify import WEIGHTS_FILE, weights_metadata
 from .vision import build_frame_encoder
 
-log = logging.getLogger(__name__)
-WEIGHTS_FILE = "livecue_model.safetensors"
-DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+__all__ = ["save_checkpoint", "checkpoint_state", "load_model", "load_frame_encoder", "check_checkpoint_files",
+           "DEFAULT_ALIAS", "DEFAULT_MODEL_DIR"]
 
 
-def resolve_lm_path(name: str) -> str:
-    """Resolve livecue aliases of offline pretrained LMs to a local directory; other names pass through."""
-    from . import offline
-
-    return offline.resolve(name)
-
-
-def build_tokenizer(cfg: LiveConfig) -> Any:
-    """The LM's tokenizer with ``<v>`` added (packaged tiny tokenizer for ``lm.tokenizer: tiny``)."""
-    source = cfg.lm.tokenizer or cfg.lm.name_or_path
-    if source == "tiny":
-        from .tiny_tokenizer import load_tiny_tokenizer
-
-        tokenizer = load_tiny_tokenizer()
-    else:
-        tokenizer = load_tokenizer(resolve_lm_path(source))
-    add_frame_placeholder(tokenizer, cfg.stream.v_placeholder)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def load_tokenizer(source: str | Path, *, saved: bool = False) -> Any:
-    """``AutoTokenizer.from_pretrained(source)`` with one-line errors.
-
-    Args:
-        source: a hub id or a local directory.
-        saved: ``source`` is a directory livecue or upstream saved a tokenizer into (a checkpoint): its tokenizer
-            files must all be there.
-    """
-    from transformers import AutoTokenizer
-
-    if saved:
-        verify.check_tokenizer_dir(Path(source))
-    try:
-        return AutoTokenizer.from_pretrained(str(source))
-    except Exception as e:  # noqa: BLE001 - tokenizers/JSON/sentencepiece errors become one line naming the source
-        raise hub_error("tokenizer", str(source), e) from None
-
-
-def build_lm(cfg: LiveConfig, tokenizer: Any, dtype: torch.dtype) -> torch.nn.Module:
-    """The causal LM: pretrained, or random with ``vocab_size`` = the tokenizer's vocabulary before ``<v>``."""
-    import transformers
-
-    if cfg.lm.random_init is not None and cfg.lm.name_or_path is None:
-        kwargs = dict(cfg.lm.random_init)
-        model_type = kwargs.pop("model_type")
-        kwargs.setdefault("vocab_size", len(tokenizer) - 1)
-        kwargs.setdefault("bos_token_id", tokenizer.bos_token_id)
-        kwargs.setdefault("eos_token_id", tokenizer.eos_token_id)
-        kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
-        hf_cfg = transformers.AutoConfig.for_model(model_type, **kwargs)
-        hf_cfg._attn_implementation = cfg.lm.attn_implementation
-        return transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype)
-    return verify.from_pretrained(transformers.AutoModelForCausalLM, resolve_lm_path(cfg.lm.name_or_path),
-                                  "language model", dtype=dtype, attn_implementation=cfg.lm.attn_implementation)
-
-
-def build_model(cfg: LiveConfig, *, device: str | torch.device | None = None, dtype: str | None = None,
-                seed: int | None = 0, tokenizer: Any = None) -> tuple[LiveModel, Any]:
-    """Assemble ``(LiveModel, tokenizer)`` from a config.
-
-    Args:
-        cfg: the model config.
-        device: where to put the model (default CPU).
-        dtype: override ``cfg.lm.dtype`` (``float32``, ``bfloat16``, ``float16``).
-        seed: seed for randomly initialised parts (reproducible random models); ``None`` leaves the RNG alone.
-        tokenizer: reuse an already built tokenizer.
-    """
-    dtype_name = dtype or cfg.lm.dtype
-    if dtype_name not in DTYPE_NAMES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPE_NAMES)}, got {dtype_name!r}")
-    torch_dtype = DTYPE_NAMES[dtype_name]
-    tokenizer = tokenizer if tokenizer is not None else build_tokenizer(cfg)
-    markers = Markers.from_tokenizer(tokenizer, cfg.stream.v_placeholder, cfg.stream.frame_interval)
-    with torch.random.fork_rng(devices=[]):  # each random part has its own seed: seed, seed + 1, seed + 2
-        if seed is not None:
-            torch.manual_seed(seed)
-        vision = build_frame_encoder(cfg.vision, dtype=torch_dtype)
-        if seed is not None:
-            torch.manual_seed(seed + 1)
-        lm = build_lm(cfg, tokenizer, torch_dtype)
-        if seed is not None:
-            torch.manual_seed(seed + 2)
-        model = LiveModel(vision, lm, cfg, markers.v)
-    model.to(device or "cpu")
-    model.eval()
-    return model, tokenizer
-
-
-def template_for(model: LiveModel, tokenizer: Any) -> Template:
-    """The template matching a model's config and tokenizer."""
-    return Template.from_config(model.cfg, tokenizer)
-
-
-# ---- checkpoints ----------------------------------------------------------------------------------------------------
+# ---- saving -----------------------------------------------------------------------------------------------------
 def save_checkpoint(model: LiveModel, tokenizer: Any, directory: str | Path) -> Path:
     """Write config, tokenizer, the LoRA adapter (if any) and the weights not rebuildable from pretrained sources.
 
@@ -137,10 +42,6 @@ def save_checkpoint(model: LiveModel, tokenizer: Any, directory: str | Path) -> 
     without LoRA, plus the vision tower when it was randomly initialised. Adapter weights go to
     ``adapter_model.safetensors`` (PEFT layout).
     """
-    from safetensors.torch import save_file
-
-    from .lora import has_lora, save_adapter
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.cfg.save(directory)
@@ -152,12 +53,6 @@ def save_checkpoint(model: LiveModel, tokenizer: Any, directory: str | Path) -> 
     if lora:
         save_adapter(model, directory)
     return directory
-
-
-def weights_metadata(lora: bool) -> dict[str, str]:
-    """The header metadata of ``livecue_model.safetensors``: whether a LoRA adapter belongs beside it (a checkpoint
-    whose adapter files went missing is refused instead of loading without them)."""
-    return {"format": "livecue", "adapter": "yes" if lora else "no"}
 
 
 def checkpoint_state(model: LiveModel, *, lora: bool) -> dict[str, torch.Tensor]:
@@ -185,6 +80,7 @@ def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+# ---- loading ----------------------------------------------------------------------------------------------------
 DEFAULT_ALIAS = "default"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_model"  # livecue's own (issue 7)
 
@@ -199,8 +95,6 @@ def load_model(source: str | Path, *, device: str | torch.device | None = None, 
     A checkpoint's LoRA adapter is merged into the base weights unless ``merge_lora=False`` (for training on).
     ``base`` / ``vision`` replace the base LM / vision tower of an upstream adapter (local copies of gated weights).
     """
-    from . import upstream
-
     if str(source) == DEFAULT_ALIAS and not Path(source).exists():
         source = DEFAULT_MODEL_DIR
     if str(source) in upstream.ALIASES or upstream.is_upstream_dir(source):
@@ -208,7 +102,7 @@ def load_model(source: str | Path, *, device: str | torch.device | None = None, 
                                       merge=merge_lora)
     path = Path(source)
     if path.is_dir() and (path / CONFIG_FILE).exists():
-        return _load_checkpoint(path, device=device, dtype=dtype, overrides=overrides, merge_lora=merge_lora)
+        return _load_checkpoint(path, device=device, dtype=dtype, overrides=overrides, merge=merge_lora)
     if path.is_dir():
         raise FileNotFoundError(f"{str(path)!r} is not a livecue checkpoint: it has no {CONFIG_FILE}")
     if _is_preset(str(source)):
@@ -217,7 +111,7 @@ def load_model(source: str | Path, *, device: str | torch.device | None = None, 
         cfg = LiveConfig.load(path)
         return build_model(cfg.with_overrides(overrides) if overrides else cfg, device=device, dtype=dtype)
     if _looks_like_hub_id(str(source)):
-        return load_model(_download(str(source)), device=device, dtype=dtype, overrides=overrides,
+        return load_model(local_dir(str(source), "model"), device=device, dtype=dtype, overrides=overrides,
                           merge_lora=merge_lora, base=base, vision=vision)
     raise ValueError(f"unknown model {str(source)!r}: not a checkpoint directory, a config file, a preset "
                      f"({', '.join(list_presets())}), {DEFAULT_ALIAS} or {', '.join(upstream.ALIASES)}")
@@ -262,16 +156,6 @@ def _looks_like_hub_id(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
 
 
-def _download(repo_id: str) -> str:
-    """A local snapshot of a hub repository holding a livecue checkpoint (uses the local cache when offline)."""
-    try:
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(repo_id)
-    except Exception as e:  # noqa: BLE001 - every hub failure becomes one clear line
-        raise hub_error("model", repo_id, e) from None
-
-
 def check_checkpoint_files(directory: str | Path, *, full: bool = True) -> LiveConfig:
     """Check a livecue checkpoint directory's files without building its model; returns its config.
 
@@ -281,8 +165,6 @@ def check_checkpoint_files(directory: str | Path, *, full: bool = True) -> LiveC
     tensor is also read and checked finite (what a resume must trust). Names and shapes against the config are
     checked when the model is built (:func:`load_model`). Raises one-line ``ValueError`` / ``FileNotFoundError``.
     """
-    from .lora import ADAPTER_CONFIG, ADAPTER_FILE, read_adapter_config
-
     path = Path(directory)
     cfg = LiveConfig.load(path)
     weights = verify.require_file(path / WEIGHTS_FILE, "a livecue checkpoint stores its connector (and every "
@@ -306,11 +188,8 @@ def check_checkpoint_files(directory: str | Path, *, full: bool = True) -> LiveC
 
 
 def _load_checkpoint(path: Path, *, device: str | torch.device | None, dtype: str | None,
-                     overrides: list[str] | None, merge_lora: bool) -> tuple[LiveModel, Any]:
+                     overrides: list[str] | None, merge: bool) -> tuple[LiveModel, Any]:
     """A livecue checkpoint directory, every file checked before its contents are used (cheap checks first)."""
-    from .lora import ADAPTER_FILE, load_adapter
-    from .lora import merge_lora as merge
-
     cfg = check_checkpoint_files(path, full=False)
     cfg = cfg.with_overrides(overrides) if overrides else cfg
     tokenizer = load_tokenizer(path, saved=True)
@@ -319,8 +198,8 @@ def _load_checkpoint(path: Path, *, device: str | torch.device | None, dtype: st
     _load_weights(model, path / WEIGHTS_FILE, lora=adapter)
     if adapter:
         load_adapter(model, path)
-        if merge_lora:
-            merge(model)
+        if merge:
+            merge_lora(model)
     return model, tokenizer
 
 

@@ -11,6 +11,9 @@ and later) also saves that layer's frozen weight, ``base_model.model.lm_head.bas
 on every loading path and **checks** it: it must equal the base LM's own head (to within one unit of the coarser
 dtype when the two dtypes differ), else the adapter is refused naming the tensor (it was trained over another base).
 It is never loaded: the head stays the base's. livecue's own adapters do not write it.
+
+peft is optional (the ``[train]`` extra): it is imported inside the functions that use it, and
+:func:`peft_config` names the extra when it is missing.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import logging
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from ..config import CONFIG_FILE, LoraConfig
 from . import verify
@@ -78,8 +82,7 @@ def adapter_state_dict(model: LiveModel) -> dict[str, torch.Tensor]:
 
 
 def save_adapter(model: LiveModel, directory: str | Path) -> None:
-    from safetensors.torch import save_file
-
+    """Write the LoRA weights and their PEFT ``adapter_config.json`` into ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in adapter_state_dict(model).items()}

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..config import UPSTREAM_SYSTEM_PROMPT
+from ..pretrained import first_line
+
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny_tokenizer"
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 VOCAB_SIZE = 1024
@@ -24,8 +27,6 @@ LLAMA3_SPLIT = (
 
 
 def _corpus() -> list[str]:
-    from ..config import UPSTREAM_SYSTEM_PROMPT
-
     words = (
         "the a an and or of to in on at with for from by is are was were you your it its this that these those "
         "what which who where when how many much there here now then next last first after before again just "
@@ -49,6 +50,7 @@ def _corpus() -> list[str]:
 
 def build_tiny_tokenizer():
     """Train the tiny tokenizer from scratch (deterministic) and return a ``PreTrainedTokenizerFast``."""
+    # tokenizers/transformers load on first use (importing transformers costs seconds), as everywhere in livecue
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -68,15 +70,13 @@ def build_tiny_tokenizer():
 
 def load_tiny_tokenizer():
     """Load the packaged tiny tokenizer (no network)."""
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # on first use, as in build_tiny_tokenizer
 
     if not (ASSET_DIR / "tokenizer.json").exists():
         raise FileNotFoundError(f"the packaged tiny tokenizer is missing from {ASSET_DIR}; reinstall livecue")
     try:
         return PreTrainedTokenizerFast.from_pretrained(str(ASSET_DIR))
     except Exception as e:  # noqa: BLE001 - a damaged install is one line, not a tokenizers traceback
-        from .verify import first_line
-
         raise OSError(f"the packaged tiny tokenizer in {str(ASSET_DIR)!r} is damaged ({first_line(e)}); "
                       "reinstall livecue") from None
 

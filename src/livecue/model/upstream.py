@@ -28,11 +28,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
 from ..config import CONFIG_FILE, LiveConfig, preset
+from ..pretrained import local_dir
 from . import verify
-from .load import WEIGHTS_FILE, load_tokenizer, weights_metadata
-from .lora import ADAPTER_CONFIG, ADAPTER_FILE, PREFIX, load_lora_tensors, read_adapter_config
+from .build import build_model, load_tokenizer, prepare_tokenizer
+from .live import LiveModel
+from .lora import ADAPTER_CONFIG, ADAPTER_FILE, PREFIX, apply_lora, load_lora_tensors, merge_lora, read_adapter_config
+from .verify import WEIGHTS_FILE, weights_metadata
 
 log = logging.getLogger(__name__)
 CONNECTOR_PREFIX = PREFIX + "connector."
@@ -60,21 +64,6 @@ def is_upstream_dir(path: str | Path) -> bool:
     weights file is then reported by :func:`read_adapter`, naming it)."""
     path = Path(path)
     return (path / ADAPTER_CONFIG).is_file() and not (path / CONFIG_FILE).exists()
-
-
-def local_dir(name: str, what: str) -> Path:
-    """A local directory for ``name`` (downloaded from the hub when it is not a directory)."""
-    path = Path(name)
-    if path.is_dir():
-        return path
-    from .load import hub_error
-
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(name))
-    except Exception as e:  # noqa: BLE001 - one clear line for every hub failure (unknown, gated, offline)
-        raise hub_error(what, name, e) from None
 
 
 def read_adapter(adapter_dir: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -110,12 +99,9 @@ def upstream_config(adapter_config: dict[str, Any], base: str | None, vision: st
 
 
 def load_upstream(adapter: str, *, base: str | None = None, vision: str | None = None,
-                  device: str | torch.device | None = None, dtype: str | None = None, merge: bool = True):
+                  device: str | torch.device | None = None, dtype: str | None = None,
+                  merge: bool = True) -> tuple[LiveModel, Any]:
     """Load an upstream adapter (alias, hub id or directory) as ``(LiveModel, tokenizer)``."""
-    from ..data.labels import add_frame_placeholder
-    from .load import build_model
-    from .lora import apply_lora, merge_lora
-
     parts = ALIASES.get(adapter)
     if parts is not None:
         adapter, base, vision = parts.adapter, base or parts.base, vision or parts.vision
@@ -124,10 +110,7 @@ def load_upstream(adapter: str, *, base: str | None = None, vision: str | None =
     cfg = upstream_config(config, str(local_dir(base, "base LM (Llama-3 is gated: accept its licence and log in)"))
                           if base else None, vision)
     saved = any((adapter_dir / name).is_file() for name in TOKENIZER_FILES)  # upstream saves it with the adapter
-    tokenizer = load_tokenizer(adapter_dir if saved else cfg.lm.name_or_path, saved=saved)
-    add_frame_placeholder(tokenizer, cfg.stream.v_placeholder)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = prepare_tokenizer(load_tokenizer(adapter_dir if saved else cfg.lm.name_or_path, saved=saved), cfg)
     model, tokenizer = build_model(cfg, device=device, dtype=dtype, tokenizer=tokenizer)
     apply_lora(model)
     load_upstream_tensors(model, tensors, adapter_dir / ADAPTER_FILE)
@@ -137,7 +120,7 @@ def load_upstream(adapter: str, *, base: str | None = None, vision: str | None =
     return model, tokenizer
 
 
-def load_upstream_tensors(model, tensors: dict[str, torch.Tensor], file: str | Path = ADAPTER_FILE) -> None:
+def load_upstream_tensors(model: LiveModel, tensors: dict[str, torch.Tensor], file: str | Path = ADAPTER_FILE) -> None:
     """Put upstream adapter tensors (LoRA + connector, maybe the frozen head) into a LiveModel with LoRA injected.
 
     Names and shapes must be exactly the model's LoRA layers and connector; a frozen ``…lm_head.base_layer.weight``
@@ -153,8 +136,6 @@ def load_upstream_tensors(model, tensors: dict[str, torch.Tensor], file: str | P
 def convert_to_livecue(adapter_dir: str | Path, out: str | Path, *, base: str | None = None,
                        vision: str | None = None) -> Path:
     """Upstream adapter directory -> livecue checkpoint directory; every tensor is copied bit for bit."""
-    from safetensors.torch import save_file
-
     adapter_dir, out = Path(adapter_dir), Path(out)
     _check_out(adapter_dir, out)
     config, tensors = read_adapter(adapter_dir)
@@ -174,8 +155,6 @@ def convert_to_livecue(adapter_dir: str | Path, out: str | Path, *, base: str | 
 
 def export_upstream(checkpoint: str | Path, out: str | Path) -> Path:
     """livecue checkpoint directory -> upstream adapter layout (LoRA + connector in one PEFT adapter)."""
-    from safetensors.torch import save_file
-
     checkpoint, out = Path(checkpoint), Path(out)
     _check_out(checkpoint, out)
     cfg = LiveConfig.load(checkpoint)

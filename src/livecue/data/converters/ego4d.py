@@ -33,10 +33,12 @@ import math
 import os
 import random
 import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 from ...argtypes import FPS, SEED, positive_int
+from ...pretrained import resolve
 from ..records import truncate
 from .common import Tally, is_number, read_json
 
@@ -273,6 +275,7 @@ class HFRewriter:
     """A local transformers instruct LM as a :class:`Rewriter` (greedy, batched, left-padded)."""
 
     def __init__(self, model_path: str, *, device: str | None = None, max_new_tokens: int = 64) -> None:
+        # torch and transformers load with the rewriter: converting from a cache never pays for them
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -350,10 +353,12 @@ def add_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
         parser.add_argument("--rewriter", default="smollm2-135m-instruct",
                             help="local instruct LM directory or livecue alias (default: %(default)s)")
         parser.add_argument("--cache", default=None, help="JSON cache of rewrites; reruns skip the LM")
-        parser.add_argument("--batch-size", type=positive_int(1024), default=16, help="rewrites per batch, in [1, 1024]")
+        parser.add_argument("--batch-size", type=positive_int(1024), default=16,
+                            help="rewrites per batch, in [1, 1024]")
         parser.add_argument("--max-new-tokens", type=positive_int(4096), default=64,
                             help="rewrite length cap, in [1, 4096]")
-        parser.add_argument("--device", default=None, help="torch device of the rewriter (default: the accelerator if any, else cpu)")
+        parser.add_argument("--device", default=None,
+                            help="torch device of the rewriter (default: the accelerator if any, else cpu)")
         parser.add_argument("--seed", type=SEED, default=0,
                             help=f"seed of the per-record instruction choice, in {SEED.range}")
 
@@ -389,8 +394,6 @@ def convert(args: argparse.Namespace, kind: str) -> Iterator[dict[str, Any]]:
     if refined:
         rewriter = args.rewriter
         if isinstance(rewriter, str):
-            from ...model.offline import resolve
-
             rewriter = HFRewriter(resolve(rewriter), device=args.device, max_new_tokens=args.max_new_tokens)
         texts = (x for u in uids for _, _, ns in videos[u] for _, x in ns)
         mapping = refine_texts(texts, rewriter, cache=args.cache, batch_size=args.batch_size)

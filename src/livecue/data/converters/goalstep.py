@@ -45,10 +45,12 @@ import posixpath
 import random
 import re
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Protocol
+from typing import Any, Protocol
 
 from ...argtypes import FPS, SEED, nonnegative_int, positive_int
+from ...pretrained import resolve
 from .common import is_number, read_json, require_records
 from .lta import load_durations
 
@@ -93,10 +95,9 @@ class HFGenerator:
         self.tokenizer: Any = None
 
     def _load(self) -> None:
+        # torch and transformers load with the generator: converting from a cache never pays for them
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from ...model.offline import resolve
 
         log.info("loading generator %s", self.name)
         path = resolve(self.name)
@@ -106,7 +107,7 @@ class HFGenerator:
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype="auto").eval().to(self.device)
 
     def __call__(self, prompt: str) -> str:
-        import torch
+        import torch  # lazy, like the imports of _load
 
         if self.model is None:
             self._load()
@@ -397,7 +398,8 @@ def add_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
                              "(default: %(default)s)")
     parser.add_argument("--max-new-tokens", type=positive_int(32768), default=2048,
                         help="generation cap, in [1, 32768] (default: %(default)s)")
-    parser.add_argument("--device", default=None, help="torch device of the generator (default: the accelerator if any, else cpu)")
+    parser.add_argument("--device", default=None,
+                        help="torch device of the generator (default: the accelerator if any, else cpu)")
     parser.add_argument("--video-dir", default="", help="prefix of each record's 'video' ({uid}.mp4)")
     parser.add_argument("--video-ext", default=".mp4", help="video file extension (default: %(default)s)")
 

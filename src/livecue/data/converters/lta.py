@@ -32,8 +32,9 @@ import math
 import posixpath
 import re
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from ...argtypes import FPS
 from .common import Tally, is_number, read_json, require_records

