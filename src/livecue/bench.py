@@ -2,8 +2,8 @@
 
 Random frame features (or random pixels through the vision tower) are streamed at the model's fps with a **forced
 speak schedule**: every ``speak_every`` seconds a frame is forced to speak a reply of exactly ``reply_tokens``
-tokens; every other frame is forced silent, so random weights cost what a trained model costs. The forcing lives in
-:class:`ForcedSession`, a benchmark-only subclass (θ = 0 / 1 before each frame, eos masked while decoding).
+tokens; every other frame is forced silent, so random weights cost what a trained model costs. The forcing is the
+session's public hook (:meth:`~livecue.inference.session.StreamSession.force`; see :func:`forced_session`).
 
 Per stream, in windows of frames ending at each mark: frames/s, silent and speaking frame latency p50/p99, cached
 tokens, memory (RSS on CPU, allocated accelerator memory otherwise). :func:`measure_overhead` compares the engine's
@@ -24,10 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .inference.engine import Program, StreamEngine, StreamSession
+from .inference.engine import StreamEngine, StreamSession
 from .inference.events import Reply
 from .inference.memory import Eviction, MemoryPolicy, Units, parse_memory
+from .inference.options import check_option
 from .model import lm as lm_api
+from .model.load import load_model
 
 log = logging.getLogger(__name__)
 
@@ -68,50 +70,30 @@ class BenchConfig:
             raise ValueError(f"need speak_every >= 0, reply_tokens > 0, window > 0; got {self.speak_every}, "
                              f"{self.reply_tokens}, {self.window}")
         self.marks = sorted(set(self.marks))
-        parse_memory(self.memory)
+        check_option("memory", self.memory)
 
 
 # ---- the forced session ---------------------------------------------------------------------------------------------
-class ForcedSession(StreamSession):
-    """A session whose replies never end early (eos masked) and that can record its forwards for a pure replay.
+Trace = list[tuple[str, Any, Any]]  # ("forward", ids, features) and ("evict", start, end), in order
 
-    The bench sets ``threshold`` before each frame: 0.0 forces silence (p ≥ 0 always), 1.0 forces speech (unless
-    p(silence) is exactly 1.0, which the runner reports). ``max_reply_tokens`` makes every reply that long.
-    """
 
-    def __init__(self, engine: StreamEngine, reply_tokens: int, memory: MemoryPolicy, record: bool = False) -> None:
-        self.trace: list[tuple[str, Any, Any]] | None = [] if record else None
-        super().__init__(engine, threshold=0.0, max_reply_tokens=reply_tokens,
-                         memory=_TracedPolicy(memory, self.trace) if self.trace is not None else memory)
-        self._ban_eos = False
-
-    def _generate(self, prompt: str, turn: tuple[str, float, str | None]) -> Program:
-        self._ban_eos = True
-        try:
-            return (yield from super()._generate(prompt, turn))
-        finally:
-            self._ban_eos = False
-
-    def frame_program(self, features: torch.Tensor, t: float) -> Program:
-        """The base program, with its forwards traced and eos masked out of the logits while a reply is decoded."""
-        program, logits = super().frame_program(features, t), None
-        while True:
-            try:
-                step = program.send(logits)
-            except StopIteration as done:
-                return done.value
-            if self.trace is not None:
-                self.trace.append(("forward", step.ids, step.features))
-            logits = yield step
-            if self._ban_eos:
-                logits = logits.clone()
-                logits[self.engine.markers.eos] = float("-inf")
+def forced_session(engine: StreamEngine, reply_tokens: int, memory: MemoryPolicy,
+                   trace: Trace | None = None) -> StreamSession:
+    """A session whose every reply is exactly ``reply_tokens`` long (eos cannot end it earlier); the runner forces
+    each frame's decision with ``session.force(speak, reply_tokens)``. With ``trace``, the session's forwards
+    (:attr:`~livecue.inference.session.StreamSession.on_step`) and evictions are appended to it for a pure replay."""
+    session = engine.session(memory=_TracedPolicy(memory, trace) if trace is not None else memory,
+                             max_reply_tokens=reply_tokens)
+    session.force(False, reply_tokens)
+    if trace is not None:
+        session.on_step = lambda step: trace.append(("forward", step.ids, step.features))
+    return session
 
 
 class _TracedPolicy:
     """Wraps a memory policy and writes the evictions it plans into a trace."""
 
-    def __init__(self, inner: MemoryPolicy, trace: list[tuple[str, Any, Any]]) -> None:
+    def __init__(self, inner: MemoryPolicy, trace: Trace) -> None:
         self.inner, self.trace = inner, trace
 
     def plan(self, units: Units, length: int) -> Eviction | None:
@@ -180,8 +162,6 @@ def load_bench_model(source: str, device: str | None = None, dtype: str | None =
                      overrides: list[str] | None = None) -> tuple[Any, Any]:
     """``load_model`` with every tensor created directly on ``device`` (default-device context), so a real-size
     random model (e.g. 8B parameters) is allocated and initialised on the GPU in seconds instead of on the CPU."""
-    from .model.load import load_model
-
     target = torch.device(device or "cpu")
     with torch.device(target):
         return load_model(source, device=target, dtype=dtype, overrides=overrides or None)
@@ -256,19 +236,21 @@ def _pct(values: np.ndarray, q: float) -> float | None:
     return float(np.percentile(values, q) * 1e3) if len(values) else None
 
 
-def run_stream(engine: StreamEngine, cfg: BenchConfig, record: bool = False) -> tuple[StreamResult, ForcedSession]:
-    """Stream up to the largest mark with the forced schedule and collect statistics at every mark."""
+def run_stream(engine: StreamEngine, cfg: BenchConfig,
+               trace: Trace | None = None) -> tuple[StreamResult, StreamSession]:
+    """Stream up to the largest mark with the forced schedule and collect statistics at every mark (the session's
+    forwards and evictions go into ``trace`` when given)."""
     device, fps, n = engine.model.device, engine.model.cfg.stream.fps, cfg.marks[-1]
     speak = speak_schedule(n, fps, cfg.speak_every)
     pool = frame_pool(engine, cfg.pixels, cfg.seed)
-    session = ForcedSession(engine, cfg.reply_tokens, parse_memory(cfg.memory), record=record)
+    session = forced_session(engine, cfg.reply_tokens, parse_memory(cfg.memory), trace)
     latency, cpu = np.zeros(n), 0.0
     tokens = np.zeros((n, 2), dtype=np.int64)  # cached, evicted
     memory: dict[int, tuple[float, float]] = {}
     reset_peak_memory(device)
     started, done = time.perf_counter(), 0
     for i in range(n):
-        session.threshold = 1.0 if speak[i] else 0.0
+        session.force(bool(speak[i]), cfg.reply_tokens)
         c0, t0 = time.process_time(), time.perf_counter()
         events = session.push_frame(pool[i % len(pool)], i / fps)
         sync(device)
@@ -302,14 +284,11 @@ def run_stream(engine: StreamEngine, cfg: BenchConfig, record: bool = False) -> 
 
 
 def _check(events: list, speak: bool, reply_tokens: int, frame: int) -> None:
+    """The forcing held: a reply of exactly ``reply_tokens`` where the schedule speaks, silence elsewhere."""
     last = events[-1]
-    if speak and not isinstance(last, Reply):
-        raise RuntimeError(f"frame {frame} was forced to speak but p(silence) is exactly 1.0: the decision cannot "
-                           "be forced through the threshold for this model")
-    if speak and len(last.token_ids) != reply_tokens:
-        raise RuntimeError(f"frame {frame}: a forced reply has {len(last.token_ids)} tokens, not {reply_tokens}")
-    if not speak and isinstance(last, Reply):
-        raise RuntimeError(f"frame {frame} was forced silent but spoke")
+    if isinstance(last, Reply) != speak or speak and len(last.token_ids) != reply_tokens:
+        raise RuntimeError(f"frame {frame} was forced to {'speak' if speak else 'stay silent'} "
+                           f"({reply_tokens} tokens) but gave {last!r}")
 
 
 # ---- engine overhead over pure model time ---------------------------------------------------------------------------
@@ -320,7 +299,7 @@ class _Replayer:
         self.model, self.cache = model, None
 
     @torch.inference_mode()
-    def run(self, entries: list[tuple[str, Any, Any]]) -> tuple[float, float]:
+    def run(self, entries: Trace) -> tuple[float, float]:
         """``(wall, cpu)`` seconds for ``entries``; their input tensors are built before the clock starts."""
         model, device = self.model, self.model.device
         steps = [(kind, torch.tensor([a], device=device) if kind == "forward" else a, b) for kind, a, b in entries]
@@ -335,7 +314,7 @@ class _Replayer:
         return time.perf_counter() - t0, time.process_time() - c0
 
 
-def replay(model: Any, trace: list[tuple[str, Any, Any]]) -> tuple[float, float]:
+def replay(model: Any, trace: Trace) -> tuple[float, float]:
     """``(wall, cpu)`` seconds to run a session's recorded forwards and evictions directly through ``model(...)``:
     the same ids and features, the cache growing and evicted exactly as in the session."""
     return _Replayer(model).run(trace)
@@ -370,17 +349,19 @@ def measure_overhead(engine: StreamEngine, cfg: BenchConfig, frames: int, repeat
     pool = frame_pool(engine, False, cfg.seed)
     engine_s, pure_s, engine_cpu, pure_cpu, forwards = [], [], [], [], 0
     for _ in range(repeats):
-        session = ForcedSession(engine, cfg.reply_tokens, parse_memory(cfg.memory), record=True)
+        trace: Trace = []
+        session = forced_session(engine, cfg.reply_tokens, parse_memory(cfg.memory), trace)
         replayer = _Replayer(engine.model)
         totals = np.zeros(4)  # engine wall, engine cpu, pure wall, pure cpu
         forwards = 0
         for i in range(frames):
-            session.threshold = 1.0 if speak[i] else 0.0
+            session.force(bool(speak[i]), cfg.reply_tokens)
             c0, t0 = time.process_time(), time.perf_counter()
             session.push_frame(pool[i % len(pool)], i / fps)
             sync(device)
             totals[:2] += (time.perf_counter() - t0, time.process_time() - c0)
-            entries, session.trace = session.trace, []
+            entries = list(trace)
+            trace.clear()
             forwards += sum(1 for kind, _, _ in entries if kind == "forward")
             totals[2:] += replayer.run(entries)
         engine_s.append(float(totals[0]))
@@ -439,12 +420,12 @@ def run_streams(engine: StreamEngine, cfg: BenchConfig, streams: int, frames: in
     total = frames + warmup
     pools = [frame_pool(engine, cfg.pixels, cfg.seed + i, size=8) for i in range(streams)]
     speak = [np.roll(speak_schedule(total + streams, fps, cfg.speak_every), i)[:total] for i in range(streams)]
-    sessions = [ForcedSession(engine, cfg.reply_tokens, parse_memory(cfg.memory)) for _ in range(streams)]
+    sessions = [forced_session(engine, cfg.reply_tokens, parse_memory(cfg.memory)) for _ in range(streams)]
     latencies, replies = [], 0
     reset_peak_memory(device)
 
     def start(i: int, k: int) -> tuple[Any, torch.Tensor, float]:
-        sessions[i].threshold = 1.0 if speak[i][k] else 0.0
+        sessions[i].force(bool(speak[i][k]), cfg.reply_tokens)
         return sessions[i], pools[i][k % len(pools[i])], k / fps
 
     def record(i: int, k: int, events: list, seconds: float) -> None:
@@ -497,7 +478,7 @@ def run_streams(engine: StreamEngine, cfg: BenchConfig, streams: int, frames: in
                              peak_mem_mb=memory_mb(device)[1], memory_kind="allocated" if _is_accel(device) else "rss")
 
 
-__all__ = ["BenchConfig", "MultiStreamResult", "run_streams", "ForcedSession", "MarkStats", "OverheadResult",
+__all__ = ["BenchConfig", "MultiStreamResult", "run_streams", "forced_session", "MarkStats", "OverheadResult",
            "StreamResult", "environment",
            "load_bench_model", "measure_overhead", "memory_mb", "parse_memory", "replay", "run_stream",
            "speak_schedule"]

@@ -49,7 +49,7 @@ class Markers:
     bos: int | None
 
     @classmethod
-    def from_tokenizer(cls, tokenizer: Any, v_placeholder: str = "<v>", frame_interval: str = ",") -> "Markers":
+    def from_tokenizer(cls, tokenizer: Any, v_placeholder: str = "<v>", frame_interval: str = ",") -> Markers:
         vocab = tokenizer.get_vocab()
         if v_placeholder not in vocab:
             raise ValueError(f"tokenizer has no {v_placeholder!r} token: call add_frame_placeholder first")

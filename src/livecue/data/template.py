@@ -23,12 +23,17 @@ Learned spans (character ranges whose *tokens are targets*, kind in parentheses)
 * each learned assistant turn: ``Assistant: `` + content + eos (``response``).
 
 ``learn = k`` learns only the first k frames of the segment (the last one only if k = n).
+
+A live stream walks the same template one forward at a time: :class:`StreamCursor` says which ids to feed next
+(start, frame, interval, query, reply prompt, the eos that closes a turn), so that the ids fed through the KV cache
+are exactly the rendered conversation, tokenized.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 ROLES = ("system", "user", "assistant", "stream")
 USER_PREFIX = "\nUser: "
@@ -84,7 +89,7 @@ class Template:
     frame_interval: str = ","
 
     @classmethod
-    def from_config(cls, cfg: Any, tokenizer: Any) -> "Template":
+    def from_config(cls, cfg: Any, tokenizer: Any) -> Template:
         """From a :class:`~livecue.config.LiveConfig` and a tokenizer (bos/eos strings are the tokenizer's)."""
         if tokenizer.eos_token is None:
             raise ValueError(f"tokenizer {type(tokenizer).__name__} has no eos token; the LIVE template needs one")
@@ -180,6 +185,79 @@ class Template:
             spans.append(LearnSpan(start, start + len(SPEAK), SPEAK_KIND, owner))
         text = "".join(parts) + suffix
         return Rendered(text=text, spans=sorted(spans, key=lambda s: (s.start, s.end)), num_frames=total_frames)
+
+
+class StreamCursor:
+    """Where a live stream stands in the template, and the ids to feed next (SPEC §6). Pure: no model, no torch.
+
+    Template text is held back ("pending") until the next forward, so that adjacent pieces (``SYS\\n`` and ``\\n[``,
+    ``]`` and ``\\nUser: ...``) are encoded together, as in the rendered conversation. Each method returns the ids of
+    one forward (or queues text for the next one)::
+
+        start       <bos>SYS\\n                       pending until the first forward
+        frame()     pending + "\\n[" | "," + <v>*K    "\\n[" opens the stream; the interval separates frames
+        reply()     pending + "]\\nAssistant:"        the model speaks after a frame
+        query(q)    pending + "]\\nUser: q\\nAssistant:" (no "]" when no stream is open)
+        instruction(q)   queues "]\\nUser: q"; the next frame reopens the stream ("\\n[")
+        (reply tokens)   fed one by one by the engine as it decodes them
+        end_turn(reply, capped)   queues eos (after the reply's last token, unfed, when the cap stopped it)
+
+    Args:
+        template: the :class:`Template` of the model.
+        encode: text -> token ids (special-token strings in user text must stay plain text).
+        system_prompt: the system message.
+        bos, eos, v: the tokenizer's bos id (None: none), eos id and ``<v>`` id.
+    """
+
+    def __init__(self, template: Template, encode: Callable[[str], list[int]], system_prompt: str, *,
+                 bos: int | None, eos: int, v: int) -> None:
+        self.template = template
+        self.encode = encode
+        self.eos = eos
+        self.frame_ids = [v] * template.frame_num_tokens
+        self.pending_ids: list[int] = [bos] if template.bos and bos is not None else []
+        self.pending_text = system_prompt + "\n"
+        self.in_stream = False    # "[" is open: frames may follow with the interval between them
+        self.after_frame = False  # the last thing fed was a frame
+
+    def frame(self) -> list[int]:
+        """The ids of the next frame: what is pending, the stream opening or the interval, ``K`` placeholders."""
+        if not self.in_stream:
+            self.pending_text += STREAM_PROMPT
+        elif self.after_frame:
+            self.pending_text += self.template.frame_interval
+        self.in_stream = self.after_frame = True
+        return self._take() + self.frame_ids
+
+    def reply(self) -> list[int]:
+        """The ids that close the stream and open the assistant turn after a frame: ``]\\nAssistant:``."""
+        return self._open_turn(STREAM_GENERATION_PROMPT)
+
+    def query(self, text: str) -> list[int]:
+        """The ids that ask ``text`` and open the assistant turn: ``]\\nUser: text\\nAssistant:``."""
+        return self._open_turn(self.template.query_prompt(text, in_stream=self.in_stream))
+
+    def instruction(self, text: str) -> None:
+        """A user turn the model reads and does not answer: fed with the next frame, which reopens the stream."""
+        self.pending_text += self.template.user_turn(text, in_stream=self.in_stream)
+        self.in_stream = self.after_frame = False
+
+    def end_turn(self, reply: list[int], capped: bool) -> None:
+        """Close the assistant turn with eos, fed with whatever comes next (``...reply<eos>\\n[``). When the cap
+        stopped the reply, its last token was decoded but never fed: it goes first, then eos."""
+        self.pending_ids = (reply[-1:] if capped else []) + [self.eos]
+        self.pending_text = ""
+        self.in_stream = self.after_frame = False
+
+    def _open_turn(self, prompt: str) -> list[int]:
+        self.pending_text += prompt
+        self.in_stream = self.after_frame = False  # the prompt closed the stream
+        return self._take()
+
+    def _take(self) -> list[int]:
+        ids = self.pending_ids + self.encode(self.pending_text)
+        self.pending_ids, self.pending_text = [], ""
+        return ids
 
 
 def _role(msg: dict[str, Any], i: int) -> str:

@@ -2,6 +2,9 @@
 
 Stay silent iff ``p(silence token) >= θ``, with ``p = softmax(last logits)``. Higher θ makes the model more
 talkative (upstream θ = 0.725). Reply sampling options: :class:`~livecue.inference.options.SamplingConfig`.
+
+Benchmarks and tests may take the decision out of the model's hands (``forced``) and keep eos out of a reply
+(``ban``); p(silence) is still computed and reported.
 """
 
 from __future__ import annotations
@@ -15,20 +18,26 @@ from .options import SamplingConfig
 
 @dataclass(frozen=True)
 class Decision:
+    """Whether the model speaks after a frame, and p(silence) it decided on."""
+
     speak: bool
     p_silence: float
 
 
-def decide(last_logits: torch.Tensor, silence_id: int, threshold: float) -> Decision:
-    """Shape: last_logits (V,). Silent iff softmax(last_logits)[silence_id] >= threshold."""
+def decide(last_logits: torch.Tensor, silence_id: int, threshold: float, forced: bool | None = None) -> Decision:
+    """Silent iff ``softmax(last_logits)[silence_id] >= threshold``; ``forced`` (not None) is the decision whatever
+    p is. Shape: last_logits (V,)."""
     p = torch.softmax(last_logits.float(), dim=-1)[silence_id].item()
-    return Decision(speak=p < threshold, p_silence=p)
+    return Decision(speak=p < threshold if forced is None else forced, p_silence=p)
 
 
 def next_token(last_logits: torch.Tensor, sampling: SamplingConfig, previous: list[int],
-               generator: torch.Generator | None = None) -> int:
-    """Pick the next reply token. Shape: last_logits (V,)."""
+               generator: torch.Generator | None = None, ban: int | None = None) -> int:
+    """Pick the next reply token (never ``ban``, when given). Shape: last_logits (V,)."""
     logits = last_logits.float()
+    if ban is not None:
+        logits = logits.clone()
+        logits[ban] = float("-inf")
     if sampling.repetition_penalty != 1.0 and previous:
         idx = torch.tensor(sorted(set(previous)), device=logits.device)
         seen = logits[idx]

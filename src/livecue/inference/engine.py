@@ -1,47 +1,45 @@
 """StreamEngine: the one streaming loop behind every front door (CLI, server, evaluation). SPEC §6.
 
-One engine holds the model and tokenizer; each stream is a :class:`StreamSession` object (its KV cache, pending
-tokens, query queue and clock), so many sessions can share one model. The engine keeps a default session so that
+One engine holds the model and tokenizer; each stream is a :class:`StreamSession` (its KV cache, its place in the
+template, its query queue and clock), so many sessions share one model. The engine keeps a default session so that
 the simple contract reads::
 
-    engine = StreamEngine(model, tokenizer)
+    engine = StreamEngine(model, tokenizer)                 # or StreamEngine(model, tokenizer, StreamOptions(...))
     engine.reset(system_prompt)
     engine.add_query("What colour is the square?", at=3.0)
     for event in engine.push_frame(frame, t): ...          # Silence | Reply | Answer
     for event in engine.finish(): ...                      # answers queries still waiting at the end
 
-Per frame the session feeds ``pending + frame tokens`` in one cached forward (the pending prefix is the interval
-``,`` after a silent frame, ``<eos>\\n[`` after a reply, ``<bos>SYS\\n\\n[`` at the start) and reads the last
-position: silent iff p(silence) ≥ θ, else it feeds ``]\\nAssistant:`` and decodes a reply. A query asked at time
-tq is answered before the first frame with t > tq is fed, or right after the frame with t == tq, by feeding
-``]\\nUser: q\\nAssistant:``. A reply that hits the token cap is closed with eos like any other, so the context
-stays well-formed.
+A frame's way: ``push_frame`` -> the session's frame program
+(:meth:`~livecue.inference.session.StreamSession.frame_program`: its template cursor gives the ids, it yields them as
+a :class:`Step`) -> :meth:`StreamEngine.run` -> :meth:`Batch.round` -> ``_execute`` (one cached forward) -> the last
+logits go back to the program, which decides (and yields the reply's forwards the same way).
 
-Many sessions, one forward: a session's logic is a generator ("program") that yields each forward it needs.
-``push_frame`` runs one program alone; ``engine.step([(session, frame, t), ...])`` runs one per session side by
-side and :class:`Batch` keeps a continuous batch (programs join at any round, finished frames leave), each round
-one ragged LM forward for all (:func:`livecue.model.lm.ragged_forward`). The decisions are the same code either way.
+Many sessions, one forward: ``push_frame`` runs one program alone; ``engine.step([(session, frame, t), ...])`` runs
+one per session side by side and :class:`Batch` keeps a continuous batch (programs join at any round, finished frames
+leave), each round one ragged LM forward for all (:func:`livecue.model.lm.ragged_forward`). The decisions are the
+same code either way.
 """
 
 from __future__ import annotations
 
-import collections
+import dataclasses
 import logging
-import time
-from dataclasses import dataclass
-from typing import Any, Callable, Generator, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..data.labels import Markers
-from ..data.template import GENERATION_PROMPT, STREAM_GENERATION_PROMPT, STREAM_PROMPT, Template
+from ..data.template import GENERATION_PROMPT, Template
 from ..model import lm as lm_api
 from ..model.attention import use_stream_attention
 from ..model.live import LiveModel
-from .decide import SamplingConfig, decide, next_token
-from .events import Answer, Event, Reply, Silence
-from .memory import MemoryPolicy, Unbounded
+from .events import Event
+from .memory import MemoryPolicy, SinkWindow, Unbounded, memory_spec
+from .options import SamplingConfig, StreamOptions
+from .session import Program, Step, StreamSession, TokenCallback
 
 log = logging.getLogger(__name__)
 _CACHE_MAX_LEN = 128  # texts / id lists longer than this (user text: system prompts, queries) are never cached
@@ -60,218 +58,13 @@ def to_frame_tensor(frame: Any) -> torch.Tensor:
     raise TypeError(f"a frame must have 3 colour channels, got shape {tuple(x.shape)}")
 
 
-# on_token(kind: "reply" | "answer", t: stream time, ids: the reply's ids so far, query: the question or None)
-TokenCallback = Callable[[str, float, list[int], "str | None"], None]
-
-
-@dataclass
-class _Query:
-    t: float
-    text: str
-    answer: bool = True  # False: an instruction the model reads and then keeps watching (no reply turn)
-
-
-class StreamSession:
-    """The state of one stream. Create with :meth:`StreamEngine.session`."""
-
-    def __init__(self, engine: "StreamEngine", system_prompt: str | None = None, threshold: float | None = None,
-                 sampling: SamplingConfig | None = None, max_reply_tokens: int | None = None, seed: int = 0,
-                 record: bool = False, memory: MemoryPolicy | None = None,
-                 on_token: TokenCallback | None = None) -> None:
-        cfg = engine.model.cfg.stream
-        self.engine = engine
-        self.system_prompt = cfg.system_prompt if system_prompt is None else system_prompt
-        self.threshold = cfg.threshold if threshold is None else float(threshold)
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
-        self.sampling = sampling or engine.sampling
-        self.max_reply_tokens = max_reply_tokens or cfg.max_reply_tokens
-        self.generator = torch.Generator().manual_seed(seed)
-        self.cache: Any = None
-        bos = [engine.markers.bos] if engine.template.bos and engine.markers.bos is not None else []
-        self._pending_ids: list[int] = bos
-        self._pending_text: str = self.system_prompt + "\n"
-        self._in_stream = False      # "[" is open: frames may follow with the interval between them
-        self._after_frame = False    # the last thing fed was a frame
-        self.queries: collections.deque[_Query] = collections.deque()
-        self.t = float("-inf")       # time of the last frame fed
-        self.frames = 0
-        self.replies = 0
-        self.history: list[int] | None = [] if record else None  # the ids in the cache, when recording (tests)
-        self.memory: MemoryPolicy = memory or engine.memory
-        self.units: list[tuple[int, int]] = []  # cache spans of each frame step (with its reply); before: the sink
-        self.evicted_tokens = 0
-        self._sink: int | None = None
-        self.on_token = on_token  # called after every decoded reply/answer token (servers stream them)
-
-    # ---- public -----------------------------------------------------------------------------------------------------
-    def add_query(self, text: str, at: float | None = None, *, answer: bool = True) -> None:
-        """Queue a user message at stream time ``at`` (default: now, i.e. the last frame's time).
-
-        With ``answer=False`` it is an instruction (e.g. "Narrate what happens..."): the model reads it and keeps
-        watching, as in training records where a user turn is followed by frames, not by a reply.
-        """
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"a query must be a non-empty string, got {text!r}")
-        at = max(self.t, 0.0) if at is None else float(at)
-        items = sorted([*self.queries, _Query(at, text.strip(), answer)], key=lambda q: q.t)
-        self.queries = collections.deque(items)
-
-    def push_frame(self, frame: Any, t: float) -> list[Event]:
-        """Feed one frame (pixels or precomputed ``(K, D_vision)`` features) at stream time ``t``.
-
-        Returns the frame's events in order: answers to queries asked before it, then its decision (``Silence`` or
-        ``Reply``) or the answers to queries asked at its time.
-        """
-        t = self._check_time(t)
-        return self.engine.run([self.frame_program(self.engine.frame_features(frame), t)])[0]
-
-    def finish(self) -> Iterator[Event]:
-        """Answer the queries still waiting (the stream has ended)."""
-        while self.queries:
-            query = self.queries.popleft()
-            yield from self.engine.run([self._handle(query, max(query.t, self.t))])[0]
-
-    def finish_program(self) -> Program:
-        """:meth:`finish` as a program (its return value is the events), to run in a :class:`Batch` beside other
-        sessions' frames, where it can be cancelled between forwards like any frame."""
-        events: list[Event] = []
-        while self.queries:
-            query = self.queries.popleft()
-            events += yield from self._handle(query, max(query.t, self.t))
-        return events
-
-    @property
-    def context_length(self) -> int:
-        """Tokens held in the KV cache."""
-        return lm_api.cache_length(self.cache)
-
-    # ---- the step program -------------------------------------------------------------------------------------------
-    # A session's logic is a generator ("program") that yields each forward it needs as a :class:`Step` and receives
-    # the last position's logits back. The engine runs programs one at a time (``push_frame``) or many side by side,
-    # one forward for all of them per round (``StreamEngine.step``): the same code decides in both cases.
-    def _check_time(self, t: float) -> float:
-        t = float(t)
-        if t < self.t:
-            raise ValueError(f"frame time {t} is earlier than the previous frame's {self.t}: times must not decrease")
-        return t
-
-    def frame_program(self, features: torch.Tensor, t: float) -> Program:
-        """The program of one frame (``features``: ``(K, D_vision)``); its return value is the frame's events."""
-        start = self.context_length
-        events: list[Event] = []
-        while self.queries and self.queries[0].t < t:  # asked between the previous frame and this one
-            query = self.queries.popleft()
-            events += yield from self._handle(query, max(query.t, self.t))
-        yield from self._feed_frame(features)
-        self.t = t
-        self.frames += 1
-        if self.queries and self.queries[0].t <= t:
-            while self.queries and self.queries[0].t <= t:
-                events += yield from self._handle(self.queries.popleft(), t)
-        else:
-            d = decide(self._last_logits, self.engine.markers.silence, self.threshold)
-            if not d.speak:
-                events.append(Silence(t=t, p_silence=d.p_silence, frame=self.frames - 1))
-            else:
-                began = time.perf_counter()
-                ids, truncated = yield from self._generate(STREAM_GENERATION_PROMPT, ("reply", t, None))
-                self.replies += 1
-                events.append(Reply(t=t, text=self.engine.decode(ids), token_ids=ids,
-                                    latency=time.perf_counter() - began, p_silence=d.p_silence,
-                                    frame=self.frames - 1, truncated=truncated))
-        self.units.append((self._sink if not self.units else start, self.context_length))
-        self._apply_memory()
-        return events
-
-    def _apply_memory(self) -> None:
-        """Evict what the memory policy plans (it only sees the unit spans and the cache length)."""
-        plan = self.memory.plan(self.units, self.context_length)
-        if plan is None:
-            return
-        lm_api.evict_span(self.engine.model.lm, self.cache, plan.start, plan.end)
-        shift = plan.end - plan.start
-        self.units = [(a - shift, b - shift) for a, b in self.units[plan.units:]]
-        self.evicted_tokens += shift
-        if self.history is not None:
-            del self.history[plan.start:plan.end]
-
-    def _feed_frame(self, features: torch.Tensor) -> Program:
-        if not self._in_stream:
-            self._pending_text += STREAM_PROMPT
-        elif self._after_frame:
-            self._pending_text += self.engine.template.frame_interval
-        ids = self._take_pending() + self.engine.frame_ids
-        if self._sink is None:  # everything before the first frame's tokens is the attention sink
-            self._sink = self.context_length + len(ids) - len(self.engine.frame_ids)
-        self._last_logits = yield Step(self, ids, features[None])
-        self._in_stream, self._after_frame = True, True
-
-    def _handle(self, query: _Query, t: float) -> Program:
-        if query.answer:
-            return [(yield from self._answer(query, t))]
-        # an instruction: close the stream, add the user turn; the next frame reopens the stream ("\n[")
-        self._pending_text += self.engine.template.user_turn(query.text, in_stream=self._in_stream)
-        self._in_stream = self._after_frame = False
-        return []
-
-    def _answer(self, query: _Query, t: float) -> Program:
-        start = time.perf_counter()
-        prompt = self.engine.template.query_prompt(query.text, in_stream=self._in_stream)
-        ids, truncated = yield from self._generate(prompt, ("answer", t, query.text))
-        return Answer(t=t, query=query.text, text=self.engine.decode(ids), token_ids=ids,
-                      latency=time.perf_counter() - start, query_t=query.t, truncated=truncated)
-
-    def _generate(self, prompt: str, turn: tuple[str, float, str | None]) -> Program:
-        """Feed ``pending + prompt``, decode until eos or the cap; leave eos pending. Returns (reply ids, truncated)."""
-        self._pending_text += prompt
-        self._last_logits = yield Step(self, self._take_pending())
-        eos = self.engine.markers.eos
-        out: list[int] = []
-        truncated = True
-        while len(out) < self.max_reply_tokens:
-            token = next_token(self._last_logits, self.sampling, out, self.generator)
-            if token == eos:
-                truncated = False
-                break
-            out.append(token)
-            if self.on_token is not None:
-                self.on_token(turn[0], turn[1], out, turn[2])
-            if len(out) < self.max_reply_tokens:
-                self._last_logits = yield Step(self, [token])
-        # The turn is closed in every case: eos (sampled, or forced at the cap after the last unfed token) is the
-        # pending prefix of whatever comes next, so the context reads "... reply<eos>\n[" as in training.
-        self._pending_ids = ([out[-1]] if truncated and out else []) + [eos]
-        self._pending_text = ""
-        self._in_stream = self._after_frame = False
-        return out, truncated
-
-    def _take_pending(self) -> list[int]:
-        ids = self._pending_ids + self.engine.encode_text(self._pending_text)
-        self._pending_ids, self._pending_text = [], ""
-        return ids
-
-
-@dataclass
-class Step:
-    """One forward a session's program asks for: ``ids`` (with ``<v>`` placeholders) and the features of its frame
-    (``(1, K, D_vision)``) when it feeds one."""
-
-    session: StreamSession
-    ids: list[int]
-    features: torch.Tensor | None = None
-
-
-Program = Generator[Step, torch.Tensor, Any]
-
-
 class Batch:
     """Continuous batching of session programs: every :meth:`round` runs one LM forward for all programs in the
     batch and returns those that finished; new programs may join before any round. A session whose frame is done
     (silent frames take one round) takes its next frame while others are still decoding replies, so a frame's
     latency is its own work, not the longest reply of the batch."""
 
-    def __init__(self, engine: "StreamEngine") -> None:
+    def __init__(self, engine: StreamEngine) -> None:
         self.engine = engine
         self._waiting: list[tuple[Any, Program, Step]] = []
         self._done: list[tuple[Any, Any]] = []
@@ -284,6 +77,11 @@ class Batch:
         """Sessions with a program in the batch."""
         return [step.session for _, _, step in self._waiting]
 
+    @property
+    def keys(self) -> list[Any]:
+        """Keys of the programs still running."""
+        return [key for key, _, _ in self._waiting]
+
     def add(self, program: Program, key: Any = None) -> None:
         """Start ``program`` (it runs up to its first forward); ``key`` comes back with its result."""
         self._advance(key, program, None)
@@ -292,7 +90,7 @@ class Batch:
         """Add the program of one frame of ``session`` (pixels or ``(K, D)`` features) at time ``t``."""
         if any(step.session is session for _, _, step in self._waiting):
             raise ValueError("this session already has a frame in the batch: one frame per session at a time")
-        t = session._check_time(t)
+        t = session.check_time(t)
         self.add(session.frame_program(self.engine.frame_features(frame), t), key=session if key is None else key)
 
     def round(self) -> list[tuple[Any, Any]]:
@@ -304,11 +102,6 @@ class Batch:
                 self._advance(key, program, row)
         done, self._done = self._done, []
         return done
-
-    @property
-    def keys(self) -> list[Any]:
-        """Keys of the programs still running."""
-        return [key for key, _, _ in self._waiting]
 
     def cancel(self, key: Any) -> bool:
         """Stop the program added with ``key`` before its next forward (e.g. its client has gone): it is closed and
@@ -346,35 +139,59 @@ class StreamEngine:
     Args:
         model: a :class:`~livecue.model.live.LiveModel`.
         tokenizer: its tokenizer (with ``<v>``).
-        sampling: default reply decoding (greedy).
-        memory: default memory policy of new sessions (:class:`~livecue.inference.memory.Unbounded`).
+        options: the defaults of every session of this engine (unset: the model's ``stream.*``, greedy replies,
+            unbounded memory).
+        sampling: reply decoding (replaces the sampling ``options`` set).
+        memory: memory policy of new sessions (replaces ``options.memory``; any
+            :class:`~livecue.inference.memory.MemoryPolicy`).
     """
 
-    def __init__(self, model: LiveModel, tokenizer: Any, sampling: SamplingConfig | None = None,
-                 memory: MemoryPolicy | None = None) -> None:
+    def __init__(self, model: LiveModel, tokenizer: Any, options: StreamOptions | None = None, *,
+                 sampling: SamplingConfig | None = None, memory: MemoryPolicy | None = None) -> None:
         self.model = model
+        self.tokenizer = tokenizer
+        self.options = _override(options or StreamOptions(), sampling=sampling, memory=memory)
+        self.memory: MemoryPolicy = memory if memory is not None else self.options.memory_policy(Unbounded())
+        self.sampling = self.options.sampling
         # exact; frame steps on a long cache without copying grouped KV heads; ragged multi-session forwards
         self.batched = use_stream_attention(model.lm) and lm_api.supports_ragged(model.lm)
-        self.memory: MemoryPolicy = memory or Unbounded()
-        self.tokenizer = tokenizer
         cfg = model.cfg
         self.template = Template.from_config(cfg, tokenizer)
         self.markers = Markers.from_tokenizer(tokenizer, cfg.stream.v_placeholder, cfg.stream.frame_interval)
         if self.markers.v != model.v_token_id:
             raise ValueError(f"tokenizer <v> id {self.markers.v} differs from the model's {model.v_token_id}")
-        self.frame_ids = [self.markers.v] * cfg.frame_num_tokens
-        self.sampling = sampling or SamplingConfig()
         self._text_ids: dict[str, list[int]] = {}
         self._id_tensors: dict[tuple[int, ...], torch.Tensor] = {}
         self._default: StreamSession | None = None
 
     # ---- sessions -------------------------------------------------------------------------------------------------
-    def session(self, system_prompt: str | None = None, **kwargs: Any) -> StreamSession:
-        """A new independent stream sharing this engine's model."""
-        return StreamSession(self, system_prompt, **kwargs)
+    def session(self, system_prompt: str | None = None, *, options: StreamOptions | None = None,
+                threshold: float | None = None, max_reply_tokens: int | None = None,
+                sampling: SamplingConfig | None = None, memory: MemoryPolicy | None = None,
+                on_token: TokenCallback | None = None, record: bool = False, seed: int = 0) -> StreamSession:
+        """A new independent stream sharing this engine's model.
+
+        Each option comes from the first that sets it: the keywords here, ``options``, the engine's options, the
+        model's ``stream.*`` (sampling: greedy; memory: the engine's policy). Every value is checked by
+        :class:`~livecue.inference.options.StreamOptions` (ValueError naming the option).
+
+        Args:
+            on_token: called after every decoded reply/answer token (kind, t, ids so far, query).
+            record: keep the ids fed in ``session.history`` (tests).
+            seed: seed of reply sampling.
+        """
+        cfg = self.model.cfg.stream
+        model_values = StreamOptions(threshold=cfg.threshold, fps=cfg.fps, system_prompt=cfg.system_prompt,
+                                     max_reply_tokens=cfg.max_reply_tokens)
+        explicit = StreamOptions(system_prompt=system_prompt, threshold=threshold, max_reply_tokens=max_reply_tokens)
+        resolved = model_values.merged(self.options).merged(options).merged(explicit)
+        if memory is None:
+            memory = options.memory_policy(self.memory) if options is not None else self.memory
+        resolved = _override(resolved, sampling=sampling or resolved.sampling, memory=memory)
+        return StreamSession(self, resolved, memory, seed=seed, record=record, on_token=on_token)
 
     def reset(self, system_prompt: str | None = None, **kwargs: Any) -> StreamSession:
-        """Start the default session afresh."""
+        """Start the default session afresh (keywords as :meth:`session`)."""
         self._default = self.session(system_prompt, **kwargs)
         return self._default
 
@@ -408,7 +225,7 @@ class StreamEngine:
         for session in sessions:
             if session.engine is not self:
                 raise ValueError("step() got a session of another engine")
-        times = [session._check_time(t) for session, _, t in items]
+        times = [session.check_time(t) for session, _, t in items]
         features = self.frame_features_batch([frame for _, frame, _ in items])
         return self.run([s.frame_program(f, t) for s, f, t in zip(sessions, features, times)])
 
@@ -427,7 +244,7 @@ class StreamEngine:
                 raise result
         return results
 
-    def batch(self) -> "Batch":
+    def batch(self) -> Batch:
         """An empty continuous batch (:class:`Batch`): add programs at any round, collect each when it is done."""
         return Batch(self)
 
@@ -438,6 +255,8 @@ class StreamEngine:
         for step in steps:
             if step.session.history is not None:
                 step.session.history.extend(step.ids)
+            if step.session.on_step is not None:
+                step.session.on_step(step)
         if len(steps) == 1 or not self.batched:
             out = []
             for step in steps:
@@ -455,7 +274,7 @@ class StreamEngine:
             step.session.cache = cache
         return list(logits)
 
-    # ---- shared helpers -------------------------------------------------------------------------------------------
+    # ---- frames and text ------------------------------------------------------------------------------------------
     @torch.inference_mode()
     def encode(self, frames: Any) -> torch.Tensor:
         """Vision features for a batch of frames (what a worker thread runs ahead of the LLM).
@@ -531,4 +350,17 @@ class StreamEngine:
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
-__all__ = ["StreamEngine", "StreamSession", "SamplingConfig", "GENERATION_PROMPT", "to_frame_tensor"]
+def _override(options: StreamOptions, *, sampling: SamplingConfig | None,
+              memory: MemoryPolicy | None) -> StreamOptions:
+    """``options`` with the sampling and memory given as objects in their place (a policy other than the built-in
+    ones has no spelling: its ``memory`` is left unset)."""
+    if sampling is not None:
+        options = dataclasses.replace(options, **dataclasses.asdict(sampling))
+    if memory is not None:
+        options = dataclasses.replace(options, memory=memory_spec(memory) if isinstance(
+            memory, (Unbounded, SinkWindow)) else None)
+    return options
+
+
+__all__ = ["Batch", "Program", "Step", "StreamEngine", "StreamSession", "SamplingConfig", "GENERATION_PROMPT",
+           "to_frame_tensor"]

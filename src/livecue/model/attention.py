@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .lm import ragged_attention
+
 log = logging.getLogger(__name__)
 
 NAME = "livecue_sdpa"
@@ -37,12 +39,11 @@ def packed_gqa_sdpa(module: nn.Module, query: torch.Tensor, key: torch.Tensor, v
         query: (B, H, q, d); key, value: (B, H_kv, T, d); attention_mask: (B or 1, 1, q, T) bool or additive;
         returns ((B, q, H, d_v), None) like transformers' attention functions.
     """
+    # transformers is imported where it is used (it costs seconds to import); by now the LM has loaded it
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     ragged = kwargs.pop("livecue_ragged", None)
     if ragged is not None:  # several streams in one forward (livecue.model.lm.ragged_forward)
-        from .lm import ragged_attention
-
         return ragged_attention(module, query, ragged, scaling)
     groups = int(getattr(module, "num_key_value_groups", 1))
     b, h, q, d = query.shape
@@ -79,7 +80,7 @@ def _folded_mask(mask: torch.Tensor, groups: int, dtype: torch.dtype) -> torch.T
 
 
 def _register() -> None:
-    from transformers import AttentionInterface
+    from transformers import AttentionInterface  # see packed_gqa_sdpa
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
     if NAME not in AttentionInterface._global_mapping:

@@ -2,21 +2,23 @@
 
 transformers changes its cache API often (5.x renamed the forward argument ``past_key_values`` to ``cache`` and
 made ``DynamicCache.crop`` reject positive lengths in some versions). Everything else in livecue calls these
-functions and never touches cache objects directly.
+functions and never touches cache objects directly. transformers itself is imported inside the functions that use
+it (importing it costs seconds; by the time they run, the LM has loaded it).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
-from functools import lru_cache
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 Cache = object  # opaque to the rest of livecue
 
 
-@lru_cache(maxsize=None)
+@functools.cache
 def _cache_kwarg(forward) -> str:
     """The name the LM's forward uses for the KV cache in this transformers version."""
     params = inspect.signature(forward).parameters
@@ -36,7 +38,7 @@ def new_cache(lm: nn.Module) -> Cache:
     return cache
 
 
-@lru_cache(maxsize=None)
+@functools.cache
 def _growing_layer() -> type:
     """A ``DynamicLayer`` whose keys/values are prefix views of buffers with spare room.
 
@@ -215,8 +217,6 @@ def ragged_attention(module: nn.Module, query: torch.Tensor, ragged: _RaggedCach
 
     Shape: query (1, H, Σq, d) -> ((1, Σq, H, d_v), None), like transformers' attention functions.
     """
-    import torch.nn.functional as F
-
     kv = ragged.kv.pop(module.layer_idx)
     _, h, _, d = query.shape
     outs = []
