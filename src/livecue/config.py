@@ -4,6 +4,10 @@ A :class:`LiveConfig` describes one LIVE model completely (vision tower, connect
 template, LoRA, training). It is validated on construction, saved as ``livecue_config.json`` beside every
 checkpoint, and rebuilt from that file, a YAML preset (``live1``, ``live1_plus``, ``tiny``) or a YAML path.
 
+Every field is documented by the docstring under it (meaning, unit, range); ``livecue config --fields [SECTION]``
+prints them and ``docs/config.md`` is generated from them. The typed (de)serialisation lives in
+:mod:`livecue.config_fields`.
+
 This module imports neither torch nor transformers, so the CLI can use it at start-up.
 """
 
@@ -11,15 +15,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .argtypes import FPS, MAX_FPS, REPLY_TOKENS, UNIT_INTERVAL  # noqa: F401 - MAX_FPS: also this module's
+from .config_fields import from_dict, merge, set_dotted, split_override
 
 CONFIG_FILE = "livecue_config.json"
 CONFIG_VERSION = 1
@@ -32,7 +36,11 @@ UPSTREAM_SYSTEM_PROMPT = (
 
 VISION_KINDS = ("siglip", "clip", "dinov2", "hf", "efficientnet_lite0")
 DTYPES = ("float32", "bfloat16", "float16")
-MAX_FPS = 240.0  # the highest stream clock (frames per second) livecue accepts anywhere
+
+# Keys that older livecue versions wrote into livecue_config.json and nothing reads any more: accepted and dropped
+# on load, so their checkpoints keep loading (and resuming: see livecue.train.checkpoint.config_differences).
+#   lora.modules_to_save: always ["connector"]; the connector is trained in full by set_trainable, not through it.
+LEGACY_KEYS = frozenset({"lora.modules_to_save"})
 
 # random_init keys that size a model: each must be a positive integer (or null for the library's default)
 _SIZE_KEY = re.compile(r"(_size|_layers|_heads|_dim|_channels)$|^num_|^max_position_embeddings$")
@@ -54,38 +62,46 @@ def _check_sizes(section: str, random_init: dict[str, Any] | None) -> None:
 
 @dataclass
 class VisionConfig:
-    """The frozen frame encoder and the tokens it emits per frame.
+    """The frame encoder: the vision tower and the tokens it emits per frame.
 
-    Attributes:
-        kind: tower family: ``siglip`` (pooler_output as "CLS"), ``clip`` / ``dinov2`` / ``hf`` (token 0 as CLS,
-            the rest a square patch grid) or ``efficientnet_lite0`` (CNN: global average pool as "CLS").
-        name_or_path: hub id or local directory of pretrained weights (``efficientnet-lite0`` for the offline
-            ImageNet weights). ``None`` with ``random_init`` builds a randomly initialised tower.
-        random_init: keyword arguments of the tower's Hugging Face config (``model_type`` included) for a
-            randomly initialised tower (tests, benchmarks).
-        resolution: square input size in pixels (frames are letterboxed to it).
-        frame_token_cls: emit the "CLS" token first.
-        frame_token_pooled: k: emit k×k adaptive-average-pooled spatial tokens (0: none).
-        frame_colour_bins: b: append to every token a colour histogram of the image region it covers (the whole
-            frame for the CLS, the pooling window for a pooled token): the share of the region's pixels in each of
-            the b³ cells of RGB space (b levels per channel), log-scaled as log(1 + 100·share) / log(101) so that a
-            small object still shows (0: none). The vision width grows by b³; the token count does not. For towers
-            whose features are nearly colour-invariant (ImageNet CNNs), so that the connector sees which colours
-            sit where, next to what the tower saw there.
-        frozen: keep the tower's weights frozen.
-        mean, std: per-channel normalisation after scaling to [0, 1]; ``None`` takes the tower's own.
+    Each frame becomes K = (1 if ``frame_token_cls``) + ``frame_token_pooled``² tokens of width D_vision (the
+    tower's width, plus ``frame_colour_bins``³ colour values); the connector maps them into the LM.
     """
 
     kind: str = "siglip"
+    """Tower family, one of ``siglip`` (its pooler_output as the "CLS"), ``clip`` / ``dinov2`` / ``hf`` (token 0
+    as the CLS, the rest a square patch grid) or ``efficientnet_lite0`` (a CNN: the global average pool as the
+    "CLS")."""
     name_or_path: str | None = "google/siglip-large-patch16-384"
+    """Hub id or local directory of the pretrained tower (``efficientnet-lite0``: the offline ImageNet weights of
+    the ``[models]`` extra). null builds a randomly initialised tower from ``random_init``; one of the two must be
+    set."""
     random_init: dict[str, Any] | None = None
+    """Keyword arguments of the tower's Hugging Face config (``model_type`` included) for a randomly initialised
+    tower (tests, benchmarks); its sizes (``*_size``, ``*_layers``, ``*_heads``, ``num_*`` ...) must be positive
+    integers. null: pretrained weights."""
     resolution: int = 384
+    """Square input size in pixels (> 0); every frame is letterboxed to resolution × resolution."""
     frame_token_cls: bool = True
+    """Emit the "CLS" token (the tower's summary of the whole frame) as each frame's first token."""
     frame_token_pooled: int = 3
+    """k in 0..64: also emit k×k spatial tokens, the tower's patch grid adaptive-average-pooled to k×k (0: none).
+    A frame needs at least one token: with ``frame_token_cls`` false, k must be ≥ 1."""
     frame_colour_bins: int = 0
+    """b in 0..8: append to every token a colour histogram of the image region it covers (the whole frame for the
+    CLS, the pooling window for a pooled token): the share of the region's pixels in each of the b³ cells of RGB
+    space (b levels per channel), log-scaled as log(1 + 100·share) / log(101) so that a small object still shows
+    (0: none). The vision width grows by b³; the token count does not. For towers whose features are nearly
+    colour-invariant (ImageNet CNNs), so that the connector sees which colours sit where, next to what the tower saw
+    there."""
     frozen: bool = True
+    """Keep the tower's weights frozen (upstream's recipe and livecue's never train it); false: they train too."""
     mean: list[float] | None = None
+    """Per-channel (R, G, B) mean subtracted after pixels are scaled to [0, 1]: 3 values, or null for the tower's
+    own."""
     std: list[float] | None = None
+    """Per-channel (R, G, B) standard deviation the pixels are divided by after ``mean``: 3 values, or null for the
+    tower's own."""
 
     def __post_init__(self) -> None:
         _check(self.kind in VISION_KINDS, f"vision.kind must be one of {VISION_KINDS}, got {self.kind!r}")
@@ -118,9 +134,11 @@ class VisionConfig:
 
 @dataclass
 class ConnectorConfig:
-    """The vision → LM projector. ``mlp2x_gelu``: Linear(D_vision → H) → GELU(erf) → Linear(H → H)."""
+    """The projector from the vision width into the LM's embedding space."""
 
     kind: str = "mlp2x_gelu"
+    """The projector's architecture; only ``mlp2x_gelu``: Linear(D_vision → H) → GELU (erf) → Linear(H → H), H the
+    LM's hidden size. It is always trained in full."""
 
     def __post_init__(self) -> None:
         _check(self.kind == "mlp2x_gelu", f"connector.kind must be 'mlp2x_gelu', got {self.kind!r}")
@@ -128,22 +146,24 @@ class ConnectorConfig:
 
 @dataclass
 class LMConfig:
-    """The causal language model (any ``AutoModelForCausalLM``) and its tokenizer.
-
-    Attributes:
-        name_or_path: hub id, local directory or a livecue alias (e.g. ``smollm2-135m-instruct``).
-        random_init: keyword arguments of an ``AutoConfig.for_model`` (``model_type`` included) for random weights;
-            ``vocab_size`` defaults to the tokenizer's base vocabulary.
-        tokenizer: tokenizer location when it differs from ``name_or_path`` (``tiny``: the packaged tiny tokenizer).
-        dtype: parameter dtype.
-        attn_implementation: passed to transformers (``sdpa``, ``eager``, ...).
-    """
+    """The language model (any Hugging Face ``AutoModelForCausalLM``) and its tokenizer."""
 
     name_or_path: str | None = "meta-llama/Meta-Llama-3-8B-Instruct"
+    """Hub id, local directory or livecue alias (e.g. ``smollm2-135m-instruct``) of the pretrained LM. null builds
+    a randomly initialised LM from ``random_init``; one of the two must be set."""
     random_init: dict[str, Any] | None = None
+    """Keyword arguments of ``AutoConfig.for_model`` (``model_type`` required, e.g. ``llama``) for random weights;
+    ``vocab_size`` defaults to the tokenizer's base vocabulary; sizes must be positive integers (null: the
+    library's default). null: pretrained weights."""
     tokenizer: str | None = None
+    """Where the tokenizer is when it is not beside the weights (``tiny``: the packaged tiny byte-level BPE
+    tokenizer). null: ``name_or_path``'s own; required when the LM is randomly initialised."""
     dtype: str = "bfloat16"
+    """Parameter dtype: ``float32``, ``bfloat16`` or ``float16``. (Training keeps the weights it trains in
+    float32 whatever this says.)"""
     attn_implementation: str = "sdpa"
+    """Attention implementation, passed to transformers (``sdpa``, ``eager``, ...). The streaming engine runs an
+    ``sdpa`` LM through livecue's grouped-query attention kernel (same results)."""
 
     def __post_init__(self) -> None:
         _check(self.name_or_path is not None or self.random_init is not None,
@@ -160,49 +180,67 @@ class LMConfig:
 class StreamConfig:
     """The streaming template (SPEC §2), the loss weight (§3) and the decision rule (§6).
 
-    Attributes:
-        v_placeholder: the frame-token placeholder added to the tokenizer.
-        frame_interval: string between frames of a stream segment (live1+: ``,``; live1: empty, silence = eos).
-        system_prompt: default system message.
-        fps: the stream clock: frames per second (time = frame index / fps).
-        max_num_frames: truncate a training stream at the first segment exceeding this many frames.
-        stream_loss_weight: α, the weight of the CE at ``<v>`` positions.
-        threshold: θ; stay silent iff p(silence token) ≥ θ. Higher θ → more talkative.
-        max_reply_tokens: cap on a reply's length; the turn is always closed with eos.
+    ``fps``, ``threshold``, ``system_prompt`` and ``max_reply_tokens`` are the model's defaults for streaming; every
+    front door (``watch``, ``demo``, ``serve``, ``eval``, ``bench``, the Python API) can override them per stream.
     """
 
     v_placeholder: str = "<v>"
+    """The frame-token placeholder, added to the tokenizer as one special token; a frame's K tokens take its
+    place in the input. Non-empty."""
     frame_interval: str = ","
+    """The text between two frames of a stream segment: after a frame, the model predicts it to stay silent (live1+:
+    ``,``, the silence token). Empty (live1): frames follow each other and silence is eos. Must not contain
+    ``v_placeholder``."""
     system_prompt: str = UPSTREAM_SYSTEM_PROMPT
+    """The system message a conversation starts with (training records and streams that give none)."""
     fps: float = 2.0
+    """The stream clock in frames per second, in (0, 240]: frame i is at i / fps seconds; videos are sampled at
+    this rate."""
     max_num_frames: int = 1200
+    """Training: frames per sample (> 0); a record is cut before the first stream segment that would take it past
+    this many frames (1200 = 10 minutes at 2 fps)."""
     stream_loss_weight: float = 1.0
+    """α ≥ 0: the weight of the cross-entropy at frame (``<v>``) positions, where the model learns when to speak;
+    reply tokens weigh 1 (SPEC §3). 0 learns replies only."""
     threshold: float = 0.725
+    """θ in [0, 1]: after a frame, stay silent iff p(silence token) ≥ θ, else reply. Higher θ → more
+    talkative."""
     max_reply_tokens: int = 128
+    """The longest reply in tokens (> 0); a reply cut there is still closed with eos."""
 
     def __post_init__(self) -> None:
         _check(bool(self.v_placeholder), "stream.v_placeholder must be a non-empty string")
         _check(self.v_placeholder not in self.frame_interval,
                f"stream.frame_interval {self.frame_interval!r} must not contain the placeholder")
-        _check(0 < self.fps <= MAX_FPS, f"stream.fps must be in (0, {MAX_FPS:g}], got {self.fps}")
+        self.fps = FPS.validate("stream.fps", self.fps)  # the same checkers as the stream options
         _check(self.max_num_frames > 0, f"stream.max_num_frames must be positive, got {self.max_num_frames}")
         _check(self.stream_loss_weight >= 0, f"stream.stream_loss_weight must be >= 0, got {self.stream_loss_weight}")
-        _check(0.0 <= self.threshold <= 1.0, f"stream.threshold must be in [0, 1], got {self.threshold}")
-        _check(self.max_reply_tokens > 0, f"stream.max_reply_tokens must be positive, got {self.max_reply_tokens}")
+        self.threshold = UNIT_INTERVAL.validate("stream.threshold", self.threshold)
+        self.max_reply_tokens = REPLY_TOKENS.validate("stream.max_reply_tokens", self.max_reply_tokens)
 
 
 @dataclass
 class LoraConfig:
-    """LoRA on the LM (upstream: r 128, α 256, dropout 0.05, every projection and lm_head; connector fully trained)."""
+    """LoRA on the LM (upstream: r 128, α 256, dropout 0.05, every projection and lm_head).
+
+    The connector is always trained in full and the vision tower stays frozen (``vision.frozen``), LoRA or not.
+    """
 
     enabled: bool = True
+    """Train LoRA adapters on the LM (its base weights frozen); false trains the whole LM."""
     r: int = 128
+    """LoRA rank (> 0): the inner width of each low-rank update."""
     alpha: int = 256
+    """LoRA α (> 0): the update is scaled by α / r."""
     dropout: float = 0.05
+    """Dropout in [0, 1) on the input of each LoRA update, while training."""
     target_modules: str = (
         r"model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$|lm_head$"
     )
-    modules_to_save: list[str] = field(default_factory=lambda: ["connector"])
+    """A regular expression over the LM's module names (peft matches it against the whole name): the layers that
+    get a LoRA update. The default is upstream's: every attention and MLP projection, and lm_head."""
+    # ``modules_to_save`` (always ["connector"]) was written by older livecue versions and never read: it is accepted
+    # and dropped on load (LEGACY_KEYS), so their checkpoints keep loading.
 
     def __post_init__(self) -> None:
         _check(self.r > 0, f"lora.r must be positive, got {self.r}")
@@ -212,32 +250,69 @@ class LoraConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation (upstream recipe, SPEC §5)."""
+    """A training run: data, optimisation, schedule, checkpoints and logs (upstream recipe, SPEC §5).
+
+    Step counts are optimizer update steps: one update per ``gradient_accumulation_steps`` micro-batches of
+    ``per_device_batch_size`` records on each process. What may change when resuming a run, and how training works:
+    docs/training.md.
+    """
 
     output_dir: str = "runs/live"
+    """The run directory: ``livecue_config.json``, ``log.jsonl``, ``tensorboard/``, ``checkpoint-STEP/`` and
+    ``final/``."""
     train_data: str | None = None
+    """The training records (a JSONL file, docs/records.md); videos are found relative to it. Required to train."""
     eval_data: str | None = None
+    """Records to evaluate on every ``eval_steps`` and at the end (loss and speak/silence decision accuracy);
+    null: no evaluation."""
     feature_cache: str | None = None
+    """A feature cache written by ``livecue encode`` for this vision config: frames are read from it instead of
+    decoded from the videos. null: decode the videos."""
     init_from: str | None = None
+    """A trained livecue checkpoint (e.g. ``RUN/final``) to continue from, LoRA and connector included, instead
+    of a fresh model; its vision config must equal this one but for ``vision.frame_colour_bins``. null: a fresh
+    model."""
     max_steps: int = -1
+    """The number of update steps (> 0); -1: as many as ``epochs`` take."""
     epochs: float = 2.0
+    """Passes over the training records (> 0; fractions allowed), when ``max_steps`` is -1."""
     learning_rate: float = 2e-4
-    connector_learning_rate: float | None = None  # the connector's own peak lr (None: learning_rate)
+    """Peak learning rate of AdamW (> 0), reached after warmup."""
+    connector_learning_rate: float | None = None
+    """The connector's own peak learning rate (> 0; LLaVA's "projector lr"); null: ``learning_rate``."""
     lr_scheduler: str = "cosine"
+    """Learning-rate schedule after warmup: ``cosine`` (to 0), ``linear`` (to 0) or ``constant``."""
     warmup_ratio: float = 0.05
+    """The share of the update steps, in [0, 1), spent warming the learning rate up linearly from 0."""
     weight_decay: float = 0.0
+    """AdamW's decoupled weight decay (≥ 0)."""
     per_device_batch_size: int = 1
+    """Records per micro-batch on each process (> 0)."""
     gradient_accumulation_steps: int = 8
+    """Micro-batches per update step (> 0). The global batch is per_device_batch_size × this × processes
+    (upstream: 1 × 8 × 8 = 64)."""
     mixed_precision: str = "bf16"
+    """accelerate's mixed precision: ``no`` (float32), ``bf16`` or ``fp16``."""
     gradient_checkpointing: bool = True
+    """Recompute the LM's activations in the backward pass: less memory, about a third more compute."""
     max_grad_norm: float = 1.0
+    """Clip the gradients' global L2 norm to this (≥ 0; 0: no clipping)."""
     seed: int = 42
+    """Seed in [0, 2³²) of the model's initialisation, the data order (a pure function of seed and epoch) and
+    dropout."""
     save_steps: int = 500
+    """Write ``checkpoint-STEP`` every this many update steps (> 0); the last step goes to ``final/``."""
     eval_steps: int = 500
+    """Evaluate on ``eval_data`` every this many update steps (> 0), and after the last."""
     log_steps: int = 10
+    """Write loss, learning rate and tokens/s to ``log.jsonl`` every this many update steps (> 0), and after the
+    last."""
     eval_max_samples: int = 64
+    """Evaluate on at most this many records of ``eval_data`` (> 0)."""
     num_workers: int = 0
+    """DataLoader worker processes (≥ 0; 0: load in the training process)."""
     save_total_limit: int = 2
+    """Keep the newest this many checkpoints, removing older ones (0 or less: keep all)."""
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0, f"train.epochs must be positive, got {self.epochs}")
@@ -247,10 +322,12 @@ class TrainConfig:
         _check(self.lr_scheduler in ("cosine", "linear", "constant"),
                f"train.lr_scheduler must be cosine, linear or constant, got {self.lr_scheduler!r}")
         _check(0.0 <= self.warmup_ratio < 1.0, f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        _check(self.per_device_batch_size > 0, f"train.per_device_batch_size must be positive, got {self.per_device_batch_size}")
+        _check(self.per_device_batch_size > 0,
+               f"train.per_device_batch_size must be positive, got {self.per_device_batch_size}")
         _check(self.gradient_accumulation_steps > 0,
                f"train.gradient_accumulation_steps must be positive, got {self.gradient_accumulation_steps}")
-        _check(self.max_steps == -1 or self.max_steps > 0, f"train.max_steps must be -1 or positive, got {self.max_steps}")
+        _check(self.max_steps == -1 or self.max_steps > 0,
+               f"train.max_steps must be -1 or positive, got {self.max_steps}")
         _check(self.save_steps > 0 and self.eval_steps > 0 and self.log_steps > 0,
                "train.save_steps, eval_steps and log_steps must be positive")
         _check(self.mixed_precision in ("no", "bf16", "fp16"),
@@ -264,16 +341,30 @@ class TrainConfig:
 
 @dataclass
 class LiveConfig:
-    """A whole LIVE model: what ``livecue_config.json`` holds."""
+    """A whole LIVE model: what ``livecue_config.json`` holds.
+
+    A config is set in YAML (a preset, or a file that starts with ``base: PRESET`` and overrides some fields), on
+    the command line (``--section.key=value``, e.g. ``--stream.threshold=0.8``), or in Python
+    (``preset("tiny", ["train.max_steps=100"])``). It is validated when built: a value out of range is refused
+    with one line naming the key. Every checkpoint carries its config as ``livecue_config.json``.
+    """
 
     name: str = "live1_plus"
+    """A name for the model (informational: shown by ``livecue info``, not used to find anything)."""
     vision: VisionConfig = field(default_factory=VisionConfig)
+    """The frame encoder (section ``vision``)."""
     connector: ConnectorConfig = field(default_factory=ConnectorConfig)
+    """The vision → LM projector (section ``connector``)."""
     lm: LMConfig = field(default_factory=LMConfig)
+    """The language model and tokenizer (section ``lm``)."""
     stream: StreamConfig = field(default_factory=StreamConfig)
+    """The streaming template and decision rule (section ``stream``)."""
     lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA on the LM (section ``lora``)."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """The training run (section ``train``)."""
     config_version: int = CONFIG_VERSION
+    """The config format this file was written in; a livecue refuses a config newer than it reads."""
 
     def __post_init__(self) -> None:
         _check(self.config_version <= CONFIG_VERSION,
@@ -288,14 +379,14 @@ class LiveConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "LiveConfig":
-        return _from_dict(cls, data, "")
+    def from_dict(cls, data: dict[str, Any]) -> LiveConfig:
+        return from_dict(cls, data, ignore=LEGACY_KEYS)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
 
     @classmethod
-    def from_json(cls, text: str, source: str | Path | None = None) -> "LiveConfig":
+    def from_json(cls, text: str, source: str | Path | None = None) -> LiveConfig:
         """Parse ``livecue_config.json`` text. Errors are one line, naming ``source`` (the file) when given: invalid
         JSON with its line and column, or the key that does not validate."""
         where = f" in {str(source)!r}" if source is not None else ""
@@ -318,7 +409,7 @@ class LiveConfig:
         return path
 
     @classmethod
-    def load(cls, source: str | Path) -> "LiveConfig":
+    def load(cls, source: str | Path) -> LiveConfig:
         """Load from a checkpoint directory, a ``.json`` / ``.yaml`` file, or a preset name."""
         path = Path(source)
         if path.is_dir():
@@ -342,12 +433,12 @@ class LiveConfig:
         raise ValueError(f"unknown config {str(source)!r}: not a checkpoint directory, a config file or a preset "
                          f"({', '.join(list_presets())})")
 
-    def with_overrides(self, overrides: list[str] | dict[str, Any]) -> "LiveConfig":
+    def with_overrides(self, overrides: list[str] | dict[str, Any]) -> LiveConfig:
         """Return a copy with dotted overrides applied (``["stream.threshold=0.8", "lm.dtype=float32"]``)."""
         data = self.to_dict()
-        items = overrides.items() if isinstance(overrides, dict) else (_split_override(o) for o in overrides)
+        items = overrides.items() if isinstance(overrides, dict) else (split_override(o) for o in overrides)
         for key, value in items:
-            _set_dotted(data, key, value)
+            set_dotted(data, key, value)
         return LiveConfig.from_dict(data)
 
 
@@ -390,111 +481,5 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         return data
     base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
     merged = LiveConfig.load(base_path if base_path.exists() else base).to_dict()
-    _merge(merged, data)
+    merge(merged, data, atomic=frozenset({"random_init"}))  # a random_init replaces the base's whole
     return merged
-
-
-def _merge(into: dict[str, Any], update: dict[str, Any]) -> None:
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict) and key != "random_init":
-            _merge(into[key], value)
-        else:
-            into[key] = value
-
-
-# ---- typed (de)serialisation --------------------------------------------------------------------------------------
-def _split_override(text: str) -> tuple[str, Any]:
-    text = text[2:] if text.startswith("--") else text
-    if "=" not in text:
-        raise ValueError(f"override {text!r} must look like section.key=value")
-    key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
-        value = raw
-    if isinstance(value, str):  # YAML 1.1 reads "3e-3" as a string
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    return key.strip(), value
-
-
-def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    """Set ``a.b.c`` in nested dicts; unknown keys are reported by :func:`_from_dict` afterwards."""
-    parts = key.split(".")
-    node = data
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ValueError(f"cannot set {key!r}: {'.'.join(parts[:i + 1])!r} is a value, not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def _from_dict(cls: type, data: Any, where: str) -> Any:
-    if isinstance(data, cls):
-        return data
-    if not isinstance(data, dict):
-        raise ValueError(f"config section {where or '<root>'!r} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"unknown config key(s) {', '.join(repr(f'{where}{k}') for k in unknown)}")
-    kwargs = {k: _coerce(hints[k], v, f"{where}{k}") for k, v in data.items()}
-    return cls(**kwargs)
-
-
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return _from_dict(tp, value, where + ".")
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(args[0], value, where)
-    if tp is Any or value is None and tp is type(None):
-        return value
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"config key {where!r} must be a list, got {value!r}")
-        (inner,) = typing.get_args(tp) or (Any,)
-        return [_coerce(inner, v, where) for v in value]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ValueError(f"config key {where!r} must be a mapping, got {value!r}")
-        return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ValueError(f"config key {where!r} must be true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ValueError(f"config key {where!r} must be an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads 1e-4 and 1.0e9 (no exponent sign) as strings
-            try:
-                value = float(value.strip().replace("_", ""))
-            except ValueError:
-                raise ValueError(f"config key {where!r} must be a number, got {value!r}") from None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            try:
-                number = float(value)
-            except OverflowError:
-                number = math.inf
-            if not math.isfinite(number):
-                raise ValueError(f"config key {where!r} must be a finite number, got {value!r}")
-            return number
-        raise ValueError(f"config key {where!r} must be a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ValueError(f"config key {where!r} must be a string, got {value!r}")
-    return value

@@ -13,12 +13,13 @@ killed while saving leaves only a hidden temporary directory, which the next run
 
 ``--resume`` (:func:`find_resume_checkpoint`) verifies the newest checkpoint (:mod:`livecue.train.verify`) and
 falls back to the previous one with a warning naming the checkpoint and the reason; a run config that disagrees with
-the checkpoint's is refused, naming the fields.
+the checkpoint's is refused, naming the fields (keys the config no longer has, ``livecue.config.LEGACY_KEYS``, are
+not differences). The format constants and the config hash live in :mod:`livecue.train.manifest`, shared with the
+verifier.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -29,30 +30,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..model.verify import MANIFEST, file_sha256  # noqa: F401 - also this module's interface
+import torch
+
+from ..config import LEGACY_KEYS
+from ..model.load import save_checkpoint
+from .manifest import (  # noqa: F401 - also this module's interface (MANIFEST, file_sha256, STATE_FILE ...)
+    CHECKPOINT_FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    MODEL_FORMAT,
+    RESUMABLE_CHANGES,
+    STATE_DIR,
+    STATE_FILE,
+    CheckpointError,
+    config_sha256,
+    file_sha256,
+    flatten,
+    one_line,
+)
+from .verify import verify_against_run, verify_checkpoint
 
 log = logging.getLogger(__name__)
 
-STATE_DIR = "state"
-STATE_FILE = "trainer_state.json"
-CHECKPOINT_FORMAT = "livecue-training-checkpoint"
-MODEL_FORMAT = "livecue-model"
-FORMAT_VERSION = 1
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 _LEFTOVER = re.compile(r"\.(checkpoint-\d+|final)\.(tmp|old)-[0-9a-f]+")
-
-# Fields of the run config that may change when resuming: where and how often the run logs, evaluates and saves,
-# and memory/speed knobs. Everything else (model, LoRA, data, optimisation, schedule, seed) must equal the
-# checkpoint's. ``train.train_data`` may move to another path when the records it names are byte-identical.
-RESUMABLE_CHANGES = frozenset({
-    "train.output_dir", "train.eval_data", "train.eval_steps", "train.eval_max_samples", "train.log_steps",
-    "train.save_steps", "train.save_total_limit", "train.num_workers", "train.gradient_checkpointing",
-})
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message is one line naming the file and what is wrong."""
-
 
 # ---- the run a checkpoint belongs to -------------------------------------------------------------------------------
 @dataclass
@@ -68,7 +69,7 @@ class RunInfo:
     data: dict[str, Any] = field(default_factory=dict)  # train_data path, sha256 and record count (main process)
 
     @classmethod
-    def create(cls, acc: Any, cfg: Any, num_records: int, batches_per_epoch: int, total_steps: int) -> "RunInfo":
+    def create(cls, acc: Any, cfg: Any, num_records: int, batches_per_epoch: int, total_steps: int) -> RunInfo:
         """On every process (collective): the main process removes leftovers of killed saves, fingerprints the
         training records and draws the run's nonce for temporary directory names; the nonce is broadcast."""
         from accelerate.utils import broadcast_object_list
@@ -89,23 +90,6 @@ class RunInfo:
         return config_sha256(self.config)
 
 
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (nested dicts such as ``lm.random_init`` too)."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def config_sha256(config: dict[str, Any]) -> str:
-    """A hash of the part of a run config that must not change on resume."""
-    fixed = {k: v for k, v in flatten(config).items() if k not in RESUMABLE_CHANGES and k != "train.train_data"}
-    return hashlib.sha256(json.dumps(fixed, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def _short(value: Any) -> str:
     if isinstance(value, str):  # paths: the end says most
         return repr(value) if len(value) <= 60 else repr("..." + value[-57:])
@@ -116,7 +100,8 @@ def _short(value: Any) -> str:
 def config_differences(run: RunInfo, manifest: dict[str, Any]) -> list[str]:
     """Every way this run disagrees with a checkpoint's manifest: ``field (this run's vs the checkpoint's)``."""
     missing = object()
-    mine, theirs = flatten(run.config), flatten(manifest.get("config") or {})
+    mine = flatten(run.config)
+    theirs = {k: v for k, v in flatten(manifest.get("config") or {}).items() if k not in LEGACY_KEYS}  # unread
     diffs = []
     for key in sorted(set(mine) | set(theirs), key=lambda k: (k.split(".")[0] != "train", k)):
         a, b = mine.get(key, missing), theirs.get(key, missing)
@@ -192,8 +177,6 @@ def remove_leftovers(out: Path) -> None:
 def save_training_checkpoint(acc: Any, model: Any, tok: Any, out: Path, run: RunInfo, step: int, epoch: int,
                              micro: int, keep: int) -> Path:
     """Every process: write ``checkpoint-STEP`` atomically (see the module docstring); keep the newest ``keep``."""
-    from ..model.load import save_checkpoint
-
     final = out / f"checkpoint-{step}"
     tmp = out / f".{final.name}.tmp-{run.nonce}"
     acc.save_state(str(tmp / STATE_DIR))  # every process: its RNG state; the main process: the rest
@@ -218,8 +201,6 @@ def save_training_checkpoint(acc: Any, model: Any, tok: Any, out: Path, run: Run
 
 def save_final_model(model: Any, tok: Any, out: Path, run: RunInfo, step: int) -> Path:
     """Main process: write ``output_dir/final`` atomically, with a manifest of its files."""
-    from ..model.load import save_checkpoint
-
     final = out / "final"
     tmp = out / f".final.tmp-{run.nonce}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -284,8 +265,6 @@ def find_resume_checkpoint(acc: Any, out: Path, run: RunInfo, model: Any, optimi
 
 
 def _decide(out: Path, run: RunInfo, model: Any, optimizer: Any, sharded: bool) -> dict[str, Any]:
-    from .verify import verify_against_run, verify_checkpoint
-
     candidates = list_checkpoints(out)
     if not candidates:
         return {}
@@ -320,7 +299,6 @@ def load_training_state(acc: Any, point: ResumePoint) -> None:
     accelerate ignores an RNG file it cannot apply (it logs at info level); this checks that the RNG state in force
     afterwards is the file's, so a resume never continues silently with the wrong random stream.
     """
-    import torch
     from accelerate.utils import load
 
     state = point.path / STATE_DIR
@@ -333,9 +311,3 @@ def load_training_state(acc: Any, point: ResumePoint) -> None:
     if not restored:
         raise ValueError(f"--resume: the RNG state of {point.path} (random_states_{acc.process_index}.pkl) could "
                          f"not be restored")
-
-
-def one_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its type when empty), at most 200 characters."""
-    text = str(exc).strip().splitlines()[0].strip() if str(exc).strip() else type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."

@@ -45,9 +45,11 @@ class TrainLogger:
             log.info("tensorboard is not installed: logging to log.jsonl only")
 
     def mark_start(self, step: int) -> None:
+        """The run (re)starts at ``step`` now: the progress line's ETA counts from here."""
         self.start, self.start_step = time.perf_counter(), step
 
     def log(self, step: int, values: dict[str, Any]) -> None:
+        """Append ``{"step": step, **values}`` to ``log.jsonl`` (floats rounded to 6 digits); numbers to TensorBoard."""
         if not self.enabled:
             return
         record = {"step": step, **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in values.items()}}
@@ -59,6 +61,7 @@ class TrainLogger:
                     self._tb.add_scalar(k, v, step)
 
     def progress(self, step: int, loss: float, lr: float, tokens_per_s: float) -> None:
+        """Redraw the progress line (bar, step, loss, lr, tokens/s, ETA) when stderr is a terminal."""
         if not self._tty:
             return
         done = step - self.start_step
@@ -72,6 +75,7 @@ class TrainLogger:
         sys.stderr.flush()
 
     def close(self) -> None:
+        """End the progress line and close the files."""
         if self._tty:
             sys.stderr.write("\n")
         if self._jsonl is not None:

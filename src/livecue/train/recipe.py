@@ -1,16 +1,28 @@
-"""The LIVE fine-tuning recipe as one readable accelerate loop: setup, train, evaluate, save, resume.
+"""The LIVE fine-tuning recipe on accelerate, in named phases over one :class:`TrainState`.
 
-* LoRA on the LM through peft (rank/alpha/dropout/target pattern from the config, lm_head included as upstream),
-  the connector trained in full, the vision tower frozen; trainable weights kept in float32.
-* Frames from the videos (decoded and letterboxed on the fly) or from a feature cache (``train.feature_cache``).
-* AdamW + cosine/linear/constant schedule with warmup; gradient accumulation; fp32/bf16/fp16 mixed precision;
-  gradient checkpointing.
-* Data order is a pure function of (seed, epoch): every rank, every run and every resume sees the same batches.
-  Distribution (DDP, FSDP, DeepSpeed) is accelerate's: ``accelerate launch -m livecue.cli train CONFIG.yaml``.
-* Checkpoints ``output_dir/checkpoint-STEP`` (a loadable livecue checkpoint + ``state/`` with optimizer, scheduler
-  and RNG state + ``trainer_state.json`` + ``livecue_manifest.json``), written atomically; ``resume=True`` continues
-  from the newest one that verifies, and refuses a run config that differs from it (:mod:`livecue.train.checkpoint`).
-  The final model goes to ``output_dir/final``, published the same way.
+::
+
+    train(cfg) = setup → [resume_from_checkpoint] → open_logs
+                 → per epoch: (train_step → [evaluate] → [save])*  → finish
+
+* :func:`setup` (every process): the accelerator, the model (:mod:`livecue.train.trainable`: LoRA on the LM through
+  peft, lm_head included as upstream; the connector trained in full; the vision tower frozen; trainable weights in
+  float32), the data (frames decoded and letterboxed on the fly, or read from ``train.feature_cache``), AdamW and a
+  cosine/linear/constant schedule with warmup. Gradient accumulation, fp32/bf16/fp16 mixed precision, gradient
+  checkpointing.
+* :func:`resume_from_checkpoint`: continue from the newest checkpoint in ``train.output_dir`` that verifies,
+  refusing a run config that differs from it (:mod:`livecue.train.checkpoint`).
+* :func:`train_step`: one micro-batch; every ``gradient_accumulation_steps`` of them make an update step, whose
+  loss is logged (:mod:`livecue.train.logging`).
+* :func:`evaluate`: loss and speak/silence decision accuracy on ``train.eval_data`` (:func:`decision_metrics`).
+* :func:`save`: ``output_dir/checkpoint-STEP`` (a loadable livecue checkpoint + ``state/`` with optimizer,
+  scheduler and RNG state + ``trainer_state.json`` + ``livecue_manifest.json``), written atomically.
+* :func:`finish`: the final model to ``output_dir/final``, published the same way.
+
+The data order is a pure function of (seed, epoch): every rank, every run and every resume sees the same batches,
+so a resumed run reproduces an uninterrupted one bit for bit, and N processes train as one with N× the
+accumulation. Distribution (DDP, FSDP, DeepSpeed) is accelerate's: ``accelerate launch -m livecue.cli train
+CONFIG.yaml``.
 """
 
 from __future__ import annotations
@@ -23,125 +35,287 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import get_scheduler
 
 from ..config import LiveConfig
 from ..data.dataset import Collator, SeededSampler, StreamDataset, VideoFrames
+from ..data.features import FeatureCache
 from ..data.labels import IGNORE
+from ..data.records import read_records
 from ..data.template import Template
-from .checkpoint import latest_checkpoint  # noqa: F401 - re-exported (it lived here)
-from .checkpoint import (RunInfo, find_resume_checkpoint, load_training_state, save_final_model,
-                         save_training_checkpoint)
+from .checkpoint import (
+    RunInfo,
+    find_resume_checkpoint,
+    latest_checkpoint,  # noqa: F401 - re-exported (it lived here)
+    load_training_state,
+    save_final_model,
+    save_training_checkpoint,
+)
 from .logging import TrainLogger
+from .trainable import param_groups, setup_model
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainResult:
-    steps: int
+    """What :func:`train` returns."""
+
+    steps: int                                         # update steps done (in all, not only in this call)
     losses: list[float] = field(default_factory=list)  # mean loss of each update step run in this call
-    final_dir: Path | None = None
-    eval: dict[str, float] = field(default_factory=dict)
+    final_dir: Path | None = None                      # output_dir/final; None when stopped early (stop_after)
+    eval: dict[str, float] = field(default_factory=dict)  # the last evaluation's metrics
     model: Any = None       # the trained LiveModel (unwrapped), on every rank
     tokenizer: Any = None
 
 
-# ---- setup ---------------------------------------------------------------------------------------------------------
-def setup_model(cfg: LiveConfig):
-    """Build (or load ``train.init_from``) the model with LoRA and the right parameters trainable."""
-    from ..model.load import build_model, load_model
-    from ..model.lora import apply_lora, has_lora, set_trainable
+@dataclass
+class LossWindow:
+    """The micro-batch losses and tokens since the last update step, and when the window began."""
 
-    tc = cfg.train
-    if tc.init_from:
-        model, tok = load_model(tc.init_from, merge_lora=False)
-        adopt_colour_bins(model, cfg)
-        model.cfg = cfg
-    else:
-        model, tok = build_model(cfg, seed=tc.seed)
-    if cfg.lora.enabled and not has_lora(model):
-        apply_lora(model)
-    set_trainable(model)
-    for p in model.parameters():
-        if p.requires_grad and p.dtype != torch.float32:
-            p.data = p.data.float()  # master copies of what trains stay in fp32
-    if tc.gradient_checkpointing:
-        model.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.lm.config.use_cache = False
-    model.train()
-    return model, tok
+    losses: list[torch.Tensor] = field(default_factory=list)
+    tokens: int = 0
+    start: float = field(default_factory=time.perf_counter)
 
 
-def param_groups(model: Any, cfg: LiveConfig) -> list[dict[str, Any]]:
-    """The trainable parameters: the connector in its own group when ``train.connector_learning_rate`` is set."""
-    lr = cfg.train.connector_learning_rate
-    connector = {id(p) for p in model.connector.parameters()}
-    rest = [p for p in model.parameters() if p.requires_grad and (lr is None or id(p) not in connector)]
-    groups = [{"params": rest}]
-    if lr is not None:
-        groups.append({"params": [p for p in model.connector.parameters() if p.requires_grad], "lr": lr})
-    return groups
+@dataclass
+class TrainState:
+    """One training run between its phases: :func:`setup` builds it, the other phases read and advance it."""
+
+    cfg: LiveConfig
+    acc: Any                        # the accelerate.Accelerator
+    model: Any                      # the LiveModel as accelerate prepared it (acc.unwrap_model gives it back)
+    tokenizer: Any
+    optimizer: Any                  # AdamW, prepared by accelerate
+    scheduler: Any                  # the learning-rate schedule (a torch LambdaLR)
+    params: list[torch.nn.Parameter]  # what the optimizer trains (gradients clipped together)
+    dataset: StreamDataset
+    collate: Collator
+    sampler: SeededSampler          # this process's share of each epoch's order
+    eval_set: StreamDataset | None  # train.eval_data (evaluated on the main process only)
+    run: RunInfo                    # what this run's checkpoints record, and what a resumed one must match
+    step: int = 0                   # update steps done
+    epoch: int = 0                  # the epoch in progress
+    micro: int = 0                  # micro-batches done in that epoch
+    logger: TrainLogger | None = None
+    window: LossWindow = field(default_factory=LossWindow)
+    result: TrainResult = field(default_factory=lambda: TrainResult(steps=0))
+
+    @property
+    def total_steps(self) -> int:
+        return self.run.total_steps
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.train.output_dir)
 
 
-def adopt_colour_bins(model: Any, cfg: LiveConfig) -> None:
-    """Continue a checkpoint with another ``vision.frame_colour_bins`` (the only vision field that may change under
-    ``train.init_from``): the same tower emits the new colour columns, and the connector's first layer gets zero
-    weights for them, so the continued model starts with exactly the checkpoint's outputs.
+def train(cfg: LiveConfig, *, resume: bool = False, stop_after: int | None = None) -> TrainResult:
+    """Run the recipe described by ``cfg`` (see the module docstring).
+
+    Args:
+        cfg: the run's config (``train.train_data`` must be set).
+        resume: continue from the newest checkpoint in ``train.output_dir`` that verifies (none: from scratch).
+        stop_after: end the run after that many update steps without the final save, exactly as if the process had
+            been killed there (tests of resumption use it); the schedule still spans the whole run.
     """
-    from torch import nn
+    state = setup(cfg)
+    if resume:
+        resume_from_checkpoint(state)
+    open_logs(state, resumed=resume)
+    while state.step < state.total_steps:
+        if not train_epoch(state, stop_after):
+            break
+    return finish(state, stopped=state.step == stop_after and state.step < state.total_steps)
 
-    from ..model.vision import FrameEncoder
 
-    old, new = model.cfg.vision, cfg.vision
-    if old == new:
-        return
-    changed = sorted(k for k in vars(new) if getattr(new, k) != getattr(old, k))
-    if changed != ["frame_colour_bins"]:
-        raise ValueError(f"train.init_from's vision config differs in {changed}; only vision.frame_colour_bins can "
-                         f"change when continuing a checkpoint")
-    tower_width = model.connector[0].in_features - old.colour_width
-    if model.vision is not None:
-        enc = model.vision
-        model.vision = FrameEncoder(enc.tower, new, enc.tower_width, tuple(enc.mean.flatten().tolist()),
-                                    tuple(enc.std.flatten().tolist()))
-    first = model.connector[0]
-    wider = nn.Linear(tower_width + new.colour_width, first.out_features).to(first.weight.device, first.weight.dtype)
-    with torch.no_grad():
-        wider.weight.zero_()
-        wider.weight[:, :tower_width] = first.weight[:, :tower_width]
-        wider.bias.copy_(first.bias)
-    model.connector[0] = wider
-    log.info("vision.frame_colour_bins %d -> %d: connector input %d -> %d (new columns start at zero)",
-             old.frame_colour_bins, new.frame_colour_bins, first.in_features, wider.in_features)
+# ---- setup ---------------------------------------------------------------------------------------------------------
+def setup(cfg: LiveConfig) -> TrainState:
+    """Every process: accelerator, model, data, optimizer and schedule, in the order that fixes the random stream
+    (a run is reproducible from ``train.seed``); then the run's identity for its checkpoints (collective)."""
+    Accelerator, set_seed = _accelerate()
+    tc = cfg.train
+    if not tc.train_data:
+        raise ValueError("train.train_data is not set: give a records JSONL file (--train.train_data=FILE)")
+    acc = Accelerator(gradient_accumulation_steps=tc.gradient_accumulation_steps, mixed_precision=tc.mixed_precision)
+    set_seed(tc.seed)
+    model, tok = setup_model(cfg)
+    dataset = make_dataset(cfg, tok, tc.train_data)
+    if len(dataset) == 0:  # an empty epoch would loop for ever
+        raise ValueError(f"train.train_data {tc.train_data!r} holds no training records")
+    sampler = SeededSampler(len(dataset), seed=tc.seed, num_replicas=acc.num_processes, rank=acc.process_index)
+    batches_per_epoch = math.ceil(len(sampler) / tc.per_device_batch_size)
+    total_steps = count_update_steps(cfg, batches_per_epoch)
+    groups = param_groups(model, cfg)
+    optimizer = torch.optim.AdamW(groups, lr=tc.learning_rate, weight_decay=tc.weight_decay)
+    scheduler = get_scheduler(tc.lr_scheduler, optimizer, num_warmup_steps=int(tc.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    model, optimizer = acc.prepare(model, optimizer)
+    acc.register_for_checkpointing(scheduler)
+    eval_set = make_dataset(cfg, tok, tc.eval_data, tc.eval_max_samples) if tc.eval_data else None
+    return TrainState(cfg=cfg, acc=acc, model=model, tokenizer=tok, optimizer=optimizer, scheduler=scheduler,
+                      params=[p for g in groups for p in g["params"]], dataset=dataset,
+                      collate=Collator(tok.pad_token_id), sampler=sampler, eval_set=eval_set,
+                      run=RunInfo.create(acc, cfg, len(dataset), batches_per_epoch, total_steps))
+
+
+def _accelerate() -> tuple[Any, Any]:
+    """accelerate's ``Accelerator`` and ``set_seed`` (an optional dependency: the ``[train]`` extra)."""
+    try:
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+    except ImportError:
+        raise ImportError("training needs accelerate and peft: pip install 'livecue[train]'") from None
+    return Accelerator, set_seed
 
 
 def make_dataset(cfg: LiveConfig, tok: Any, path: str, limit: int | None = None) -> StreamDataset:
-    from ..data.features import FeatureCache
-    from ..data.records import read_records
-
+    """The records at ``path`` (the first ``limit``) as training samples, frames from the videos or the cache."""
     records = read_records(path)[:limit] if limit else path
     frames = (FeatureCache(cfg.train.feature_cache) if cfg.train.feature_cache
               else VideoFrames(Path(path).parent, resolution=cfg.vision.resolution))
     return StreamDataset(records, tok, Template.from_config(cfg, tok), frames=frames,
-                         system_prompt=cfg.stream.system_prompt,
-                         max_num_frames=cfg.stream.max_num_frames)
-
-
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+                         system_prompt=cfg.stream.system_prompt, max_num_frames=cfg.stream.max_num_frames)
 
 
 def count_update_steps(cfg: LiveConfig, batches_per_epoch: int) -> int:
+    """``train.max_steps``, or the update steps ``train.epochs`` take."""
     tc = cfg.train
     if tc.max_steps > 0:
         return tc.max_steps
     return max(1, math.ceil(tc.epochs * batches_per_epoch / tc.gradient_accumulation_steps))
 
 
-# ---- evaluation ----------------------------------------------------------------------------------------------------
+# ---- resume --------------------------------------------------------------------------------------------------------
+def resume_from_checkpoint(state: TrainState) -> None:
+    """Every process: restore the newest checkpoint that verifies (weights, optimizer, schedule, RNG, data position).
+
+    With no checkpoint at all the run starts from scratch (a warning); unusable or mismatching ones raise
+    ``ValueError`` (see :func:`livecue.train.checkpoint.find_resume_checkpoint`).
+    """
+    acc = state.acc
+    point = find_resume_checkpoint(acc, state.out, state.run, state.model, state.optimizer)
+    if point is None:
+        if acc.is_main_process:
+            log.warning("--resume: no checkpoint in %s: starting from scratch", state.out)
+        return
+    load_training_state(acc, point)
+    state.step, state.epoch, state.micro = point.step, point.epoch, point.micro
+    acc.print(f"resuming from {point.path} (step {state.step}, epoch {state.epoch}, batch {state.micro})")
+
+
+def open_logs(state: TrainState, resumed: bool) -> None:
+    """Write the resolved config into ``output_dir`` and open the logs; a resumed run drops the records the stopped
+    run logged after its checkpoint."""
+    acc = state.acc
+    if acc.is_main_process:
+        state.out.mkdir(parents=True, exist_ok=True)
+        state.cfg.save(state.out)
+    state.logger = TrainLogger(state.out, state.total_steps, enabled=acc.is_main_process,
+                               resume_step=state.step if resumed else None)
+    state.logger.mark_start(state.step)
+    state.result.steps = state.step
+    state.window = LossWindow()
+
+
+# ---- train ---------------------------------------------------------------------------------------------------------
+def train_epoch(state: TrainState, stop_after: int | None = None) -> bool:
+    """Train through the rest of the current epoch, evaluating and saving when due.
+
+    Returns:
+        False when the run ended inside the epoch (its last update step, or ``stop_after``), else True (the next
+        epoch begins).
+    """
+    for batch in epoch_batches(state):
+        if not train_step(state, batch):
+            continue
+        if evaluation_due(state):
+            evaluate(state)
+        if checkpoint_due(state):
+            save(state)
+        if state.step >= state.total_steps or state.step == stop_after:
+            return False
+    state.epoch, state.micro = state.epoch + 1, 0
+    return True
+
+
+def epoch_batches(state: TrainState) -> torch.utils.data.DataLoader:
+    """The current epoch's batches for this process, from micro-batch ``state.micro`` on (a resumed epoch skips
+    what it already trained on without decoding it)."""
+    tc = state.cfg.train
+    state.sampler.set_epoch(state.epoch, skip=state.micro * tc.per_device_batch_size)
+    # its own generator: creating a loader must not draw from the global RNG (dropout would shift on resume)
+    return torch.utils.data.DataLoader(state.dataset, batch_size=tc.per_device_batch_size, sampler=state.sampler,
+                                       collate_fn=state.collate, num_workers=tc.num_workers,
+                                       generator=torch.Generator().manual_seed(tc.seed + state.epoch))
+
+
+def train_step(state: TrainState, batch: dict[str, Any]) -> bool:
+    """One micro-batch: forward and backward; when it completes the accumulation, clip, optimizer and scheduler step.
+
+    Returns:
+        Whether it completed an update step (``state.step`` advanced and the step's loss was logged).
+    """
+    acc, tc = state.acc, state.cfg.train
+    state.micro += 1
+    with acc.accumulate(state.model):
+        batch = to_device(batch, acc.device)
+        loss = state.model(**batch, labelled_logits_only=True).loss
+        acc.backward(loss)
+        if acc.sync_gradients and tc.max_grad_norm > 0:
+            acc.clip_grad_norm_(state.params, tc.max_grad_norm)
+        state.optimizer.step()
+        state.optimizer.zero_grad()
+    state.window.losses.append(loss.detach())
+    state.window.tokens += int(batch["attention_mask"].sum())
+    if not acc.sync_gradients:
+        return False
+    state.scheduler.step()
+    state.step += 1
+    log_step(state)
+    return True
+
+
+def log_step(state: TrainState) -> None:
+    """Record the update step just done: its loss (averaged over micro-batches and processes), learning rate and
+    tokens/s; the progress line every step, ``log.jsonl`` every ``train.log_steps`` and at the last step."""
+    acc, step, window = state.acc, state.step, state.window
+    mean = acc.reduce(torch.stack(window.losses).mean(), reduction="mean").item()
+    tokens = int(acc.reduce(torch.tensor(window.tokens, device=acc.device), reduction="sum").item())
+    tokens_per_s = tokens / max(time.perf_counter() - window.start, 1e-9)
+    lr = state.scheduler.get_last_lr()[0]
+    state.result.losses.append(mean)
+    state.logger.progress(step, mean, lr, tokens_per_s)
+    if step % state.cfg.train.log_steps == 0 or step == state.total_steps:
+        state.logger.log(step, {"loss": mean, "lr": lr, "tokens_per_s": tokens_per_s, "epoch": state.epoch})
+    state.window = LossWindow()
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The batch's tensors on ``device`` (other entries, e.g. record ids, dropped)."""
+    return {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+
+# ---- evaluate ------------------------------------------------------------------------------------------------------
+def evaluation_due(state: TrainState) -> bool:
+    """On the main process, with eval data: every ``train.eval_steps`` and at the last step."""
+    step = state.step
+    return (state.eval_set is not None and state.acc.is_main_process
+            and (step % state.cfg.train.eval_steps == 0 or step == state.total_steps))
+
+
+def evaluate(state: TrainState) -> dict[str, float]:
+    """Main process: evaluate the model on the eval set, log the metrics and keep them in the result."""
+    metrics = decision_metrics(state.acc.unwrap_model(state.model), state.eval_set, state.collate, state.acc.device,
+                               state.cfg.stream.threshold, state.eval_set.markers.silence)
+    state.logger.log(state.step, metrics)
+    state.result.eval = metrics
+    return metrics
+
+
 @torch.no_grad()
-def evaluate(model, dataset: StreamDataset, collate: Collator, device: torch.device, threshold: float,
-             silence_id: int) -> dict[str, float]:
+def decision_metrics(model: Any, dataset: StreamDataset, collate: Collator, device: torch.device, threshold: float,
+                     silence_id: int) -> dict[str, float]:
     """Teacher-forced loss and the speak/silence decision accuracy on the frames' learned positions.
 
     A frame's decision is "silent" iff p(silence) ≥ θ; it is right when it matches its label (silence token or the
@@ -176,117 +350,31 @@ def evaluate(model, dataset: StreamDataset, collate: Collator, device: torch.dev
     return result
 
 
-# ---- the loop ------------------------------------------------------------------------------------------------------
-def train(cfg: LiveConfig, *, resume: bool = False, stop_after: int | None = None) -> TrainResult:
-    """Run the recipe described by ``cfg`` (see the module docstring).
+# ---- save ----------------------------------------------------------------------------------------------------------
+def checkpoint_due(state: TrainState) -> bool:
+    """Every ``train.save_steps``, but not at the last step (that one goes to ``final/``)."""
+    return state.step % state.cfg.train.save_steps == 0 and state.step < state.total_steps
 
-    ``stop_after`` ends the run after that many update steps without the final save, exactly as if the process had
-    been killed there (tests of resumption use it); the schedule still spans the whole run.
-    """
-    try:
-        from accelerate import Accelerator
-        from accelerate.utils import set_seed
-    except ImportError:
-        raise ImportError("training needs accelerate and peft: pip install 'livecue[train]'") from None
-    from transformers import get_scheduler
 
-    tc = cfg.train
-    if not tc.train_data:
-        raise ValueError("train.train_data is not set: give a records JSONL file (--train.train_data=FILE)")
-    out = Path(tc.output_dir)
-    acc = Accelerator(gradient_accumulation_steps=tc.gradient_accumulation_steps, mixed_precision=tc.mixed_precision)
-    set_seed(tc.seed)
-    model, tok = setup_model(cfg)
-    dataset = make_dataset(cfg, tok, tc.train_data)
-    if len(dataset) == 0:  # an empty epoch would loop for ever
-        raise ValueError(f"train.train_data {tc.train_data!r} holds no training records")
-    collate = Collator(tok.pad_token_id)
-    sampler = SeededSampler(len(dataset), seed=tc.seed, num_replicas=acc.num_processes, rank=acc.process_index)
-    batches_per_epoch = math.ceil(len(sampler) / tc.per_device_batch_size)
-    total_steps = count_update_steps(cfg, batches_per_epoch)
-    groups = param_groups(model, cfg)
-    params = [p for g in groups for p in g["params"]]
-    optimizer = torch.optim.AdamW(groups, lr=tc.learning_rate, weight_decay=tc.weight_decay)
-    scheduler = get_scheduler(tc.lr_scheduler, optimizer, num_warmup_steps=int(tc.warmup_ratio * total_steps),
-                              num_training_steps=total_steps)
-    model, optimizer = acc.prepare(model, optimizer)
-    acc.register_for_checkpointing(scheduler)
+def save(state: TrainState) -> Path:
+    """Every process (collective): write ``output_dir/checkpoint-STEP`` atomically, keeping the newest
+    ``train.save_total_limit``."""
+    return save_training_checkpoint(state.acc, state.model, state.tokenizer, state.out, state.run, state.step,
+                                    state.epoch, state.micro, state.cfg.train.save_total_limit)
 
-    run = RunInfo.create(acc, cfg, len(dataset), batches_per_epoch, total_steps)
-    step, epoch, micro = 0, 0, 0
-    if resume:
-        point = find_resume_checkpoint(acc, out, run, model, optimizer)
-        if point is None:
-            if acc.is_main_process:
-                log.warning("--resume: no checkpoint in %s: starting from scratch", out)
-        else:
-            load_training_state(acc, point)
-            step, epoch, micro = point.step, point.epoch, point.micro
-            acc.print(f"resuming from {point.path} (step {step}, epoch {epoch}, batch {micro})")
-    if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        cfg.save(out)
-    logger = TrainLogger(out, total_steps, enabled=acc.is_main_process, resume_step=step if resume else None)
-    logger.mark_start(step)
-    eval_set = make_dataset(cfg, tok, tc.eval_data, tc.eval_max_samples) if tc.eval_data else None
-    markers_silence = eval_set.markers.silence if eval_set else dataset.markers.silence
-    result = TrainResult(steps=step)
-    window_loss, window_tokens, window_start = [], 0, time.perf_counter()
 
-    while step < total_steps:
-        sampler.set_epoch(epoch, skip=micro * tc.per_device_batch_size)
-        # its own generator: creating a loader must not draw from the global RNG (dropout would shift on resume)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=tc.per_device_batch_size, sampler=sampler,
-                                             collate_fn=collate, num_workers=tc.num_workers,
-                                             generator=torch.Generator().manual_seed(tc.seed + epoch))
-        for batch in loader:
-            micro += 1
-            with acc.accumulate(model):
-                batch = to_device(batch, acc.device)
-                loss = model(**batch, labelled_logits_only=True).loss
-                acc.backward(loss)
-                if acc.sync_gradients and tc.max_grad_norm > 0:
-                    acc.clip_grad_norm_(params, tc.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad()
-            window_loss.append(loss.detach())
-            window_tokens += int(batch["attention_mask"].sum())
-            if not acc.sync_gradients:
-                continue
-            scheduler.step()
-            step += 1
-            mean = acc.reduce(torch.stack(window_loss).mean(), reduction="mean").item()
-            tokens = int(acc.reduce(torch.tensor(window_tokens, device=acc.device), reduction="sum").item())
-            tps = tokens / max(time.perf_counter() - window_start, 1e-9)
-            result.losses.append(mean)
-            lr = scheduler.get_last_lr()[0]
-            logger.progress(step, mean, lr, tps)
-            if step % tc.log_steps == 0 or step == total_steps:
-                logger.log(step, {"loss": mean, "lr": lr, "tokens_per_s": tps, "epoch": epoch})
-            window_loss, window_tokens, window_start = [], 0, time.perf_counter()
-            if eval_set is not None and (step % tc.eval_steps == 0 or step == total_steps) and acc.is_main_process:
-                metrics = evaluate(acc.unwrap_model(model), eval_set, collate, acc.device, cfg.stream.threshold,
-                                   markers_silence)
-                logger.log(step, metrics)
-                result.eval = metrics
-            if step % tc.save_steps == 0 and step < total_steps:
-                save_training_checkpoint(acc, model, tok, out, run, step, epoch, micro, tc.save_total_limit)
-            if step >= total_steps or step == stop_after:
-                break
-        else:
-            epoch, micro = epoch + 1, 0
-            continue
-        break
-
+def finish(state: TrainState, stopped: bool) -> TrainResult:
+    """Every process: the result; unless the run was ``stopped`` early, the main process publishes
+    ``output_dir/final``."""
+    acc = state.acc
     acc.wait_for_everyone()
-    result.steps = step
-    result.model, result.tokenizer = acc.unwrap_model(model), tok
-    if step == stop_after and step < total_steps:
-        logger.close()
-        return result
-    if acc.is_main_process:
-        result.final_dir = save_final_model(acc.unwrap_model(model), tok, out, run, step)
+    result = state.result
+    result.steps = state.step
+    result.model, result.tokenizer = acc.unwrap_model(state.model), state.tokenizer
+    if not stopped and acc.is_main_process:
+        result.final_dir = save_final_model(result.model, state.tokenizer, state.out, state.run, state.step)
         acc.print(f"saved the final model to {result.final_dir}")
-    logger.close()
-    acc.wait_for_everyone()
+    state.logger.close()
+    if not stopped:
+        acc.wait_for_everyone()
     return result

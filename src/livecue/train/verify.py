@@ -1,4 +1,4 @@
-"""Verify a training checkpoint before a resume uses it (see :mod:`livecue.train.checkpoint`).
+"""Verify a training checkpoint before a resume uses it (written by :mod:`livecue.train.checkpoint`).
 
 :func:`verify_checkpoint` needs only the checkpoint: its manifest is present, complete and of a known format; every
 file it lists exists with the recorded size and sha256; every file loads (safetensors headers and finite tensors,
@@ -17,8 +17,21 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .checkpoint import (CHECKPOINT_FORMAT, FORMAT_VERSION, MANIFEST, STATE_DIR, STATE_FILE, CheckpointError,
-                         config_sha256, file_sha256, one_line)
+import numpy as np
+import torch
+from safetensors import safe_open
+
+from .manifest import (
+    CHECKPOINT_FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    STATE_DIR,
+    STATE_FILE,
+    CheckpointError,
+    config_sha256,
+    file_sha256,
+    one_line,
+)
 
 OPTIMIZER = f"{STATE_DIR}/optimizer.bin"
 SCHEDULER = f"{STATE_DIR}/custom_checkpoint_0.pkl"
@@ -111,9 +124,6 @@ def _check_file(directory: Path, rel: str, manifest: dict[str, Any]) -> None:
 
 
 def _check_safetensors(path: Path, rel: str) -> None:
-    import torch
-    from safetensors import safe_open
-
     with safe_open(str(path), "pt") as f:
         for key in f.keys():
             t = f.get_tensor(key)
@@ -138,9 +148,6 @@ def _load_torch(path: Path, rel: str) -> Any:
 def _check_rng(obj: Any, rel: str, manifest: dict[str, Any]) -> None:
     """An accelerate RNG state: each generator state must apply to a fresh generator; its micro-batch counter must
     be the manifest's."""
-    import numpy as np
-    import torch
-
     if not isinstance(obj, dict):
         raise CheckpointError(f"{rel} holds a {type(obj).__name__}, not an RNG state")
     for key in ("random_state", "numpy_random_seed", "torch_manual_seed", "step"):
@@ -180,8 +187,6 @@ def _check_scheduler(obj: Any, rel: str, manifest: dict[str, Any]) -> None:
 
 
 def _check_optimizer(obj: Any, rel: str) -> None:
-    import torch
-
     if not isinstance(obj, dict) or not isinstance(obj.get("state"), dict) or not isinstance(
             obj.get("param_groups"), list):
         raise CheckpointError(f"{rel} is not an optimizer state (no 'state' and 'param_groups')")
@@ -234,8 +239,6 @@ def verify_against_run(directory: Path, manifest: dict[str, Any], model: Any, op
 
 
 def _model_fits(file: Path, model: Any) -> None:
-    from safetensors import safe_open
-
     own = model.state_dict()
     with safe_open(str(file), "pt") as f:
         keys = set(f.keys())

@@ -1,0 +1,91 @@
+"""The model as training sees it: built (or continued from a checkpoint), LoRA applied, the right weights trainable.
+
+* :func:`setup_model`: a fresh model from the config, or ``train.init_from``'s checkpoint (its LoRA and connector);
+  LoRA on the LM; the connector trainable, the vision tower frozen; what trains kept in float32.
+* :func:`adopt_colour_bins`: continue a checkpoint with another ``vision.frame_colour_bins``.
+* :func:`param_groups`: the optimizer's parameter groups (the connector in its own when it has its own lr).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import LiveConfig
+from ..model.build import build_model
+from ..model.load import load_model
+from ..model.lora import apply_lora, has_lora, set_trainable
+from ..model.vision import FrameEncoder
+
+log = logging.getLogger(__name__)
+
+
+def setup_model(cfg: LiveConfig) -> tuple[Any, Any]:
+    """Build (or load ``train.init_from``) the model with LoRA and the right parameters trainable.
+
+    Returns:
+        ``(LiveModel, tokenizer)``, the model in training mode with ``model.cfg`` = ``cfg``.
+    """
+    tc = cfg.train
+    if tc.init_from:
+        model, tok = load_model(tc.init_from, merge_lora=False)
+        adopt_colour_bins(model, cfg)
+        model.cfg = cfg
+    else:
+        model, tok = build_model(cfg, seed=tc.seed)
+    if cfg.lora.enabled and not has_lora(model):
+        apply_lora(model)
+    set_trainable(model)
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()  # master copies of what trains stay in fp32
+    if tc.gradient_checkpointing:
+        model.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.lm.config.use_cache = False
+    model.train()
+    return model, tok
+
+
+def param_groups(model: Any, cfg: LiveConfig) -> list[dict[str, Any]]:
+    """The trainable parameters: the connector in its own group when ``train.connector_learning_rate`` is set."""
+    lr = cfg.train.connector_learning_rate
+    connector = {id(p) for p in model.connector.parameters()}
+    rest = [p for p in model.parameters() if p.requires_grad and (lr is None or id(p) not in connector)]
+    groups = [{"params": rest}]
+    if lr is not None:
+        groups.append({"params": [p for p in model.connector.parameters() if p.requires_grad], "lr": lr})
+    return groups
+
+
+def adopt_colour_bins(model: Any, cfg: LiveConfig) -> None:
+    """Continue a checkpoint with another ``vision.frame_colour_bins`` (the only vision field that may change under
+    ``train.init_from``): the same tower emits the new colour columns, and the connector's first layer gets zero
+    weights for them, so the continued model starts with exactly the checkpoint's outputs.
+
+    Raises:
+        ValueError: another vision field differs, naming the fields.
+    """
+    old, new = model.cfg.vision, cfg.vision
+    if old == new:
+        return
+    changed = sorted(k for k in vars(new) if getattr(new, k) != getattr(old, k))
+    if changed != ["frame_colour_bins"]:
+        raise ValueError(f"train.init_from's vision config differs in {changed}; only vision.frame_colour_bins can "
+                         f"change when continuing a checkpoint")
+    tower_width = model.connector[0].in_features - old.colour_width
+    if model.vision is not None:
+        enc = model.vision
+        model.vision = FrameEncoder(enc.tower, new, enc.tower_width, tuple(enc.mean.flatten().tolist()),
+                                    tuple(enc.std.flatten().tolist()))
+    first = model.connector[0]
+    wider = nn.Linear(tower_width + new.colour_width, first.out_features).to(first.weight.device, first.weight.dtype)
+    with torch.no_grad():
+        wider.weight.zero_()
+        wider.weight[:, :tower_width] = first.weight[:, :tower_width]
+        wider.bias.copy_(first.bias)
+    model.connector[0] = wider
+    log.info("vision.frame_colour_bins %d -> %d: connector input %d -> %d (new columns start at zero)",
+             old.frame_colour_bins, new.frame_colour_bins, first.in_features, wider.in_features)
