@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from livecue.data.labels import IGNORE
 from livecue.data import world_render
+from livecue.data.labels import IGNORE
 from livecue.data.records import read_records
 from livecue.data.world import WorldConfig, simulate_stream
 from livecue.eval.common import to_features

@@ -198,7 +198,8 @@ async def soak(url: str, pid: int | None, args: argparse.Namespace) -> dict:
     after = await LiveClient(url).get("/sessions")
     base = min(memory, key=lambda m: abs(m[0] - args.baseline)) if memory else (0.0, float("nan"), -1)
     return {"stats": stats, "failures": [repr(r) for r in results if isinstance(r, BaseException)],
-            "memory": memory, "wall": wall, "baseline": base, "run_end": run_end[-1] if run_end else base, "rss0": rss0, "rss_end": rss_mb(pid) if pid else float("nan"),
+            "memory": memory, "wall": wall, "baseline": base, "run_end": run_end[-1] if run_end else base,
+            "rss0": rss0, "rss_end": rss_mb(pid) if pid else float("nan"),
             "cpu": (cpu_seconds(pid) - cpu0) if pid else float("nan"), "sessions_after": after["count"]}
 
 
@@ -225,7 +226,10 @@ def report(res: dict, args: argparse.Namespace, command: str) -> str:
         f"- model: `{args.model}`; {args.clients} clients × {args.duration:g} s at {args.fps:g} fps (the bikes sample "
         f"looped, 640×272 JPEG); θ = {args.threshold}; a question every {args.ask_every:g} s per client; "
         f"reply cap {args.max_reply_tokens or 'model default'}",
-        f"- sessions: {'one per client' if not args.session_mean else f'each ends after a random time (exponential, mean {args.session_mean:g} s), then the client reconnects; {100 * args.abrupt:g}% of the ends drop the TCP connection without a close handshake'}",
+        "- sessions: " + ("one per client" if not args.session_mean else
+                          f"each ends after a random time (exponential, mean {args.session_mean:g} s), then the client "
+                          f"reconnects; {100 * args.abrupt:g}% of the ends drop the TCP connection without a close "
+                          "handshake"),
         f"- wall time {res['wall']:.0f} s; server CPU {res['cpu']:.0f} s ({res['cpu'] / res['wall']:.2f} cores)", "",
         "| metric | value |", "| --- | --- |",
         f"| frames sent / watched (in sessions closed gracefully) / dropped | {sent} / {watched} / {dropped} "

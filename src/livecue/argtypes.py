@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import math
 
-from .config import MAX_FPS
-
+MAX_FPS = 240.0  # the highest stream clock (frames per second) livecue accepts anywhere
+MAX_REPLY_TOKENS = 4096  # the largest reply cap
 MAX_SECONDS = 7 * 24 * 3600.0  # a week: the longest stream time / duration a command accepts
 MAX_INT = 2**31 - 1  # the largest count any option takes (seeds, frame counts, ...)
 
@@ -48,21 +48,34 @@ class Number:
             return f"{'<' if self.hi_open else '<='} {fmt(self.hi)}"
         return "any finite value"
 
-    def _fail(self, text: str) -> argparse.ArgumentTypeError:
+    def error(self, text: str) -> argparse.ArgumentTypeError:
+        """The one-line error for the value written ``text``: ``must be a finite number in (0, 240], got 'nan'``."""
         what = "an integer" if self.kind is int else "a finite number"
         where = f" in {self.range}" if self.lo is not None and self.hi is not None else \
             f" {self.range}" if self.lo is not None or self.hi is not None else ""
         return argparse.ArgumentTypeError(f"must be {what}{where}, got {text!r}")
 
+    def validate(self, name: str, value: object) -> float | int:
+        """``value`` as this checker's kind (``2`` -> ``2.0`` for a float option) if it is a number in range;
+        otherwise ValueError naming ``name`` in argparse's words: ``stream.fps must be a finite number in (0, 240],
+        got 'nan'``. For values that do not come through argparse (configs, messages, Python)."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                self.kind is int and isinstance(value, float) and not value.is_integer()):
+            raise ValueError(f"{name} {self.error(str(value))}")
+        try:
+            return self.kind(self.check(value))
+        except argparse.ArgumentTypeError as e:
+            raise ValueError(f"{name} {e}") from None
+
     def check(self, value: float, text: str | None = None) -> float:
         """``value`` if it is finite and in range, else raise the one-line error."""
         text = str(value) if text is None else text
         if isinstance(value, float) and not math.isfinite(value):
-            raise self._fail(text)
+            raise self.error(text)
         if self.lo is not None and (value < self.lo or self.lo_open and value == self.lo):
-            raise self._fail(text)
+            raise self.error(text)
         if self.hi is not None and (value > self.hi or self.hi_open and value == self.hi):
-            raise self._fail(text)
+            raise self.error(text)
         return value
 
     def __call__(self, text: str) -> float | int:
@@ -73,7 +86,7 @@ class Number:
             else:
                 value = float(raw)
         except (ValueError, OverflowError):
-            raise self._fail(str(text)) from None
+            raise self.error(str(text)) from None
         return self.check(value, str(text))
 
     def __repr__(self) -> str:
@@ -111,17 +124,19 @@ def nonnegative_int(max: int = MAX_INT) -> Number:  # noqa: A002
     return Number(int, 0, max)
 
 
-#: the speak threshold θ
+#: a probability or fraction in [0, 1] (θ's checker: :data:`livecue.inference.options.OPTIONS`)
 UNIT_INTERVAL = finite_float(0.0, 1.0)
 #: a stream clock (frames per second)
 FPS = positive_float(MAX_FPS)
+#: a reply cap in tokens
+REPLY_TOKENS = positive_int(MAX_REPLY_TOKENS)
 #: a stream time in seconds (e.g. ``--at``)
 STREAM_TIME = nonnegative_float(MAX_SECONDS)
 #: a seed
 SEED = int_range(0, MAX_INT)
 
 
-def text(max_chars: int, what: str = "text") -> "Text":
+def text(max_chars: int, what: str = "text") -> Text:
     """An argparse ``type=`` for a string of at most ``max_chars`` characters (not empty)."""
     return Text(max_chars, what)
 
@@ -142,17 +157,6 @@ class Text:
         return value
 
 
-def check_value(option: str, checker: Number, value: float | int | None) -> None:
-    """Check a value that did not come through argparse (e.g. a default read from elsewhere); ValueError naming
-    ``option`` when it is out of range."""
-    if value is None:
-        return
-    try:
-        checker.check(value)
-    except argparse.ArgumentTypeError as e:
-        raise ValueError(f"{option} {e}") from None
-
-
-__all__ = ["FPS", "MAX_FPS", "MAX_INT", "MAX_SECONDS", "Number", "SEED", "STREAM_TIME", "Text", "UNIT_INTERVAL",
-           "check_value", "finite_float", "int_range", "nonnegative_float", "nonnegative_int", "positive_float",
-           "positive_int", "text"]
+__all__ = ["FPS", "MAX_FPS", "MAX_INT", "MAX_REPLY_TOKENS", "MAX_SECONDS", "Number", "REPLY_TOKENS", "SEED",
+           "STREAM_TIME", "Text", "UNIT_INTERVAL", "finite_float", "int_range", "nonnegative_float", "nonnegative_int",
+           "positive_float", "positive_int", "text"]

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .serve.protocol import message, pack_frame
+from .serve.protocol import message, open_message, pack_frame
 
 log = logging.getLogger(__name__)
 
@@ -146,12 +146,17 @@ class LiveClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.disconnect()
 
-    async def open(self, *, threshold: float | None = None, system_prompt: str | None = None, fps: float | None = None,
-                   max_reply_tokens: int | None = None, silence: bool = True,
-                   timeout: float = 30.0) -> dict[str, Any]:
-        """Start the session; returns the ``ready`` event (session id, fps, θ, limits)."""
-        await self._send(message("open", threshold=threshold, system_prompt=system_prompt, fps=fps,
-                                 max_reply_tokens=max_reply_tokens, silence=None if silence else False))
+    async def open(self, *, silence: bool = True, timeout: float = 30.0, **options: Any) -> dict[str, Any]:
+        """Start the session; returns the ``ready`` event (session id, fps, θ, limits).
+
+        Args:
+            silence: receive a ``silence`` event for every silent frame.
+            timeout: seconds to wait for ``ready``.
+            **options: stream options by name (``threshold``, ``fps``, ``system_prompt``, ``max_reply_tokens``,
+                ``temperature``, ``top_p``, ``repetition_penalty``: ``StreamOptions.to_dict()``); None or left
+                out: the server's. The server checks them (:class:`ServerError` names a bad one).
+        """
+        await self._send(open_message(silence, options))
         while True:
             ready = _ready_or_raise(await self.recv(timeout))
             if ready is not None:
@@ -251,10 +256,9 @@ class SyncLiveClient:
     def __exit__(self, *exc: object) -> None:
         self.disconnect()
 
-    def open(self, *, threshold: float | None = None, system_prompt: str | None = None, fps: float | None = None,
-             max_reply_tokens: int | None = None, silence: bool = True, timeout: float = 30.0) -> dict[str, Any]:
-        self.send_raw(message("open", threshold=threshold, system_prompt=system_prompt, fps=fps,
-                              max_reply_tokens=max_reply_tokens, silence=None if silence else False))
+    def open(self, *, silence: bool = True, timeout: float = 30.0, **options: Any) -> dict[str, Any]:
+        """Start the session (see :meth:`LiveClient.open`); returns the ``ready`` event."""
+        self.send_raw(open_message(silence, options))
         while True:
             ready = _ready_or_raise(self.recv(timeout))
             if ready is not None:

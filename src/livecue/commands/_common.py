@@ -1,5 +1,8 @@
 """Shared command-line helpers: checked option values, model selection and dotted config overrides.
 
+The stream options (θ, fps, system prompt, reply cap, sampling, memory) are declared once, in
+:data:`livecue.inference.options.OPTIONS`: commands add them with ``StreamOptions.add_arguments``.
+
 Every numeric option of a command takes one of the ``type=`` checkers of :mod:`livecue.argtypes` (re-exported
 here), so argparse refuses a bad value with one line naming the option and the allowed range, e.g.
 ``livecue watch: error: argument --fps: must be a finite number in (0, 240], got 'nan'`` (exit 2).
@@ -17,10 +20,8 @@ from ..argtypes import (  # noqa: F401 - re-exported for the commands
     MAX_SECONDS,
     SEED,
     STREAM_TIME,
-    UNIT_INTERVAL,
     Number,
     Text,
-    check_value,
     finite_float,
     int_range,
     nonnegative_float,
@@ -76,3 +77,4 @@ def load_from_args(args: argparse.Namespace, overrides: list[str] | None = None)
 
     return load_model(args.adapter or args.model, device=args.device, dtype=args.dtype,
                       overrides=overrides or None, base=args.base, vision=args.vision)
+

@@ -9,6 +9,7 @@ import os
 import time
 from pathlib import Path
 
+from ..inference.options import OPTIONS
 from ._common import SEED, nonnegative_float, nonnegative_int, parser, positive_int, split_overrides
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,18 @@ def _int_list(limit: int):
 
     parse.__name__ = "list"
     return parse
+
+
+def _memory_list(text: str) -> list[str]:
+    """``--memory``: one memory policy or several comma-separated, each checked by the ``--memory`` option's one
+    checker (the same message as every other command's ``--memory``)."""
+    specs = [OPTIONS["memory"].check(part) for part in text.split(",") if part.strip()]
+    if not specs:
+        raise argparse.ArgumentTypeError(f"must name at least one memory policy, got {text!r}")
+    return specs
+
+
+_memory_list.__name__ = "memory"
 
 
 def _ms(v: float | None) -> str:
@@ -59,8 +72,7 @@ def _join(values: list[float]) -> str:
     return ", ".join(f"{v:.2f}" for v in values)
 
 
-def main(argv: list[str]) -> int:
-    argv, overrides = split_overrides(argv)
+def build_parser() -> argparse.ArgumentParser:
     p = parser("bench", "Stream random frames through the engine with a forced speak schedule (a reply of exactly "
                         "--reply-tokens tokens every --speak-every seconds) and report frames/s, per-frame and reply "
                         "latency p50/p99, cached tokens and peak memory in windows ending at each --frames mark, "
@@ -75,8 +87,9 @@ def main(argv: list[str]) -> int:
                    help="seconds between forced replies, in [0, 86400] (0: never)")
     p.add_argument("--reply-tokens", type=positive_int(4096), default=15,
                    help="exact tokens per forced reply, in [1, 4096]")
-    p.add_argument("--memory", default="unbounded",
-                   help="memory policy, or several comma-separated: unbounded, sink:4096, sink:4096:256")
+    p.add_argument(OPTIONS["memory"].flag, type=_memory_list, default=["unbounded"], metavar="SPEC[,SPEC...]",
+                   help=f"{OPTIONS['memory'].help.split(' (default')[0]}; several comma-separated are measured one "
+                        "after the other (default: unbounded)")
     p.add_argument("--pixels", action="store_true", help="feed random pixels through the vision tower")
     p.add_argument("--window", type=positive_int(MAX_FRAMES), default=120,
                    help="frames per statistics window, >= 1 (default: 120)")
@@ -96,16 +109,15 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seed", type=SEED, default=0, help=f"seed of the random frames, in {SEED.range}")
     p.add_argument("--json", default=None, help="write all results to this JSON file")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str]) -> int:
+    argv, overrides = split_overrides(argv)
+    args = build_parser().parse_args(argv)
     if args.json and Path(args.json).is_dir():
         raise ValueError(f"--json must be a file, got the directory {args.json!r}")
-    from ..inference.memory import parse_memory
-
-    memories = [m.strip() for m in args.memory.split(",") if m.strip()]
-    if not memories:
-        raise ValueError(f"--memory needs at least one policy, got {args.memory!r}")
-    for memory in memories:
-        parse_memory(memory)
+    memories = args.memory
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
 
     import torch
@@ -145,7 +157,7 @@ def main(argv: list[str]) -> int:
                                list(os.getloadavg())})
     if args.overhead_frames > 0:
         cfg = BenchConfig(marks=[args.overhead_frames], speak_every=args.speak_every,
-                          reply_tokens=args.reply_tokens, memory=args.memory.split(",")[0].strip(), seed=args.seed)
+                          reply_tokens=args.reply_tokens, memory=memories[0], seed=args.seed)
         load = os.getloadavg()
         over = measure_overhead(engine, cfg, args.overhead_frames, args.overhead_repeats)
         print(f"\n### engine overhead ({over.frames:,} frames, {over.forwards:,} forwards, memory {cfg.memory}, "
@@ -156,7 +168,7 @@ def main(argv: list[str]) -> int:
                            "loadavg_after": list(os.getloadavg())}
     if args.streams:
         cfg = BenchConfig(marks=[args.streams_frames], speak_every=args.speak_every, reply_tokens=args.reply_tokens,
-                          memory=args.memory.split(",")[0].strip(), pixels=args.pixels, seed=args.seed)
+                          memory=memories[0], pixels=args.pixels, seed=args.seed)
         rows = []
         out["multi_stream"] = []
         modes = ("continuous", "batched", "sequential")

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
-from ._common import SEED, STREAM_TIME, UNIT_INTERVAL, parser, positive_float, positive_int, split_overrides, text
+from ..inference.options import MAX_QUERY_CHARS, StreamOptions
+from ._common import SEED, STREAM_TIME, parser, positive_float, positive_int, split_overrides, text
+from .display import format_event, format_reference, format_summary
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_model"  # as load.DEFAULT_MODEL_DIR
 DEMO_SEED = 7  # a test-split stream: disjoint from every training stream by construction
@@ -21,8 +22,6 @@ MAX_DURATION = 600.0  # seconds of world stream (rendered into memory up front)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..serve.protocol import Limits  # pure (no torch): the server's query cap applies here too
-
     p = parser("demo", "Watch a stream with livecue's default model and narrate it live (offline, CPU).")
     p.add_argument("--model", default=None, help="model to use (default: the packaged default model)")
     p.add_argument("--source", default=None, help="a video file, image folder, webcam or stream URL "
@@ -31,12 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"which held-out world stream, in {SEED.range} (default: %(default)s)")
     p.add_argument("--duration", type=positive_float(MAX_DURATION), default=30.0,
                    help=f"seconds of world stream, in (0, {MAX_DURATION:g}] (default: %(default)s)")
-    p.add_argument("--question", type=text(Limits.max_text_chars, "question"), default=None,
-                   help=f"the question to ask, at most {Limits.max_text_chars:,} characters (default: one from the "
-                        "stream)")
+    p.add_argument("--question", type=text(MAX_QUERY_CHARS, "question"), default=None,
+                   help=f"the question to ask, at most {MAX_QUERY_CHARS:,} characters (default: one from the stream)")
     p.add_argument("--at", type=STREAM_TIME, default=None, help=f"when to ask it (seconds, in {STREAM_TIME.range})")
-    p.add_argument("--threshold", type=UNIT_INTERVAL, default=None,
-                   help="θ in [0, 1] (default: the model's calibrated value)")
+    StreamOptions.add_arguments(p)
     p.add_argument("--fast", action="store_true", help="process as fast as possible instead of in real time")
     p.add_argument("--save", default=None, metavar="OUT.mp4", help="write the video with captions burned in")
     p.add_argument("--max-frames", type=positive_int(), default=None, help="stop after this many frames (>= 1)")
@@ -46,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     argv, overrides = split_overrides(argv)
     args = build_parser().parse_args(argv)
+    options = StreamOptions.from_args(args)
     if args.save and Path(args.save).parent and not Path(args.save).resolve().parent.exists():
         raise FileNotFoundError(f"--save directory does not exist: {str(Path(args.save).parent)!r}")
     if args.save:
@@ -66,7 +64,7 @@ def main(argv: list[str]) -> int:
         raise FileNotFoundError(f"the default model is missing from {DEFAULT_MODEL_DIR}; reinstall livecue")
     print(f"loading {'the default model' if args.model is None else args.model} ...", flush=True)
     model, tokenizer = load_model(model_dir, overrides=overrides or None)
-    fps = model.cfg.stream.fps
+    fps = options.fps or model.cfg.stream.fps
     reference: list[tuple[float, str]] = []
     question = (args.question, args.at if args.at is not None else 5.0) if args.question else None
     captured: list[tuple[float, object]] = []
@@ -94,34 +92,28 @@ def main(argv: list[str]) -> int:
         source = _Recorder(source, captured)
     from ..data.world import INSTRUCTION
 
-    engine = StreamEngine(model, tokenizer)
-    session = engine.reset(threshold=args.threshold)
+    session = StreamEngine(model, tokenizer, options).session()  # unset: the model's stream.*
     session.add_query(INSTRUCTION, at=0.0, answer=False)  # the narration request, as in the training records
     if question:
         session.add_query(question[0], at=question[1])
     pipeline = Pipeline(session, source, realtime=not args.fast)
     pending_ref = sorted(reference)
     captions: list[tuple[float, str]] = []
-    start = time.perf_counter()
     try:
         for event in pipeline.run():
             while pending_ref and pending_ref[0][0] <= event.t + 1e-6:
-                t, text = pending_ref.pop(0)
-                print(f"           [ref {t:5.1f}s] {text}", flush=True)
+                print(format_reference(*pending_ref.pop(0)), flush=True)
+            line = format_event(event)
+            if line:
+                print(line, flush=True)
             if event.type == "reply":
-                print(f"[{event.t:6.1f}s] {event.text}", flush=True)
                 captions.append((event.t, event.text))
             elif event.type == "answer":
-                print(f"[{event.t:6.1f}s] Q: {event.query}\n{'':9} A: {event.text}", flush=True)
                 captions.append((event.t, f"Q: {event.query} A: {event.text}"))
-            elif event.type == "dropped":
-                print(f"[{event.t:6.1f}s] ({event.count} frames dropped: the model fell behind)", flush=True)
     except KeyboardInterrupt:
         pipeline.stop()
         print("interrupted", file=sys.stderr)
-    s = pipeline.stats
-    print(f"{s.frames} frames in {time.perf_counter() - start:.1f} s ({s.fps:.1f} FPS), {s.replies} narrations, "
-          f"{s.answers} answers, {s.dropped} dropped")
+    print(format_summary(pipeline.stats, replies="narrations"))
     if args.save:
         from ..data.captions import write_captioned
 

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._common import UNIT_INTERVAL, add_model_argument, nonnegative_int, parser, positive_int, split_overrides
+from ..inference.options import OPTIONS, StreamOptions, check_option
+from ._common import add_model_argument, nonnegative_int, parser, positive_int, split_overrides
 
 TASKS = ("narration", "free", "coin-step", "coin-next", "coin-task", "coin-procedure", "coin-taskprocedure", "lta")
 
@@ -23,8 +24,7 @@ def build_parser():
     add_model_argument(p)
     p.add_argument("--data", required=True, help="records JSONL (videos resolved relative to it)")
     p.add_argument("--task", choices=TASKS, default="narration", help="default: %(default)s")
-    p.add_argument("--threshold", type=UNIT_INTERVAL, default=None,
-                   help="θ in [0, 1]: silent iff p(silence) ≥ θ (default: the model's stream.threshold)")
+    StreamOptions.add_arguments(p, ("threshold",))
     p.add_argument("--batch-size", type=positive_int(1024), default=1,
                    help="records per teacher-forced forward (narration), in [1, 1024]")
     p.add_argument("--max-samples", type=positive_int(), default=None, help="evaluate only the first N records (>= 1)")
@@ -33,9 +33,7 @@ def build_parser():
     p.add_argument("--tolerance", type=nonnegative_int(10_000), default=1,
                    help="free-running speak-timing tolerance in frames (±), in [0, 10000]")
     p.add_argument("--no-similarity", action="store_true", help="skip the all-MiniLM-L6-v2 similarity (free)")
-    p.add_argument("--memory", default="unbounded",
-                   help="free-running memory policy: unbounded (default) or sink:MAX_TOKENS[:CHUNK] (attention sink + "
-                        "sliding window; measures what bounded memory costs in quality)")
+    StreamOptions.add_arguments(p, ("memory",))  # free-running: what bounded memory costs in quality
     p.add_argument("--max-frames", type=nonnegative_int(), default=None,
                    help="free: stream at most this many frames per record (default: the model's "
                         "stream.max_num_frames, the training cut); 0 streams whole records")
@@ -98,11 +96,8 @@ def _check_args(args: Any) -> None:
         _grid(args.grid)
     if args.save_threshold and not args.calibrate:
         raise ValueError("--save-threshold writes the recommended θ: add --calibrate")
-    if (args.memory != "unbounded" or args.max_frames is not None) and args.task != "free":
+    if (args.memory not in (None, "unbounded") or args.max_frames is not None) and args.task != "free":
         raise ValueError(f"--memory and --max-frames apply to the free-running task, not {args.task}")
-    from ..inference.memory import parse_memory
-
-    parse_memory(args.memory)
     if not Path(args.data).is_file():
         raise FileNotFoundError(f"records file not found: {args.data!r}")
 
@@ -116,8 +111,13 @@ def _grid(text: str | None) -> tuple[float, ...]:
         grid = tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise ValueError(f"--grid must be comma-separated numbers, got {text!r}") from None
-    if not grid or not all(0.0 <= g <= 1.0 for g in grid):
-        raise ValueError(f"--grid must be comma-separated θ values in [0, 1], got {text!r}")
+    try:
+        grid = tuple(check_option("threshold", g) for g in grid)  # θ's one checker
+        if not grid:
+            raise ValueError("no θ value")
+    except ValueError:
+        raise ValueError(f"--grid must be comma-separated θ values in {OPTIONS['threshold'].check.range}, "
+                         f"got {text!r}") from None
     if len(grid) > 1000:
         raise ValueError(f"--grid takes at most 1000 θ values, got {len(grid)}")
     return grid
@@ -150,13 +150,12 @@ def _stream_task(args: Any, model: Any, tok: Any, report: dict[str, Any], plots:
     else:
         from ..eval.free import evaluate_free
 
-        from ..inference.memory import parse_memory
-
+        options = StreamOptions.from_args(args)
         free = evaluate_free(model, tok, args.data, threshold=theta, tolerance=args.tolerance,
                              max_samples=args.max_samples, feature_cache=args.feature_cache,
                              similarity=not args.no_similarity, progress=_progress,
-                             memory=parse_memory(args.memory), max_frames=args.max_frames)
-        report["memory"] = args.memory
+                             memory=options.memory_policy(), max_frames=args.max_frames)
+        report["memory"] = options.memory or "unbounded"
         report["samples"] = free.samples
         report["notes"] += free.notes
         metrics = dict(free.means, tolerance_frames=args.tolerance)

@@ -33,7 +33,7 @@ def main(argv: list[str]) -> int:
     from ..config import LiveConfig
     from ..data.labels import IGNORE, Markers, tokenize_conversation
     from ..data.template import Template
-    from ..model.load import build_tokenizer
+    from ..model.build import build_tokenizer
 
     cfg = LiveConfig.load(args.model)
     cfg = cfg.with_overrides(overrides) if overrides else cfg

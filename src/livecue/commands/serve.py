@@ -6,8 +6,11 @@ loopback needs a token (``--token`` or ``LIVECUE_TOKEN``).
 
 Every start option is checked before the model loads: numbers must be finite and in the range their help states
 (``--fps nan``, ``--max-rate inf``, ``--max-pixels -1``, ``--queue-size 0`` are refused with one line naming the
-option). The defaults give exactly :class:`~livecue.serve.protocol.Limits` and
-:class:`~livecue.serve.protocol.ServerLimits` (docs/protocol.md lists them; a test keeps all three equal).
+option). The stream options (``--threshold``, ``--fps``, ``--system``, ``--max-reply-tokens``, sampling, ``--memory``)
+are every front door's (:data:`~livecue.inference.options.OPTIONS`): here they are each session's defaults, which a
+client's ``open`` overrides (all but ``--memory``, default ``sink:4096``). The defaults give exactly
+:class:`~livecue.serve.protocol.Limits` and :class:`~livecue.serve.protocol.ServerLimits` (docs/protocol.md lists
+them; a test keeps all three equal).
 """
 
 from __future__ import annotations
@@ -20,14 +23,15 @@ import os
 import socket
 import sys
 
+from ..inference.options import OPTIONS, StreamOptions
+from ..serve.app import DEFAULT_MEMORY_SPEC
 from ..serve.protocol import Limits, ServerLimits
+from ..serve.security import check_origin, redact_logs
 from ._common import (
     MAX_INT,
     add_model_argument,
-    finite_float,
     int_range,
     load_from_args,
-    nonnegative_float,
     parser,
     positive_float,
     positive_int,
@@ -38,12 +42,11 @@ _L, _S = Limits(), ServerLimits()
 MIN_MESSAGE_BYTES = _L.max_message_bytes  # 3 MiB: the message limit is never below this ...
 # ... and always holds a base64 JSON frame of --max-frame-bytes (4/3 of it) plus room for its JSON
 _CHECKS = {
-    "port": int_range(0, 65535), "max_sessions": positive_int(4096), "fps": positive_float(_L.max_fps),
+    "port": int_range(0, 65535), "max_sessions": positive_int(4096),
     "queue_size": positive_int(256), "max_frame_bytes": positive_int(256 * 2**20),
     "max_message_bytes": positive_int(512 * 2**20), "max_pixels": positive_int(8192 * 8192),
     "max_rate": positive_float(10_000.0), "max_session_frames": positive_int(MAX_INT),
-    "max_context_tokens": positive_int(2**24), "temperature": nonnegative_float(100.0),
-    "top_p": finite_float(0.0, 1.0, lo_open=True), "threads": positive_int(1024),
+    "max_context_tokens": positive_int(2**24), "threads": positive_int(1024),
     "max_pending_queries": positive_int(1024), "max_query_tokens": positive_int(2**20),
     "query_token_rate": positive_float(100_000.0), "open_timeout": positive_float(3600.0),
     "idle_timeout": positive_float(7 * 24 * 3600.0), "header_timeout": positive_float(3600.0),
@@ -71,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a browser origin allowed to open /ws besides the server's own pages, e.g. "
                         "https://example.org (repeatable; '*' allows any)")
     _num(p, "--max-sessions", 16, "streams open at once")
-    _num(p, "--fps", None, "default stream fps of a session (default: the model's)")
+    StreamOptions.add_arguments(p, defaults={"memory": DEFAULT_MEMORY_SPEC})
     _num(p, "--queue-size", _L.queue_size, "frames waiting per session; when full the oldest is dropped")
     _num(p, "--max-frame-bytes", _L.max_frame_bytes, "largest JPEG/PNG/WebP frame, bytes")
     _num(p, "--max-message-bytes", None, "largest WebSocket message (default: the larger of 3 MiB and what a base64 "
@@ -82,12 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     _num(p, "--max-pending-queries", _L.max_pending_queries, "queries waiting per session")
     _num(p, "--max-query-tokens", _L.max_query_tokens, "query tokens one session may send at once")
     _num(p, "--query-token-rate", _L.query_token_rate, "query tokens per second per session, sustained")
-    _num(p, "--max-context-tokens", None, "bound each stream's KV cache to an attention sink + a sliding window of "
-                                          "this many tokens (about 11 per frame for live1+); default 4096 (same as "
-                                          "--memory sink:4096)")
-    p.add_argument("--memory", default=None, metavar="POLICY",
-                   help="each stream's memory: 'sink:MAX_TOKENS[:CHUNK]' (bounded; default sink:4096) or "
-                        "'unbounded' (whole streams, as upstream: memory and per-frame cost grow without bound)")
+    _num(p, "--max-context-tokens", None, "deprecated: --memory sink:N")
     _num(p, "--open-timeout", _L.open_timeout, "seconds a new WebSocket has to send 'open'")
     _num(p, "--idle-timeout", _L.idle_timeout, "close a session after this many seconds without a message")
     _num(p, "--header-timeout", _S.header_timeout, "seconds an HTTP connection has to send its request head")
@@ -95,8 +93,6 @@ def build_parser() -> argparse.ArgumentParser:
     _num(p, "--max-sockets", _S.max_sockets, "TCP connections at once; past it the longest-waiting connection "
                                              "without a complete request is dropped")
     _num(p, "--decode-threads", _S.decode_workers, "images decoded at once")
-    _num(p, "--temperature", 0.0, "reply sampling temperature (0 = greedy)")
-    _num(p, "--top-p", 1.0, "nucleus sampling mass")
     _num(p, "--threads", None, "torch intra-op threads for the model worker (default on CPU: cores - 1, at least 1, "
                                "leaving a core to the network and frame decoding)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -125,20 +121,17 @@ def limits_from_args(args: argparse.Namespace) -> tuple[Limits, ServerLimits]:
 
 
 def memory_from_args(args: argparse.Namespace):
-    """The sessions' memory policy: ``--memory``, ``--max-context-tokens`` or the server default (bounded)."""
-    from ..inference.memory import SinkWindow, parse_memory
-    from ..serve.app import DEFAULT_MEMORY
-
-    if args.memory is not None and args.max_context_tokens is not None:
-        raise ValueError("--memory and --max-context-tokens both set the memory policy: pass one of them")
-    if args.memory is not None:
-        try:
-            return parse_memory(args.memory)
-        except ValueError as e:  # "memory ..." -> "--memory ..."
-            raise ValueError(f"--{e}") from None
+    """The sessions' memory policy: ``--memory`` (default ``sink:4096``), or the deprecated ``--max-context-tokens
+    N``, which stands for ``--memory sink:N`` (one warning line says so)."""
     if args.max_context_tokens is not None:
-        return SinkWindow(args.max_context_tokens, chunk=min(256, args.max_context_tokens // 4))
-    return DEFAULT_MEMORY
+        if args.memory != DEFAULT_MEMORY_SPEC:
+            raise ValueError("--memory and --max-context-tokens both set the memory policy: pass --memory only "
+                             "(--max-context-tokens N is the deprecated spelling of --memory sink:N)")
+        args.memory = OPTIONS["memory"].check(f"sink:{args.max_context_tokens}")
+        args.max_context_tokens = None
+        print(f"livecue serve: warning: --max-context-tokens is deprecated: use --memory {args.memory}",
+              file=sys.stderr)
+    return StreamOptions(memory=args.memory).memory_policy()
 
 
 def is_loopback(host: str) -> bool:
@@ -175,23 +168,25 @@ def check_args(args: argparse.Namespace) -> None:
     if args.token is not None and (not args.token.strip() or any(c.isspace() or ord(c) < 32 for c in args.token)):
         raise ValueError("--token must be a non-empty string without spaces or control characters (e.g. "
                          "openssl rand -hex 16)")
-    from ..serve.security import check_origin
-
     args.allow_origin = [check_origin(o) for o in args.allow_origin]
 
 
 def main(argv: list[str]) -> int:
     argv, overrides = split_overrides(argv)
-    args = build_parser().parse_args(argv)
+    p = build_parser()
+    args = p.parse_args(argv)
     check_args(args)
     limits, server_limits = limits_from_args(args)
-    memory = memory_from_args(args)
+    if (over := limits.over_limit(StreamOptions.from_args(args))) is not None:  # a client's caps hold here too
+        name, message = over
+        p.error(f"{OPTIONS[name].flag} {message}")  # one line, exit 2, as argparse's own
+    memory_from_args(args)  # the deprecated --max-context-tokens becomes --memory (with a warning)
+    options = StreamOptions.from_args(args)
     try:
         import uvicorn
     except ImportError:
         raise ImportError("livecue serve needs the [serve] extra: pip install 'livecue[serve]'") from None
 
-    from ..inference.decide import SamplingConfig
     from ..serve.app import create_app
     from ..serve.net import ensure_file_limit, http_protocol_kwargs
 
@@ -203,10 +198,9 @@ def main(argv: list[str]) -> int:
         torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 2) - 1))
     sock = bind(args.host, args.port)
     model, tokenizer = load_from_args(args, overrides)
-    app = create_app(model, tokenizer, max_sessions=args.max_sessions, token=args.token, limits=limits, fps=args.fps,
-                     sampling=SamplingConfig(args.temperature, args.top_p), name=str(args.adapter or args.model),
-                     memory=memory, server_limits=server_limits, loopback_only=is_loopback(args.host),
-                     allow_origins=args.allow_origin)
+    app = create_app(model, tokenizer, options=options, max_sessions=args.max_sessions, token=args.token,
+                     limits=limits, name=str(args.adapter or args.model), server_limits=server_limits,
+                     loopback_only=is_loopback(args.host), allow_origins=args.allow_origin)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"livecue serve: {args.adapter or args.model} on http://{shown}:{port}/ (WebSocket /ws, at most "
@@ -217,8 +211,6 @@ def main(argv: list[str]) -> int:
     config = uvicorn.Config(app, log_level=args.log_level, ws_max_size=limits.max_message_bytes * 2,
                             ws_ping_interval=20.0, ws_ping_timeout=20.0, timeout_graceful_shutdown=5,
                             **http_protocol_kwargs(server_limits.header_timeout, server_limits.max_sockets))
-    from ..serve.security import redact_logs
-
     redact_logs(args.token)  # uvicorn.Config has just configured its loggers
     uvicorn.Server(config).run(sockets=[sock])
     return 0

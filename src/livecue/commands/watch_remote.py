@@ -1,6 +1,8 @@
 """``livecue watch SOURCE --server URL``: feed any source to a remote ``livecue serve`` and print its events.
 
-The model runs on the server; this side only decodes the source and sends JPEG frames. A file or image folder is
+The model runs on the server; this side only decodes the source and sends JPEG frames. The stream options of the
+command line (``--threshold``, ``--fps``, ``--system``, sampling ...) go to the server in ``open``, by the same
+names; ``--memory`` is the server's own. A file or image folder is
 sent with flow control (at most the server's queue size of frames in flight), so no frame is dropped and the run
 goes as fast as the server allows, like local ``watch``; with ``--realtime`` a file is paced to its stream clock.
 Live sources (webcam, RTSP, …) are sent as they are captured and the server drops frames if it falls behind.
@@ -14,12 +16,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import sys
 import time
 from typing import Any, TextIO
 
-from .watch import _format
+from ..inference.options import StreamOptions
+from ..inference.stats import StreamStats
+from .display import format_event, format_summary
 
 
 class _Flow:
@@ -47,7 +52,8 @@ class _Flow:
                 break
 
 
-async def _stream(args: argparse.Namespace, jsonl: TextIO | None) -> tuple[dict[str, Any] | None, int, str | None]:
+async def _stream(args: argparse.Namespace, options: StreamOptions,
+                  jsonl: TextIO | None) -> tuple[dict[str, Any] | None, int, str | None]:
     from ..client import LiveClient, ServerError
     from ..data.samples import resolve as resolve_sample
     from ..inference.sources import open_source
@@ -58,8 +64,7 @@ async def _stream(args: argparse.Namespace, jsonl: TextIO | None) -> tuple[dict[
     sent = 0
     try:
         try:
-            ready = await client.open(threshold=args.threshold, system_prompt=args.system, fps=args.fps,
-                                      max_reply_tokens=args.max_reply_tokens)
+            ready = await client.open(**options.to_dict())
         except ServerError as e:
             raise ValueError(f"the server refused the session: {e}") from None
         fps = float(ready["fps"])
@@ -104,8 +109,8 @@ async def _stream(args: argparse.Namespace, jsonl: TextIO | None) -> tuple[dict[
         async for ev in client:
             flow.ack(ev)
             if jsonl is not None and ev["type"] not in ("reply_delta", "ready"):
-                jsonl.write(_jsonl_line(ev))
-            line = _format(_Event(ev))
+                jsonl.write(json.dumps(ev, ensure_ascii=False) + "\n")
+            line = format_event(ev)
             if line:
                 print(line, flush=True)
             if ev["type"] == "closed":
@@ -116,40 +121,20 @@ async def _stream(args: argparse.Namespace, jsonl: TextIO | None) -> tuple[dict[
     return client.closed, sent, failure
 
 
-class _Event:
-    """Attribute access to an event dict, for :func:`livecue.commands.watch._format`."""
-
-    def __init__(self, data: dict[str, Any]) -> None:
-        self.__dict__.update(data)
-        self.type = data.get("type")
-        self.t = data.get("t") or 0.0
-
-
-def _jsonl_line(ev: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(ev, ensure_ascii=False) + "\n"
-
-
-def watch_remote(args: argparse.Namespace, jsonl: TextIO | None) -> int:
-    """Run ``livecue watch --server``; returns the exit code."""
+def watch_remote(args: argparse.Namespace, options: StreamOptions, jsonl: TextIO | None) -> int:
+    """Run ``livecue watch --server`` with the stream ``options`` (sent in ``open``); returns the exit code."""
     start = time.perf_counter()
     interrupted = False
     closed, sent, failure = None, 0, None
     try:
-        closed, sent, failure = asyncio.run(_stream(args, jsonl))
+        closed, sent, failure = asyncio.run(_stream(args, options, jsonl))
     except KeyboardInterrupt:
         interrupted = True
     finally:
         if jsonl is not None:
             jsonl.close()
-    wall = time.perf_counter() - start
-    s = closed or {}
-    frames = s.get("frames", 0)
-    print(f"{'interrupted: ' if interrupted else ''}{sent} frames sent, {frames} watched "
-          f"({s.get('last_t', 0.0):.1f} s of stream) in {wall:.1f} s: {frames / wall if wall else 0:.1f} FPS, "
-          f"{s.get('replies', 0)} replies, {s.get('answers', 0)} answers, {s.get('dropped', 0)} dropped"
-          + (f"; events in {args.jsonl}" if args.jsonl else ""), flush=True)
+    stats = StreamStats.from_dict(closed or {}, started=start, ended=time.perf_counter())  # the server's counts
+    print(format_summary(stats, interrupted=interrupted, sent=sent, jsonl=args.jsonl), flush=True)
     if failure is not None:
         print(f"livecue watch: error: {failure}", file=sys.stderr)
         return 1

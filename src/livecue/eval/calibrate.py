@@ -21,6 +21,7 @@ import torch
 
 from ..config import CONFIG_FILE, LiveConfig
 from ..data.dataset import FrameProvider
+from ..inference.options import check_option
 from .free import evaluate_free
 from .narration import RecordScores, make_dataset, narration_metrics, score_records
 
@@ -41,10 +42,11 @@ class Calibration:
 
 
 def check_grid(grid: Sequence[float]) -> list[float]:
-    grid = sorted({float(t) for t in grid})
-    if not grid or grid[0] < 0 or grid[-1] > 1:
-        raise ValueError(f"θ grid must be non-empty values in [0, 1], got {grid}")
-    return grid
+    """The θ values of a sweep, sorted and without repeats, each checked by θ's one checker (ValueError)."""
+    values = sorted({check_option("threshold", t) for t in grid})
+    if not values:
+        raise ValueError(f"θ grid must be non-empty values in [0, 1], got {list(grid)}")
+    return values
 
 
 def sweep_teacher_forced(scores: Sequence[RecordScores], grid: Sequence[float]) -> list[dict[str, Any]]:

@@ -36,6 +36,7 @@ from ..data.dataset import FrameProvider
 from ..data.records import num_frames, truncate
 from ..inference.engine import StreamEngine
 from ..inference.events import Answer, Reply
+from ..inference.options import check_option
 from .common import frame_provider, load_records, to_features
 from .similarity import MISSING_NOTE, TextSimilarity, load_similarity
 from .textmetrics import match_times, nearest_time_diffs, normalize_text, prf
@@ -83,7 +84,7 @@ class FreeRun:
 def run_record(engine: StreamEngine, record: dict[str, Any], features: torch.Tensor, threshold: float) -> FreeRun:
     """Stream one record through a fresh session. Shape: features (F, K, D_vision)."""
     first = record["messages"][0]
-    system = first["content"] if first["role"] == "system" else None
+    system = (first["content"] or None) if first["role"] == "system" else None  # "" -> the model's prompt
     session = engine.session(system, threshold=threshold)
     fps = float(record["fps"])
     for t, text, answer in reference(record).queries:
@@ -184,7 +185,7 @@ def evaluate_free(model: Any, tokenizer: Any, data: str | Path | Sequence[dict[s
     """
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0 frames, got {tolerance}")
-    threshold = model.cfg.stream.threshold if threshold is None else float(threshold)
+    threshold = model.cfg.stream.threshold if threshold is None else check_option("threshold", threshold)
     cut = model.cfg.stream.max_num_frames if max_frames is None else (max_frames or None)
     records = [truncate(r, cut) if cut else r for r in load_records(data, max_samples)]
     provider = frames or frame_provider(model, data if isinstance(data, (str, Path)) else None, feature_cache)

@@ -34,6 +34,7 @@ triggers the answer). Fluency uses the same three cases.
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -166,7 +167,7 @@ def extract_turns(input_ids: torch.Tensor, labels: torch.Tensor, logits: torch.T
     return turns
 
 
-# ---- LM metrics --------------------------------------------------------------------------------------------------------
+# ---- LM metrics ------------------------------------------------------------------------------------------------------
 def lm_ppl(ce: Sequence[float]) -> float:
     """exp(mean CE over the lm positions)."""
     if not ce:
@@ -302,7 +303,7 @@ def sample_metrics(turns: Sequence[TurnScores], threshold: float, fps: float,
             late += 1
         fut: FutureScores
         if callable(future):
-            fut = (lambda k, _r=turn.index: future(_r, k))
+            fut = functools.partial(future, turn.index)
         else:
             fut = None if future is None else future.get(turn.index)
         tm = turn_metrics(turn, threshold, last_turn=last, next_turn_frames=nxt, future=fut)
@@ -311,7 +312,9 @@ def sample_metrics(turns: Sequence[TurnScores], threshold: float, fps: float,
                 bucket.append(value)
         if tm.diff is not None:
             diffs.append(tm.diff)
-    mean = (lambda xs, default: sum(xs) / len(xs) if xs else default)
+    def mean(xs: list[float], default: float) -> float:
+        return sum(xs) / len(xs) if xs else default
+
     fd = mean([abs(d) for d in diffs], 0.0)
     return SampleMetrics(lm_ppl=mean(ppls, 1.0), frame_diff=fd, time_diff=fd / fps, fluency=mean(flus, 1.0),
                          lm_correctness=mean(cors, 1.0), turns=sum(t.learned for t in turns), late_turns=late,

@@ -25,6 +25,7 @@ import torch
 from ..data.dataset import FrameProvider, Sample, StreamDataset, collate
 from ..data.labels import Markers
 from ..data.template import Template
+from ..inference.options import check_option
 from ..model import lm as lm_api
 from .common import frame_provider, load_records, to_features
 from .metrics import (
@@ -158,7 +159,7 @@ def evaluate_narration(model: Any, tokenizer: Any, data: str | Path | Sequence[d
                        feature_cache: str | Path | None = None, frames: FrameProvider | None = None
                        ) -> NarrationResult:
     """Teacher-forced narration metrics of ``model`` over a records file (θ defaults to the model's config)."""
-    threshold = model.cfg.stream.threshold if threshold is None else float(threshold)
+    threshold = model.cfg.stream.threshold if threshold is None else check_option("threshold", threshold)
     dataset = make_dataset(model, tokenizer, data, max_samples=max_samples, feature_cache=feature_cache,
                            frames=frames)
     return narration_metrics(score_records(model, tokenizer, dataset, [threshold], batch_size=batch_size), threshold)

@@ -31,7 +31,7 @@ import numpy as np
 LTA_LINE = re.compile(r"(?:\d+\.|[^\s]+\s\d+\.)\s*(.*)")
 
 
-# ---- Levenshtein -------------------------------------------------------------------------------------------------------
+# ---- Levenshtein -----------------------------------------------------------------------------------------------------
 def levenshtein(a: Sequence[Hashable], b: Sequence[Hashable]) -> int:
     """Edit distance (insert / delete / substitute, each 1) between two strings or sequences."""
     if len(a) < len(b):
@@ -90,7 +90,7 @@ class NearestMatcher:
         return min(self.candidates[int(k)] for k in best)
 
 
-# ---- COIN --------------------------------------------------------------------------------------------------------------
+# ---- COIN ------------------------------------------------------------------------------------------------------------
 def normalize_label(text: str) -> str:
     """SPEC §7: ``lower(text).rstrip('.')`` (after stripping surrounding whitespace)."""
     return text.strip().lower().rstrip(".").strip()
@@ -130,7 +130,7 @@ def procedure_correct(pred_text: str, gold_steps: Sequence[str], categories: Cat
     return [i < len(pred) and coin_correct(pred[i], gold, categories) for i, gold in enumerate(gold_steps)]
 
 
-# ---- Ego4D LTA ---------------------------------------------------------------------------------------------------------
+# ---- Ego4D LTA -------------------------------------------------------------------------------------------------------
 class Taxonomy:
     """Verb and noun lists; maps an action text to (verb index, noun index) as upstream does."""
 

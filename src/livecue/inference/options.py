@@ -3,8 +3,10 @@
 
 Each option is declared once in :data:`OPTIONS` with its command-line name, its checker and its help; the same
 checker validates a value whether it comes from argparse (``--fps nan`` -> one line naming the option and the
-range), from a WebSocket message or from Python (``StreamOptions(fps=0)`` -> ``ValueError``). ``None`` means "the
-model's own value" (``stream.*`` of its config) for the options a model config has a value for.
+range), from a WebSocket message or from Python (``StreamOptions(fps=0)`` -> ``ValueError``; :func:`check_option`
+checks one value). ``None`` means "not set here": the engine's value, else the model's own (``stream.*`` of its
+config), else the built-in default (greedy sampling; unbounded memory in the library, ``sink:4096`` in
+``livecue serve``).
 
     opts = StreamOptions(threshold=0.8, memory="sink:4096")
     engine = StreamEngine(model, tokenizer, options=opts)        # defaults of every session of this engine
@@ -17,15 +19,25 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-from ..argtypes import FPS, UNIT_INTERVAL, Number, finite_float, nonnegative_float, positive_float, positive_int, text
+from ..argtypes import (
+    FPS,
+    MAX_REPLY_TOKENS,
+    REPLY_TOKENS,
+    UNIT_INTERVAL,
+    Number,
+    finite_float,
+    nonnegative_float,
+    positive_float,
+    text,
+)
 from .memory import MemoryPolicy, parse_memory
 
 MAX_SYSTEM_CHARS = 8000   # the longest system prompt
 MAX_QUERY_CHARS = 2000    # the longest query / instruction text
-MAX_REPLY_TOKENS = 4096   # the largest reply cap
 
 
 @dataclass(frozen=True)
@@ -38,7 +50,7 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         for name in ("temperature", "top_p", "repetition_penalty"):
-            _check(name, getattr(self, name))
+            check_option(name, getattr(self, name))
 
 
 def _memory(spec: str) -> str:
@@ -48,6 +60,9 @@ def _memory(spec: str) -> str:
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return str(spec).strip().lower()
+
+
+_memory.__name__ = "memory policy"
 
 
 @dataclass(frozen=True)
@@ -67,7 +82,7 @@ OPTIONS: dict[str, Option] = {
     "system_prompt": Option("--system", text(MAX_SYSTEM_CHARS, "system prompt"),
                             f"system prompt, at most {MAX_SYSTEM_CHARS:,} characters (default: the model's)",
                             metavar="TEXT"),
-    "max_reply_tokens": Option("--max-reply-tokens", positive_int(MAX_REPLY_TOKENS),
+    "max_reply_tokens": Option("--max-reply-tokens", REPLY_TOKENS,
                                f"cap on a reply's length, in [1, {MAX_REPLY_TOKENS}] (default: the model's)"),
     "temperature": Option("--temperature", nonnegative_float(100.0), "reply sampling temperature in [0, 100] "
                                                                      "(0 = greedy; default: 0)"),
@@ -75,77 +90,81 @@ OPTIONS: dict[str, Option] = {
     "repetition_penalty": Option("--repetition-penalty", positive_float(100.0),
                                  "penalise repeated reply tokens, in (0, 100] (1 = off; default: 1)"),
     "memory": Option("--memory", _memory, "what each stream keeps in its KV cache: 'unbounded', or an attention sink "
-                                          "+ sliding window 'sink:MAX_TOKENS[:CHUNK]' (e.g. sink:4096)",
-                     metavar="SPEC"),
+                                          "+ sliding window 'sink:MAX_TOKENS[:CHUNK]', e.g. sink:4096 "
+                                          "(default: unbounded)", metavar="SPEC"),
 }
 
 
-def _check(name: str, value: Any) -> Any:
-    """``value`` checked by option ``name``'s checker; ValueError naming the option otherwise."""
+def check_option(name: str, value: Any) -> Any:
+    """``value`` checked by option ``name``'s checker (a number as its kind: ``2`` -> ``2.0`` for θ); ValueError
+    naming the option otherwise, in the words argparse prints for it: ``threshold must be a finite number in [0, 1],
+    got '2'``. The one check of every stream option, whatever the front door."""
     option = OPTIONS[name]
-    if isinstance(option.check, Number):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{name} must be a number, got {value!r}")
-        if option.check.kind is int and isinstance(value, float) and not value.is_integer():
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-        try:
-            return option.check.check(value)
-        except argparse.ArgumentTypeError as e:
-            raise ValueError(f"{name} {e}") from None
-    if not isinstance(value, str):
-        raise ValueError(f"{name} must be a string, got {type(value).__name__}")
+    check = option.check
     try:
-        return option.check(value)
+        if not isinstance(check, Number):
+            if not isinstance(value, str):
+                raise _not_text(check, value)
+            return check(value)
+        return check.validate(name, value)
     except argparse.ArgumentTypeError as e:
         message = str(e)
         raise ValueError(message if message.startswith(name) else f"{name} {message}") from None
 
 
+def _not_text(check: Callable[[Any], Any], value: Any) -> argparse.ArgumentTypeError:
+    """The error of a text option's checker for a value that is not text."""
+    what = getattr(check, "__name__", "text")
+    return argparse.ArgumentTypeError(f"must be a {what} (a string), got {type(value).__name__}")
+
+
 @dataclass(frozen=True)
 class StreamOptions:
-    """The options of a stream (see the module docstring). ``None``: the model's value (``stream.*``) or, for
-    ``memory``, the front door's default (unbounded in the library, ``sink:4096`` in ``livecue serve``).
+    """The options of a stream (see the module docstring). Every field is optional: ``None`` is "not set here"
+    (the engine's value, else the model's ``stream.*``, else the built-in default).
 
     Attributes:
         threshold: θ in [0, 1]: silent iff p(silence) >= θ.
         fps: the stream clock (frames per second fed to the model).
         system_prompt: the system message.
         max_reply_tokens: cap on a reply's length (a capped reply is still closed with eos).
-        temperature, top_p, repetition_penalty: reply sampling (:class:`SamplingConfig`).
-        memory: ``unbounded`` | ``sink:MAX_TOKENS[:CHUNK]``.
+        temperature, top_p, repetition_penalty: reply sampling (:class:`SamplingConfig`; greedy when unset).
+        memory: ``unbounded`` | ``sink:MAX_TOKENS[:CHUNK]`` (:func:`~livecue.inference.memory.parse_memory`).
     """
 
     threshold: float | None = None
     fps: float | None = None
     system_prompt: str | None = None
     max_reply_tokens: int | None = None
-    temperature: float = 0.0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
+    temperature: float | None = None
+    top_p: float | None = None
+    repetition_penalty: float | None = None
     memory: str | None = None
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if value is not None:
-                object.__setattr__(self, f.name, _check(f.name, value))
+                object.__setattr__(self, f.name, check_option(f.name, value))
 
     @property
     def sampling(self) -> SamplingConfig:
-        return SamplingConfig(self.temperature, self.top_p, self.repetition_penalty)
+        """Reply decoding: the sampling fields set here, the defaults (greedy) for the others."""
+        return SamplingConfig(**{name: getattr(self, name) for name in SAMPLING if getattr(self, name) is not None})
 
     def memory_policy(self, default: MemoryPolicy | None = None) -> MemoryPolicy | None:
         """The memory policy ``memory`` names, or ``default`` when it is None."""
         return default if self.memory is None else parse_memory(self.memory)
 
-    def merged(self, other: "StreamOptions | None") -> "StreamOptions":
-        """These options with every field ``other`` sets (not None, not the default) taking its place."""
+    def merged(self, other: StreamOptions | None) -> StreamOptions:
+        """These options with every field ``other`` sets (not None) taking its place."""
         if other is None:
             return self
-        base = StreamOptions()
-        changes = {f.name: getattr(other, f.name) for f in dataclasses.fields(other)
-                   if getattr(other, f.name) != getattr(base, f.name)}
-        return dataclasses.replace(self, **changes)
+        return dataclasses.replace(self, **other.to_dict())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields that are set (not None), by name: e.g. the fields of a WebSocket ``open`` message."""
+        return {name: getattr(self, name) for name in OPTIONS if getattr(self, name) is not None}
 
     # ---- command line --------------------------------------------------------------------------------------------
     @staticmethod
@@ -162,13 +181,14 @@ class StreamOptions:
                                 metavar=option.metavar)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "StreamOptions":
+    def from_args(cls, args: argparse.Namespace) -> StreamOptions:
         """The options a parsed command line holds (those :meth:`add_arguments` added)."""
         return cls(**{name: getattr(args, name) for name in OPTIONS if hasattr(args, name)})
 
 
+SAMPLING = ("temperature", "top_p", "repetition_penalty")  # the options that make a SamplingConfig
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(StreamOptions)}
 assert set(_DEFAULTS) == set(OPTIONS), "every StreamOptions field is declared in OPTIONS"
 
-__all__ = ["MAX_QUERY_CHARS", "MAX_REPLY_TOKENS", "MAX_SYSTEM_CHARS", "OPTIONS", "Option", "SamplingConfig",
-           "StreamOptions"]
+__all__ = ["MAX_QUERY_CHARS", "MAX_REPLY_TOKENS", "MAX_SYSTEM_CHARS", "OPTIONS", "Option", "SAMPLING",
+           "SamplingConfig", "StreamOptions", "check_option"]

@@ -18,45 +18,17 @@ import math
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 
 from .engine import StreamSession, to_frame_tensor
-from .events import Answer, Dropped, Event, Reply
+from .events import Dropped, Event
+from .stats import StreamStats
 
 log = logging.getLogger(__name__)
 _END = object()
-
-
-@dataclass
-class PipelineStats:
-    """Counters of one run."""
-
-    frames: int = 0
-    replies: int = 0
-    answers: int = 0
-    dropped: int = 0
-    started: float = field(default_factory=time.perf_counter)
-    ended: float | None = None
-    last_t: float = 0.0
-
-    @property
-    def wall(self) -> float:
-        return (self.ended or time.perf_counter()) - self.started
-
-    @property
-    def fps(self) -> float:
-        return self.frames / self.wall if self.wall > 0 else 0.0
-
-    def count(self, event: Event) -> None:
-        if isinstance(event, Reply):
-            self.replies += 1
-        elif isinstance(event, Answer):
-            self.answers += 1
-        elif isinstance(event, Dropped):
-            self.dropped += event.count
 
 
 class Pipeline:
@@ -81,7 +53,7 @@ class Pipeline:
         self.realtime = realtime
         self.batch_size = batch_size
         self.max_lag = max_lag
-        self.stats = PipelineStats()
+        self.stats = StreamStats()
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._newest_t = float("-inf")
@@ -92,7 +64,7 @@ class Pipeline:
 
     def run(self) -> Iterator[Event]:
         """Yield every event of the stream, then the answers to queries left at the end."""
-        self.stats = PipelineStats()
+        self.stats = StreamStats()
         features: queue.Queue = queue.Queue(maxsize=4 if not self.realtime else 0)
         workers = self._start_workers(features)
         try:
@@ -105,7 +77,7 @@ class Pipeline:
             self._stop.set()
             for w in workers:
                 w.join(timeout=5)
-            self.stats.ended = time.perf_counter()
+            self.stats.end()
             close = getattr(self.source, "close", None)
             if close is not None:
                 close()
@@ -129,8 +101,7 @@ class Pipeline:
             for event in self.session.push_frame(feats, t):
                 self.stats.count(event)
                 yield event
-            self.stats.frames += 1
-            self.stats.last_t = t
+            self.stats.frame(t)
             if self._stop.is_set():
                 break
         if skipped:

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from ..config import MAX_FPS
 from ..data.video import VideoError, decode_at_fps, frame_rotation, is_url, probe, read_image, to_rgb
+from .options import check_option
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _check_fps(fps: float) -> float:
-    if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not math.isfinite(fps) or not 0 < fps <= MAX_FPS:
-        raise ValueError(f"fps must be a number in (0, {MAX_FPS:g}], got {fps!r}")
-    return float(fps)
+    """The stream option ``fps``, checked by its one checker (ValueError naming it and its range)."""
+    return check_option("fps", float(fps) if isinstance(fps, numbers.Real) and not isinstance(fps, bool) else fps)
 
 
 class Source:

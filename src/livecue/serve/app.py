@@ -15,8 +15,11 @@ without a token. A loopback server answers only requests whose Host is a loopbac
 accepts browser pages of its own origin (plus ``allow_origins``) only. There is no ``/docs``, ``/redoc`` or
 ``/openapi.json``: docs/protocol.md is the reference.
 
-Every session's memory is bounded by default (:data:`DEFAULT_MEMORY`: an attention sink + a sliding window of 4096
-tokens); ``memory=Unbounded()`` keeps whole streams, as upstream does.
+The server's stream options (:class:`~livecue.inference.options.StreamOptions`: θ, fps, system prompt, reply cap,
+sampling, memory) are every session's defaults; a client's ``open`` overrides them option by option, except the
+memory policy, which is the server's. Every session's memory is bounded by default (:data:`DEFAULT_MEMORY`: an
+attention sink + a sliding window of 4096 tokens); ``StreamOptions(memory="unbounded")`` keeps whole streams, as
+upstream does.
 """
 
 # no `from __future__ import annotations`: FastAPI reads the route annotations, whose types are imported locally
@@ -27,14 +30,16 @@ from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
-from ..inference.memory import SinkWindow
+from .. import __version__
+from ..inference.memory import parse_memory
+from ..inference.options import StreamOptions
 from .protocol import PROTOCOL_VERSION, Limits, ServerLimits, error_event, event
 from .security import SUBPROTOCOL, Guard, offered_subprotocols, redact_logs, token_ok
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
-DEFAULT_CONTEXT_TOKENS = 4096  # about 6 minutes of a live1+ stream at 2 fps (11 tokens a frame)
-DEFAULT_MEMORY = SinkWindow(DEFAULT_CONTEXT_TOKENS, chunk=256)
+DEFAULT_MEMORY_SPEC = "sink:4096"  # about 6 minutes of a live1+ stream at 2 fps (11 tokens a frame)
+DEFAULT_MEMORY = parse_memory(DEFAULT_MEMORY_SPEC)  # SinkWindow(4096, chunk=256)
 
 
 def model_info(model: Any, name: str) -> dict[str, Any]:
@@ -56,9 +61,9 @@ def model_info(model: Any, name: str) -> dict[str, Any]:
     }
 
 
-def create_app(model: Any, tokenizer: Any, *, max_sessions: int = 16, token: str | None = None,
-               limits: Limits | None = None, fps: float | None = None, sampling: Any = None,
-               name: str | None = None, max_batch: int = 16, memory: Any = None,
+def create_app(model: Any, tokenizer: Any, *, options: StreamOptions | None = None, max_sessions: int = 16,
+               token: str | None = None, limits: Limits | None = None, fps: float | None = None,
+               sampling: Any = None, name: str | None = None, max_batch: int = 16, memory: Any = None,
                server_limits: ServerLimits | None = None, loopback_only: bool = False,
                allow_origins: Iterable[str] = ()) -> Any:
     """Build the FastAPI app serving ``model`` to many streams.
@@ -66,15 +71,18 @@ def create_app(model: Any, tokenizer: Any, *, max_sessions: int = 16, token: str
     Args:
         model: a loaded :class:`~livecue.model.live.LiveModel` (shared by every session).
         tokenizer: its tokenizer.
+        options: the server's stream options, every session's defaults (unset: the model's ``stream.*``, greedy
+            replies, :data:`DEFAULT_MEMORY`); a client's ``open`` overrides all but ``memory``.
         max_sessions: sessions open at once; more are refused with a ``busy`` error.
         token: require this token on ``/ws``, ``/model``, ``/sessions`` (None: no auth; loopback only).
         limits: per-connection limits and timeouts (:class:`~livecue.serve.protocol.Limits`).
-        fps: the default stream fps (default: the model's).
-        sampling: reply decoding (:class:`~livecue.inference.decide.SamplingConfig`; default greedy).
+        fps: the default stream fps (replaces ``options.fps``).
+        sampling: reply decoding (a :class:`~livecue.inference.options.SamplingConfig`; replaces the sampling
+            of ``options``).
         name: the model's name in ``/model`` and ``ready`` (default: its config name).
         max_batch: frames of at most this many sessions are stepped per scheduler round.
-        memory: the sessions' memory policy (:mod:`livecue.inference.memory`; default :data:`DEFAULT_MEMORY`, a
-            bounded sink + sliding window; pass ``Unbounded()`` to keep whole streams).
+        memory: the sessions' memory policy object (replaces ``options.memory``; default :data:`DEFAULT_MEMORY`, a
+            bounded sink + sliding window; ``Unbounded()`` keeps whole streams).
         server_limits: server-wide caps (:class:`~livecue.serve.protocol.ServerLimits`: WebSocket connections,
             decode workers; the socket cap and header timeout are the HTTP protocol's, see
             :mod:`livecue.serve.net`).
@@ -92,8 +100,7 @@ def create_app(model: Any, tokenizer: Any, *, max_sessions: int = 16, token: str
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError(f"livecue serve needs the [serve] extra: pip install 'livecue[serve]' ({e})") from None
 
-    from .. import __version__
-    from ..inference.engine import StreamEngine
+    from ..inference.engine import StreamEngine  # torch: loaded with the model, not with `livecue serve --help`
     from .connection import Connection
     from .images import DecodePool
     from .scheduler import Scheduler, describe_memory
@@ -101,8 +108,10 @@ def create_app(model: Any, tokenizer: Any, *, max_sessions: int = 16, token: str
     limits = limits or Limits()
     server_limits = server_limits or ServerLimits()
     name = name or model.cfg.name
-    engine = StreamEngine(model, tokenizer, sampling=sampling, memory=DEFAULT_MEMORY if memory is None else memory)
-    scheduler = Scheduler(engine, limits=limits, max_sessions=max_sessions, fps=fps, max_batch=max_batch)
+    options = (options or StreamOptions()).merged(StreamOptions(fps=fps))
+    engine = StreamEngine(model, tokenizer, options, sampling=sampling,
+                          memory=options.memory_policy(DEFAULT_MEMORY) if memory is None else memory)
+    scheduler = Scheduler(engine, limits=limits, max_sessions=max_sessions, max_batch=max_batch)
     decoder = DecodePool(server_limits.decode_workers)
     info = model_info(model, name)
     redact_logs(token)

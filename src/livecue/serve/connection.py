@@ -213,9 +213,11 @@ class Connection:
             raise ProtocolError("bad_message", str(e)) from None
         self.session = session
         stream = session.stream
+        sampling = stream.sampling
         self.send(event("ready", None, session=session.id, protocol=PROTOCOL_VERSION, model=self.model_name,
                         fps=session.fps, threshold=stream.threshold, max_reply_tokens=stream.max_reply_tokens,
-                        system_prompt=stream.system_prompt, queue_size=session.queue_size,
+                        system_prompt=stream.system_prompt, temperature=sampling.temperature, top_p=sampling.top_p,
+                        repetition_penalty=sampling.repetition_penalty, queue_size=session.queue_size,
                         memory=describe_memory(stream.memory), limits=self.limits.to_dict()))
 
     async def _frame(self, session: ServeSession, msg: Frame) -> None:

@@ -12,7 +12,9 @@ Server → client: JSON text messages (events), each with ``type`` and ``t`` (st
 (strict JSON: :func:`dumps_event` never writes ``NaN``).
 
 Everything here is pure (no I/O): parsing raises :class:`ProtocolError` with a machine-readable ``code`` and a
-one-line human message; the server answers it with an ``error`` event and the session goes on.
+one-line human message; the server answers it with an ``error`` event and the session goes on. The stream options
+of ``open`` (and the θ of ``update``) are checked by the same checkers as every other front door's
+(:data:`livecue.inference.options.OPTIONS`), then against this server's :class:`Limits`.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import binascii
 import json
 import math
 import struct
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from ..inference.options import MAX_QUERY_CHARS, MAX_SYSTEM_CHARS, OPTIONS, StreamOptions, check_option
 
 PROTOCOL_VERSION = 1
 FRAME_HEADER = struct.Struct("<d")  # stream time t, float64 little-endian, before the image bytes
@@ -73,8 +77,8 @@ class Limits:
     max_pixels: int = 1920 * 1080
     max_rate: float = 50.0
     max_burst: int = 100
-    max_text_chars: int = 2000
-    max_system_chars: int = 8000
+    max_text_chars: int = MAX_QUERY_CHARS
+    max_system_chars: int = MAX_SYSTEM_CHARS
     max_system_tokens: int = 2048
     max_reply_tokens: int = 512
     max_fps: float = 30.0
@@ -107,6 +111,15 @@ class Limits:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def over_limit(self, options: StreamOptions) -> tuple[str, str] | None:
+        """The first stream option over this server's caps (tighter than the option's own range), as ``(name,
+        "must be at most 30 on this server (its limit max_fps), got 60")``; None when all are within them."""
+        for name, limit in (("fps", "max_fps"), ("max_reply_tokens", "max_reply_tokens")):
+            value, cap = getattr(options, name), getattr(self, limit)
+            if value is not None and value > cap:
+                return name, f"must be at most {cap:g} on this server (its limit {limit}), got {value:g}"
+        return None
+
 
 @dataclass(frozen=True)
 class ServerLimits:
@@ -135,14 +148,16 @@ class ServerLimits:
 
 
 # ---- client messages -----------------------------------------------------------------------------------------------
-@dataclass
-class Open:
-    """Start the stream. Every field is optional (null: the server's default)."""
+#: the stream options a client may set in ``open``: all but ``memory``, which is the server's (its operator bounds
+#: every session's KV cache; a client must not lift that bound)
+CLIENT_OPTIONS: tuple[str, ...] = tuple(name for name in OPTIONS if name != "memory")
 
-    threshold: float | None = None
-    system_prompt: str | None = None
-    fps: float | None = None
-    max_reply_tokens: int | None = None
+
+@dataclass(frozen=True)
+class Open:
+    """Start the stream with the stream ``options`` the client sets (unset: the server's defaults)."""
+
+    options: StreamOptions = field(default_factory=StreamOptions)
     silence: bool = True  # send a ``silence`` event for every silent frame
 
 
@@ -183,7 +198,7 @@ class Close:
 
 Message = Open | Frame | Query | Update | Ping | Close
 _FIELDS: dict[str, tuple[str, ...]] = {
-    "open": ("threshold", "system_prompt", "fps", "max_reply_tokens", "silence"),
+    "open": (*CLIENT_OPTIONS, "silence"),
     "frame": ("t", "data"),
     "query": ("text", "at", "answer"),
     "update": ("threshold",),
@@ -233,32 +248,33 @@ def parse_text(text: str, limits: Limits) -> Message:
             raise ProtocolError("bad_message", f"query answer must be true or false, got {answer!r}")
         return Query(text=qtext.strip(), at=None if at is None else _time(at, "query at"), answer=answer)
     if kind == "update":
-        return Update(threshold=_threshold(obj.get("threshold"), required=True))
+        return Update(threshold=_option("threshold", obj.get("threshold")))
     if kind == "ping":
         return Ping(id=obj.get("id"))
     return Close()
 
 
 def _open(obj: dict[str, Any], limits: Limits) -> Open:
+    """An ``open`` message: its stream options checked by their checkers, then against this server's limits."""
     system = obj.get("system_prompt")
-    if system is not None and not isinstance(system, str):
-        raise ProtocolError("bad_message", f"system_prompt must be a string, got {type(system).__name__}")
-    if system is not None and len(system) > limits.max_system_chars:
+    if isinstance(system, str) and len(system) > limits.max_system_chars:
         raise ProtocolError("too_large", f"system_prompt has {len(system)} characters; the limit is "
                                          f"{limits.max_system_chars}")
-    fps = obj.get("fps")
-    if fps is not None and (not _is_number(fps) or not 0 < fps <= limits.max_fps):
-        raise ProtocolError("bad_message", f"fps must be a number in (0, {limits.max_fps:g}], got {fps!r}")
-    cap = obj.get("max_reply_tokens")
-    valid_cap = isinstance(cap, int) and not isinstance(cap, bool) and 1 <= cap <= limits.max_reply_tokens
-    if cap is not None and not valid_cap:
-        raise ProtocolError("bad_message", f"max_reply_tokens must be an integer in [1, {limits.max_reply_tokens}], "
-                                           f"got {cap!r}")
+    options = StreamOptions(**{name: _option(name, obj[name]) for name in CLIENT_OPTIONS if obj.get(name) is not None})
+    if (over := limits.over_limit(options)) is not None:
+        raise ProtocolError("bad_message", " ".join(over))
     silence = obj.get("silence", True)
     if not isinstance(silence, bool):
         raise ProtocolError("bad_message", f"silence must be true or false, got {silence!r}")
-    return Open(threshold=_threshold(obj.get("threshold")), system_prompt=system,
-                fps=None if fps is None else float(fps), max_reply_tokens=cap, silence=silence)
+    return Open(options, silence=silence)
+
+
+def _option(name: str, value: Any) -> Any:
+    """A stream option's value, checked by its one checker; ``bad_message`` naming it otherwise."""
+    try:
+        return check_option(name, value)
+    except ValueError as e:
+        raise ProtocolError("bad_message", str(e)) from None
 
 
 def _json_frame(obj: dict[str, Any], limits: Limits) -> Frame:
@@ -290,18 +306,17 @@ def _time(x: Any, what: str) -> float:
     return float(x)
 
 
-def _threshold(x: Any, required: bool = False) -> float | None:
-    if x is None and not required:
-        return None
-    if not _is_number(x) or not 0.0 <= x <= 1.0:
-        raise ProtocolError("bad_message", f"threshold must be a number in [0, 1], got {x!r}")
-    return float(x)
-
-
 # ---- client side: building messages ------------------------------------------------------------------------------
 def pack_frame(t: float, image: bytes) -> bytes:
     """The binary frame message for image bytes at stream time ``t``."""
     return FRAME_HEADER.pack(float(t)) + bytes(image)
+
+
+def open_message(silence: bool = True, options: StreamOptions | dict[str, Any] | None = None) -> str:
+    """The ``open`` message for stream ``options`` (a :class:`StreamOptions` or a dict by name; unset or None: the
+    server's); ``silence=False`` asks for no ``silence`` events."""
+    fields = options.to_dict() if isinstance(options, StreamOptions) else dict(options or {})
+    return message("open", **fields, silence=None if silence else False)
 
 
 def message(kind: str, **fields: Any) -> str:
@@ -338,18 +353,3 @@ def _finite(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return [_finite(v) for v in x]
     return x
-
-
-@dataclass
-class SessionStats:
-    """Counters of one session, sent in ``closed`` and listed by ``GET /sessions``."""
-
-    frames: int = 0
-    replies: int = 0
-    answers: int = 0
-    dropped: int = 0
-    errors: int = 0
-    last_t: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)

@@ -49,10 +49,11 @@ class Scheduler:
     """Fair scheduling of many stream sessions on one engine.
 
     Args:
-        engine: the shared :class:`StreamEngine` (one model).
+        engine: the shared :class:`StreamEngine` (one model); its options are the server's, every session's defaults
+            (a client's ``open`` overrides them option by option; its memory policy bounds every session).
         limits: queue size and per-session caps.
         max_sessions: sessions open at once; :meth:`open` raises :class:`SchedulerFull` beyond.
-        fps: the default stream fps of a session.
+        fps: the default stream fps of a session (default: the engine's, else the model's).
         max_batch: at most this many sessions' frames are encoded and stepped per round.
     """
 
@@ -63,7 +64,11 @@ class Scheduler:
         self.engine = engine
         self.limits = limits or Limits()
         self.max_sessions = max_sessions
-        self.fps = float(fps or engine.model.cfg.stream.fps)
+        cfg = engine.model.cfg.stream
+        self.fps = float(fps or engine.options.fps or cfg.fps)
+        # a reply cap no client asked for: the server's, else the model's held to the protocol's limit
+        self.max_reply_tokens = engine.options.max_reply_tokens or min(cfg.max_reply_tokens,
+                                                                       self.limits.max_reply_tokens)
         self.max_batch = max_batch
         self.sessions: dict[str, ServeSession] = {}
         self._ring: collections.deque[str] = collections.deque()  # round-robin order
@@ -79,18 +84,17 @@ class Scheduler:
     def open(self, params: Open, emit: Emit) -> ServeSession:
         """Create a session; raise :class:`SchedulerFull` when ``max_sessions`` are open. (The worker runs it once
         :meth:`start` has been called; tests may drive :meth:`step` by hand instead.)"""
-        cfg = self.engine.model.cfg.stream
-        if params.system_prompt:
-            self._check_system_prompt(params.system_prompt)
+        asked = params.options
+        if asked.system_prompt:
+            self._check_system_prompt(asked.system_prompt)
         with self._cond:
             if len(self.sessions) >= self.max_sessions:
                 raise SchedulerFull(f"the server is full: {self.max_sessions} sessions are open; try again later")
             sid = f"s{next(self._ids)}"
-            stream = self.engine.session(
-                params.system_prompt, threshold=params.threshold,
-                max_reply_tokens=params.max_reply_tokens or min(cfg.max_reply_tokens, self.limits.max_reply_tokens))
+            stream = self.engine.session(options=asked, max_reply_tokens=asked.max_reply_tokens or
+                                         self.max_reply_tokens)
             buckets = TokenBucket(self.limits.query_token_rate, self.limits.max_query_tokens)
-            session = ServeSession(sid, stream, emit, fps=params.fps or self.fps, silence=params.silence,
+            session = ServeSession(sid, stream, emit, fps=asked.fps or self.fps, silence=params.silence,
                                    queue_size=self.limits.queue_size, query_tokens=buckets)
             # a weak reference: session -> stream -> callback -> session would be a reference cycle, and a dropped
             # session's KV cache would then live on until the garbage collector's next full pass (RSS grows)
@@ -283,12 +287,11 @@ class Scheduler:
             if s.gone:  # disconnected while its frame was in flight
                 return
             for ev in events:
-                s.count(ev)
+                s.stats.count(ev)
                 if isinstance(ev, Silence) and not s.silence:
                     continue
                 self._send(s, ev.to_dict())
-            s.stats.frames += 1
-            s.stats.last_t = t
+            s.stats.frame(t)
             cap = self.limits.max_session_frames
             if cap is not None and s.stats.frames >= cap and not s.closing:
                 self._send(s, error_event("frame_limit", f"this session has streamed {cap} frames, the server's "
@@ -351,7 +354,7 @@ class Scheduler:
             self._send(s, error_event("frame_failed", f"answering the last queries failed: {events}"))
             events = []
         for ev in events:
-            s.count(ev)
+            s.stats.count(ev)
             self._send(s, ev.to_dict())
         with self._cond:
             self._remove(s)

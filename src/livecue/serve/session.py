@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..inference.engine import StreamSession
-from ..inference.events import Answer, Reply
-from .protocol import ProtocolError, SessionStats, event
+from ..inference.stats import StreamStats
+from .protocol import ProtocolError, event
 from .streaming import TextDeltas
 
 Emit = Callable[[dict[str, Any]], None]
@@ -73,7 +73,7 @@ class ServeSession:
     frames: collections.deque = field(default_factory=collections.deque)  # (t, frame) waiting for the model
     controls: collections.deque = field(default_factory=collections.deque)  # (kind, payload)
     queued_queries: int = 0    # queries in `controls` (not yet handed to the engine session)
-    stats: SessionStats = field(default_factory=SessionStats)
+    stats: StreamStats = field(default_factory=StreamStats)  # ``closed`` and ``GET /sessions`` send its counters
     dropped_pending: int = 0  # dropped (queue full) since the last report
     dropped_t: float = 0.0
     skipped_pending: int = 0  # skipped (faster than the session fps) since the last report
@@ -97,13 +97,6 @@ class ServeSession:
                 "pending_queries": self.pending_queries,
                 "context_tokens": self.stream.context_length, "evicted_tokens": self.stream.evicted_tokens,
                 "closing": self.closing, **self.stats.to_dict()}
-
-    def count(self, ev: Any) -> None:
-        """Count a reply or an answer in the session's stats."""
-        if isinstance(ev, Reply):
-            self.stats.replies += 1
-        elif isinstance(ev, Answer):
-            self.stats.answers += 1
 
     def take_drops(self, before: float = math.inf) -> list[dict[str, Any]]:
         """``dropped`` events for the frames dropped/skipped so far that are older than ``before`` (scheduler lock
