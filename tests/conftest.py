@@ -11,6 +11,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def tiny():
     """The tiny preset model and tokenizer (random init, seed 0), float32 on CPU."""
     from livecue.config import preset
-    from livecue.model.load import build_model
+    from livecue.model.build import build_model
 
     return build_model(preset("tiny"))

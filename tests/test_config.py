@@ -1,11 +1,27 @@
 """Typed configs: presets, validation, dotted overrides, JSON/YAML round trips."""
 
+import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import yaml
 
-from livecue.config import CONFIG_FILE, LiveConfig, LMConfig, StreamConfig, VisionConfig, list_presets, preset
+from livecue import cli
+from livecue.commands.config import reference_markdown
+from livecue.config import (
+    CONFIG_FILE,
+    LiveConfig,
+    LMConfig,
+    LoraConfig,
+    StreamConfig,
+    VisionConfig,
+    list_presets,
+    preset,
+)
+from livecue.config_fields import describe
+
+DEFAULT_MODEL = Path(__file__).parent.parent / "src" / "livecue" / "assets" / "default_model"
 
 
 def test_presets_exist_with_upstream_defaults():
@@ -16,7 +32,6 @@ def test_presets_exist_with_upstream_defaults():
     assert plus.lm.name_or_path == "meta-llama/Meta-Llama-3-8B-Instruct"
     assert plus.stream.fps == 2 and plus.stream.max_num_frames == 1200 and plus.stream.threshold == 0.725
     assert (plus.lora.r, plus.lora.alpha, plus.lora.dropout) == (128, 256, 0.05)
-    assert plus.lora.modules_to_save == ["connector"]
     assert (plus.train.learning_rate, plus.train.epochs, plus.train.warmup_ratio) == (2e-4, 2, 0.05)
     one = preset("live1")
     assert one.frame_num_tokens == 1 and one.stream.frame_interval == "" and one.stream.max_num_frames == 7200
@@ -59,7 +74,7 @@ def test_overrides_are_typed():
 @pytest.mark.parametrize("override,match", [
     ("stream.thresold=0.5", "unknown config key.*'stream.thresold'"),
     ("nosection.x=1", "unknown config key.*'nosection'"),
-    ("stream.threshold=1.5", r"stream.threshold must be in \[0, 1\], got 1.5"),
+    ("stream.threshold=1.5", r"stream.threshold must be a finite number in \[0, 1\], got '1.5'"),
     ("stream.fps=fast", "'stream.fps' must be a number, got 'fast'"),
     ("vision.frozen=3", "'vision.frozen' must be true or false"),
     ("vision.kind=resnet", "vision.kind must be one of"),
@@ -104,7 +119,7 @@ def test_unknown_preset_and_sources(tmp_path):
     ("vision.frame_token_pooled=-1", r"vision.frame_token_pooled must be in 0..64 .*, got -1"),
     ("vision.frame_token_pooled=100000", r"vision.frame_token_pooled must be in 0..64"),
     ("stream.fps=nan", r"config key 'stream.fps' must be a finite number, got nan"),
-    ("stream.fps=1e9", r"stream.fps must be in \(0, 240\], got 1000000000.0"),
+    ("stream.fps=1e9", r"stream.fps must be a finite number in \(0, 240\], got '1000000000.0'"),
     ("train.learning_rate=inf", r"config key 'train.learning_rate' must be a finite number, got inf"),
     ("train.learning_rate=1e999", r"config key 'train.learning_rate' must be a finite number"),
     ("stream.threshold=-.inf", r"config key 'stream.threshold' must be a finite number"),
@@ -145,3 +160,65 @@ def test_yaml_numbers_without_exponent_sign(tmp_path):
     good.write_text("base: tiny\ntrain:\n  learning_rate: fast\n")
     with pytest.raises(ValueError, match="'train.learning_rate' must be a number, got 'fast'"):
         LiveConfig.load(good)
+
+
+def test_legacy_lora_modules_to_save_still_loads(tmp_path):
+    """``lora.modules_to_save`` (never read) is gone; configs that older versions wrote with it keep loading."""
+    assert "modules_to_save" not in {f.name for f in dataclasses.fields(LoraConfig)}
+    packaged = json.loads((DEFAULT_MODEL / CONFIG_FILE).read_text())
+    assert packaged["lora"]["modules_to_save"] == ["connector"]  # the packaged default model was written with it
+    cfg = LiveConfig.load(DEFAULT_MODEL)
+    assert cfg.lora.r == packaged["lora"]["r"] and "modules_to_save" not in cfg.to_dict()["lora"]
+    old = preset("tiny").to_dict()
+    old["lora"]["modules_to_save"] = ["connector"]
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(old))
+    assert LiveConfig.load(tmp_path) == preset("tiny")
+    with pytest.raises(ValueError, match="unknown config key.*'lora.modules_to_sav'"):  # other keys stay checked
+        preset("tiny", ["lora.modules_to_sav=[]"])
+
+
+def test_every_config_field_is_documented():
+    """Each field of every section has a docstring (meaning, unit, range), read by ``livecue config --fields``."""
+    sections = describe(LiveConfig)
+    assert [s.name for s in sections] == ["", "vision", "connector", "lm", "stream", "lora", "train"]
+    for section in sections:
+        assert section.summary, section.name
+        names = {f.name for f in dataclasses.fields(LiveConfig)} if not section.name else {
+            f.name for f in dataclasses.fields(getattr(LiveConfig(), section.name))}
+        assert {f.key.rpartition(".")[2] for f in section.fields} <= names
+        for f in section.fields:
+            assert len(f.help) > 20, f"{f.key} has no docstring in livecue/config.py"
+    documented = sum(len(s.fields) for s in sections)
+    fields = sum(len(dataclasses.fields(type(v))) for v in vars(LiveConfig()).values() if dataclasses.is_dataclass(v))
+    assert documented == fields + 2  # every section's fields, and name and config_version
+
+
+def test_config_reference_doc_is_current():
+    """docs/config.md is what ``livecue config --fields --markdown`` prints: regenerate it when a field changes."""
+    doc = Path(__file__).parent.parent / "docs" / "config.md"
+    assert doc.read_text(encoding="utf-8") == reference_markdown(), (
+        "docs/config.md is stale: run `livecue config --fields --markdown > docs/config.md`")
+    for section in describe(LiveConfig):
+        for f in section.fields:
+            assert f"**`{f.key}`**" in doc.read_text(encoding="utf-8")
+
+
+def test_config_help_lists_sections_and_fields(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["config", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--fields [SECTION]" in out
+    for name in ("vision", "connector", "lm", "stream", "lora", "train"):
+        assert f"  {name}: " in out
+    assert "learning_rate" in out and "frame_colour_bins" in out
+    assert cli.main(["config", "--fields", "train"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("[train] ") and "train.learning_rate: float = 0.0002" in out and "stream." not in out
+    assert cli.main(["config", "--fields", "stream.threshold"]) == 0
+    out = capsys.readouterr().out
+    assert "stream.threshold: float = 0.725" in out and "θ in [0, 1]" in out and "stream.fps" not in out
+    with pytest.raises(SystemExit) as e:
+        cli.main(["config", "--fields", "nope"])
+    assert e.value.code == 2
+    assert "no section or field 'nope'" in capsys.readouterr().err

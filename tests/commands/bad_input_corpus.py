@@ -2,8 +2,8 @@
 binaries), each with the exit code and the fragment its one-line error must contain.
 
 :func:`build` writes corrupt videos, images, feature caches, JSON, JSONL and YAML under ``root`` and returns the
-cases; ``tests/test_bad_inputs.py`` runs them through ``livecue.cli.main`` in-process. Arguments may use ``{d}``
-for ``root``.
+cases; ``tests/commands/test_bad_inputs.py`` runs them through ``livecue.cli.main`` in-process. Arguments may use
+``{d}`` for ``root``.
 """
 
 from __future__ import annotations
@@ -234,6 +234,8 @@ def _watch_cases() -> list[Case]:
         ("top-p-nan", "--top-p nan", "argument --top-p: must be a finite number in (0, 1], got 'nan'"),
         ("repetition-penalty-0", "--repetition-penalty 0", "argument --repetition-penalty: must be a finite number"),
         ("repetition-penalty-inf", "--repetition-penalty inf", "argument --repetition-penalty: must be a finite"),
+        ("memory-text", "--memory lots", "argument --memory: memory must be 'unbounded', 'sink:MAX_TOKENS' or "),
+        ("memory-zero", "--memory sink:0", "argument --memory: memory 'sink:0': SinkWindow needs max_tokens > 0"),
         ("batch-size-0", "--batch-size 0", "argument --batch-size: must be an integer in [1, 1024], got '0'"),
         ("batch-size-huge", "--batch-size 100000", "argument --batch-size: must be an integer in [1, 1024]"),
         ("max-lag-nan", "--max-lag nan", "argument --max-lag: must be a finite number in (0, 3600], got 'nan'"),
@@ -247,16 +249,22 @@ def _watch_cases() -> list[Case]:
               "argument --query: must be a non-empty query"),
         _case("watch-system-too-long", ["watch", "{d}/good.mp4", "--system", "s" * 8001], 2,
               "argument --system: must be at most 8,000 characters"),
+        _case("watch-system-empty", ["watch", "{d}/good.mp4", "--system", " "], 2,
+              "argument --system: must be a non-empty system prompt"),
+        _case("watch-server-memory", "watch {d}/good.mp4 --server http://127.0.0.1:9 --memory sink:64", 1,
+              "--memory is the server's with --server"),
         _case("watch-at-without-query", f"{w} --at 1", 1, "1 --at values for 0 --query values"),
         # the input itself
         _case("watch-missing-file", "watch {d}/nope.mp4 --model tiny", 1, "video file not found: '{d}/nope.mp4'"),
         _case("watch-random-bytes", "watch {d}/videos/random.mp4 --model tiny", 1, "'{d}/videos/random.mp4'"),
-        _case("watch-empty-file", "watch {d}/videos/empty.mp4 --model tiny", 1, "empty (0 bytes): '{d}/videos/empty.mp4'"),
+        _case("watch-empty-file", "watch {d}/videos/empty.mp4 --model tiny", 1,
+              "empty (0 bytes): '{d}/videos/empty.mp4'"),
         _case("watch-text-file", "watch {d}/videos/text.mp4 --model tiny", 1, "not a readable video"),
         _case("watch-truncated", "watch {d}/videos/truncated.mp4 --model tiny", 1, "'{d}/videos/truncated.mp4'"),
         _case("watch-corrupt-images", "watch {d}/corrupt_images --model tiny", 1,
               "unreadable image (Invalid data found when processing input): '{d}/corrupt_images/a.png'"),
-        _case("watch-no-images", "watch {d}/no_images --model tiny", 1, "no images (png/jpg/jpeg/bmp/webp) in directory"),
+        _case("watch-no-images", "watch {d}/no_images --model tiny", 1,
+              "no images (png/jpg/jpeg/bmp/webp) in directory"),
         _case("watch-good-then-bad-image", "watch {d}/good_then_bad --model tiny --quiet --jsonl {d}/gtb.jsonl", 1,
               "'{d}/good_then_bad/1.png'", jsonl="gtb.jsonl"),
         _case("watch-jsonl-is-a-directory", "watch {d}/good.mp4 --model tiny --jsonl {d}", 1,
@@ -288,13 +296,16 @@ def _watch_cases() -> list[Case]:
 def _demo_cases() -> list[Case]:
     d = "demo --model tiny --fast"
     return [
-        _case("demo-duration-nan", f"{d} --duration nan", 2, "argument --duration: must be a finite number in (0, 600]"),
+        _case("demo-duration-nan", f"{d} --duration nan", 2,
+              "argument --duration: must be a finite number in (0, 600]"),
         _case("demo-duration-0", f"{d} --duration 0", 2, "argument --duration: must be a finite number in (0, 600]"),
         _case("demo-duration-tiny", f"{d} --duration 0.1", 1, "--duration must give at least 2 frames at 2 fps"),
         _case("demo-at-inf", f"{d} --question hi --at inf", 2, "argument --at: must be a finite number in [0, 604800]"),
         _case("demo-at-nan", f"{d} --question hi --at nan", 2, "argument --at: must be a finite number"),
         _case("demo-seed-negative", f"{d} --seed -1", 2, "argument --seed: must be an integer in [0, 2147483647]"),
         _case("demo-threshold", f"{d} --threshold 1.5", 2, "argument --threshold: must be a finite number in [0, 1]"),
+        _case("demo-memory", f"{d} --memory sink:x", 2, "argument --memory: memory must be 'unbounded'"),
+        _case("demo-fps", f"{d} --fps 0", 2, f"argument --fps: {FPS_RANGE}, got '0'"),
         _case("demo-max-frames", f"{d} --max-frames -4", 2, "argument --max-frames: must be an integer"),
         _case("demo-question-long", ["demo", "--question", "x" * 3000], 2,
               "argument --question: must be at most 2,000 characters"),
@@ -320,10 +331,12 @@ def _info_cases() -> list[Case]:
         _case("info-binary-yaml", "info --model {d}/binary.yaml", 1, "'{d}/binary.yaml'"),
         _case("info-list-yaml", "info --model {d}/list.yaml", 1, "must hold a mapping, got list"),
         _case("info-bad-base", "info --model {d}/bad_base.yaml", 1, "no_such_preset"),
-        _case("info-yaml-fps", "info --model {d}/fps_yaml.yaml", 1, "stream.fps must be in (0, 240], got 1000000000.0"),
+        _case("info-yaml-fps", "info --model {d}/fps_yaml.yaml", 1,
+              "stream.fps must be a finite number in (0, 240], got '1000000000.0'"),
         _case("info-neg-layers", "info --model {d}/neg_layers.yaml", 1,
               "lm.random_init.num_hidden_layers must be a positive integer, got -2"),
-        _case("info-override-threshold", "info --model tiny --stream.threshold=2", 1, "stream.threshold must be in [0, 1]"),
+        _case("info-override-threshold", "info --model tiny --stream.threshold=2", 1,
+              "stream.threshold must be a finite number in [0, 1]"),
         _case("info-override-lr-inf", "info --model tiny --train.learning_rate=inf", 1,
               "config key 'train.learning_rate' must be a finite number, got inf"),
         _case("info-override-lr-overflow", "info --model tiny --train.learning_rate=1e400", 1,
@@ -336,7 +349,8 @@ def _info_cases() -> list[Case]:
               "vision.random_init.num_attention_heads must be a positive integer, got -2"),
         _case("info-override-image-size", "info --model tiny --vision.random_init.image_size=0", 1,
               "vision.random_init.image_size must be a positive integer, got 0"),
-        _case("info-override-section", "info --model tiny --stream.fps.x=1", 1, "'stream.fps' is a value, not a section"),
+        _case("info-override-section", "info --model tiny --stream.fps.x=1", 1,
+              "'stream.fps' is a value, not a section"),
         _case("info-override-seed", "info --model tiny --train.seed=-1", 1, "train.seed must be in [0, 2^32), got -1"),
     ]
 
@@ -360,8 +374,10 @@ def _eval_cases() -> list[Case]:
               "--grid must be comma-separated θ values in [0, 1], got '0.5,nan'"),
         _case("eval-grid-text", f"{e} --data {{d}}/one.jsonl --calibrate --grid a,b", 1,
               "--grid must be comma-separated numbers, got 'a,b'"),
-        _case("eval-memory", f"{e} --data {{d}}/one.jsonl --task free --memory sink:-4", 1,
+        _case("eval-memory", f"{e} --data {{d}}/one.jsonl --task free --memory sink:-4", 2, "argument --memory: "
               "memory must be 'unbounded', 'sink:MAX_TOKENS' or 'sink:MAX_TOKENS:CHUNK', got 'sink:-4'"),
+        _case("eval-memory-narration", f"{e} --data {{d}}/one.jsonl --memory sink:64", 1,
+              "--memory and --max-frames apply to the free-running task, not narration"),
         _case("eval-data-missing", f"{e} --data {{d}}/nope.jsonl", 1, "records file not found: '{d}/nope.jsonl'"),
         _case("eval-data-not-jsonl", f"{e} --data {{d}}/not_jsonl.jsonl", 1,
               "{d}/not_jsonl.jsonl:1:1: record 0 is not valid JSON"),
@@ -400,12 +416,14 @@ def _train_cases() -> list[Case]:
         _case("train-nan-lr", "train {d}/nan_lr.yaml", 1, "config key 'train.learning_rate' must be a finite number"),
         _case("train-inf-lr", "train {d}/inf_lr.yaml", 1, "config key 'train.learning_rate' must be a finite number"),
         _case("train-override-lr", "train tiny --train.learning_rate=-1", 1, "train.learning_rate must be positive"),
-        _case("train-override-max-steps", "train tiny --train.max_steps=0", 1, "train.max_steps must be -1 or positive"),
+        _case("train-override-max-steps", "train tiny --train.max_steps=0", 1,
+              "train.max_steps must be -1 or positive"),
         _case("train-override-grad-norm", "train tiny --train.max_grad_norm=-1", 1, "train.max_grad_norm must be >= 0"),
         _case("train-data-unset", "train {d}/train_no_data.yaml", 1, "train.train_data is not set"),
         _case("train-data-missing", "train {d}/train_missing.yaml", 1, "records file not found: '{d}/missing.jsonl'"),
         _case("train-data-not-jsonl", "train {d}/train_not_jsonl.yaml", 1, "{d}/not_jsonl.jsonl:1:1: record 0"),
-        _case("train-data-corrupt-line", "train {d}/train_bad_line.yaml", 1, "{d}/bad_line3.jsonl:3:20: record 2 is not valid JSON"),
+        _case("train-data-corrupt-line", "train {d}/train_bad_line.yaml", 1,
+              "{d}/bad_line3.jsonl:3:20: record 2 is not valid JSON"),
         _case("train-data-empty", "train {d}/train_empty.yaml", 1, "'{d}/empty.jsonl' holds no records"),
         _case("train-data-binary", "train {d}/train_binary.yaml", 1, "{d}/binary.jsonl:1: record 0 is not UTF-8"),
         _case("train-data-duplicate", "train {d}/train_dup.yaml", 1, "duplicate id 'same'"),
@@ -414,14 +432,16 @@ def _train_cases() -> list[Case]:
 
 def _encode_cases() -> list[Case]:
     return [
-        _case("encode-fps-0", "encode {d}/one_video --out {d}/enc0 --fps 0", 2, f"argument --fps: {FPS_RANGE}, got '0'"),
+        _case("encode-fps-0", "encode {d}/one_video --out {d}/enc0 --fps 0", 2,
+              f"argument --fps: {FPS_RANGE}, got '0'"),
         _case("encode-fps-nan", "encode {d}/one_video --out {d}/enc0 --fps nan", 2, f"argument --fps: {FPS_RANGE}"),
         _case("encode-fps-huge", "encode {d}/one_video --out {d}/enc0 --fps 1e9", 2, f"argument --fps: {FPS_RANGE}"),
         _case("encode-batch-0", "encode {d}/one_video --out {d}/enc0 --batch-size 0", 2, "argument --batch-size"),
         _case("encode-missing-dir", "encode {d}/nope --out {d}/enc1", 1, "video directory not found: '{d}/nope'"),
         _case("encode-no-videos", "encode {d}/no_images --out {d}/enc1", 1, "no video files in '{d}/no_images'"),
         _case("encode-every-video-fails", "encode {d}/videos --out {d}/enc2", 1,
-              "every video failed to encode (4 of 4 in '{d}/videos'); the first: empty.mp4: video file is empty (0 bytes)"),
+              "every video failed to encode (4 of 4 in '{d}/videos'); the first: empty.mp4: video file is empty "
+              "(0 bytes)"),
         _case("encode-bad-npy", "encode {d}/npy_bad --out {d}/enc3", 1, "every video failed to encode (2 of 2"),
         _case("encode-corrupt-index", "encode {d}/one_video --out {d}/enc_out_bad_index", 1,
               "the cache index '{d}/enc_out_bad_index/index.json' is not valid JSON (line 1, column 2)"),
@@ -453,7 +473,8 @@ def _convert_cases() -> list[Case]:
         _case("convert-coin-negative-time-warns", f"convert-data coin-step --annotations {a}/coin_ok.json "
               "--out {d}/coin_ok.jsonl", 0, "warning: {d}/ann/coin_ok.json: 1 step segments with a negative time"),
         _case("convert-ego4d-broken-json", f"convert-data ego4d-narration --narrations {a}/narr_broken.json "
-              "--out {d}/o.jsonl", 1, f"{a}/narr_broken.json:2:31: not a valid JSON file (annotation file): Expecting property name"),
+              "--out {d}/o.jsonl", 1,
+              f"{a}/narr_broken.json:2:31: not a valid JSON file (annotation file): Expecting property name"),
         _case("convert-ego4d-missing", "convert-data ego4d-narration --narrations {d}/nope.json --out {d}/o.jsonl",
               1, "annotation file not found: '{d}/nope.json'"),
         _case("convert-ego4d-unusable", f"convert-data ego4d-narration --narrations {a}/narr_unusable.json "
@@ -481,7 +502,8 @@ def _convert_cases() -> list[Case]:
               "--out {d}/o.jsonl", 1, "videos[0]: missing or malformed 'end_time' (seconds, a finite number), got "
               "'late'"),
         _case("convert-goalstep-broken", f"convert-data goalstep --annotations {a}/goalstep_broken.json "
-              "--out {d}/o.jsonl", 1, f"{a}/goalstep_broken.json:3:22: not a valid JSON file (GoalStep annotation file): Expecting ',' delimiter"),
+              "--out {d}/o.jsonl", 1, f"{a}/goalstep_broken.json:3:22: not a valid JSON file (GoalStep annotation "
+                                      "file): Expecting ',' delimiter"),
         _case("convert-goalstep-num-times", f"convert-data goalstep --annotations {a}/goalstep_no_steps.json "
               "--num-times 0 --out {d}/o.jsonl", 2, "argument --num-times: must be an integer in [1, 100]"),
         _case("convert-augment-p", "convert-data augment --records {d}/one.jsonl --p 1.5 --out {d}/o.jsonl", 2,
@@ -498,7 +520,12 @@ def _convert_cases() -> list[Case]:
 def _serve_cases() -> list[Case]:
     s = "serve --model tiny --port 0"
     return [
-        _case("serve-fps-nan", f"{s} --fps nan", 2, "argument --fps: must be a finite number in (0, 30], got 'nan'"),
+        _case("serve-fps-nan", f"{s} --fps nan", 2, f"argument --fps: {FPS_RANGE}, got 'nan'"),
+        _case("serve-fps-over-limit", f"{s} --fps 60", 2,
+              "--fps must be at most 30 on this server (its limit max_fps), got 60"),
+        _case("serve-memory", f"{s} --memory sink:x", 2, "argument --memory: memory must be 'unbounded'"),
+        _case("serve-memory-and-alias", f"{s} --memory sink:64 --max-context-tokens 64", 1,
+              "--memory and --max-context-tokens both set the memory policy"),
         _case("serve-port-70000", "serve --model tiny --port 70000", 2, "argument --port: must be an integer in "
               "[0, 65535], got '70000'"),
         _case("serve-port-negative", "serve --model tiny --port -1", 2, "argument --port"),
@@ -520,13 +547,17 @@ def _serve_cases() -> list[Case]:
 
 def _other_cases() -> list[Case]:
     return [
-        _case("world-n-0", "world --out {d}/world --n 0 --seed 0", 2, "argument --n: must be an integer in [1, 1000000]"),
+        _case("world-n-0", "world --out {d}/world --n 0 --seed 0", 2,
+              "argument --n: must be an integer in [1, 1000000]"),
         _case("world-fps-nan", "world --out {d}/world --n 1 --seed 0 --fps nan", 2, f"argument --fps: {FPS_RANGE}"),
         _case("world-too-big", "world --out {d}/world --n 1 --seed 0 --fps 240 --duration 86400", 1,
               "GiB in memory, at most 4): lower --duration, --fps or --resolution"),
         _case("bench-frames-0", "bench --frames 0", 2, "argument --frames: must be comma-separated integers in [1, "),
         _case("bench-speak-nan", "bench --speak-every nan", 2, "argument --speak-every: must be a finite number"),
-        _case("bench-memory", "bench --memory sink:x", 1, "memory must be 'unbounded'"),
+        _case("bench-memory", "bench --memory sink:x", 2, "argument --memory: memory must be 'unbounded'"),
+        _case("bench-memory-one-of-several", "bench --memory unbounded,sink:0", 2,
+              "argument --memory: memory 'sink:0': SinkWindow needs max_tokens > 0"),
+        _case("bench-memory-empty", "bench --memory ,", 2, "argument --memory: must name at least one memory policy"),
         _case("bench-streams", "bench --streams 0,4", 2, "argument --streams"),
         _case("render-bad-json", "render {d}/conversation_bad.json", 1,
               "'{d}/conversation_bad.json' is not valid JSON: Expecting value: line 2 column 11"),

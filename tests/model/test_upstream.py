@@ -118,7 +118,8 @@ def reference_logits(root, tensors, ids, frames):
         grid = out.last_hidden_state.transpose(1, 2).reshape(len(frames), 32, 4, 4)
         pooled = F.adaptive_avg_pool2d(grid, 3).flatten(2).transpose(1, 2)            # (F, 9, 32)
         feats = torch.cat([out.pooler_output[:, None], pooled], 1)                    # (F, 10, 32)
-        h = F.linear(feats, tensors["base_model.model.connector.0.weight"], tensors["base_model.model.connector.0.bias"])
+        h = F.linear(feats, tensors["base_model.model.connector.0.weight"],
+                     tensors["base_model.model.connector.0.bias"])
         h = F.linear(F.gelu(h), tensors["base_model.model.connector.2.weight"],
                      tensors["base_model.model.connector.2.bias"])
         table = lm.get_input_embeddings().weight

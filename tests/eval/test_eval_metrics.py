@@ -97,7 +97,11 @@ def test_frame_diff_early_on_time_late_never():
         M.frame_diff(late, th, last_turn=False, m=2)
     # the callback runs the model only when the late rule needs it
     calls = []
-    cb = (lambda k: calls.append(k) or [M.StreamScore(0.9, True), M.StreamScore(0.1, False)])
+
+    def cb(k):
+        calls.append(k)
+        return [M.StreamScore(0.9, True), M.StreamScore(0.1, False)]
+
     assert M.frame_diff(_turn([0.1, 0.9]), th, last_turn=False, m=2, future=cb) == 1 and calls == []
     assert M.frame_diff(late, th, last_turn=False, m=2, future=cb) == -2 and calls == [2]
     # late fluency: (V − 1) / T; V = 3, T = 2 + 3

@@ -13,7 +13,7 @@ from livecue.model import lm as lm_api
 @pytest.fixture(scope="module")
 def engine():
     from livecue.config import preset
-    from livecue.model.load import build_model
+    from livecue.model.build import build_model
 
     return StreamEngine(*build_model(preset("tiny")))
 
@@ -26,7 +26,7 @@ def feats(engine, n, seed=0):
 @pytest.mark.parametrize("lm", ["llama", "qwen2"])
 def test_evict_span_equals_fresh_forward(lm):
     from livecue.config import preset
-    from livecue.model.load import build_model
+    from livecue.model.build import build_model
 
     over = {"lm.random_init.num_hidden_layers": 1} if lm == "llama" else {"lm.random_init": {
         "model_type": "qwen2", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
@@ -45,7 +45,7 @@ def test_evict_span_equals_fresh_forward(lm):
 
 def test_evict_needs_rope(engine):
     from livecue.config import preset
-    from livecue.model.load import build_model
+    from livecue.model.build import build_model
 
     model, _ = build_model(preset("tiny", {"lm.random_init": {"model_type": "gpt2", "n_embd": 64, "n_layer": 2,
                                                                "n_head": 4}}))
@@ -68,7 +68,7 @@ def test_bounded_equals_unbounded_until_full(engine):
 
 def test_after_eviction_cache_equals_fresh_forward():
     from livecue.config import preset
-    from livecue.model.load import build_model
+    from livecue.model.build import build_model
 
     engine = StreamEngine(*build_model(preset("tiny", {"lm.random_init.num_hidden_layers": 1})))
     f = feats(engine, 60, seed=3)
@@ -80,7 +80,10 @@ def test_after_eviction_cache_equals_fresh_forward():
         s.push_frame(f[i], i * 0.5)
         lengths.append(s.context_length)
     assert s.evicted_tokens > 0 and max(lengths) <= 200 + 60  # bounded by the budget plus one step
-    last = engine._execute([Step(s, engine.encode_text(","))])[0]  # one more step on the evicted cache (the last eviction came after a step)
+    def one_more_step():  # a program of one forward on the evicted cache (the last eviction came after a step)
+        return (yield Step(s, engine.encode_text(",")))
+
+    last = engine.run([one_more_step()])[0]
     v = engine.markers.v
     K = engine.model.frame_num_tokens
     kept_frames = s.history.count(v) // K

@@ -13,9 +13,9 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
@@ -36,7 +36,8 @@ def bases(tmp_path_factory):
     from transformers.utils import logging as hf_logging
 
     from livecue.config import preset
-    from livecue.model.load import build_model, save_checkpoint
+    from livecue.model.build import build_model
+    from livecue.model.load import save_checkpoint
     from livecue.model.lora import apply_lora
 
     hf_logging.disable_progress_bar()  # stderr holds only livecue's own line
@@ -419,7 +420,7 @@ def test_efficientnet_weights_are_checked(tmp_path):
 def test_corrupt_gguf_is_one_line(tmp_path):
     """The offline SmolLM2 ships as GGUF, converted once: a corrupt file is one line naming it, nothing cached."""
     pytest.importorskip("gguf", reason="GGUF conversion needs the [models] extra")
-    from livecue.model.offline import convert_gguf
+    from livecue.pretrained import convert_gguf
 
     (tmp_path / "m.gguf").write_bytes(os.urandom(1000))
     with pytest.raises(OSError, match=r"^cannot read '.*m\.gguf' \(corrupt\? reinstall"):

@@ -4,7 +4,7 @@ import pytest
 
 from livecue.config import UPSTREAM_SYSTEM_PROMPT
 from livecue.data import template as T
-from livecue.data.template import Template
+from livecue.data.template import StreamCursor, Template
 
 V10 = "<v>" * 10
 INSTR = ("Please concisely narrate the video in real time. Use the tag 'C' to denote the camera wearer, and other "
@@ -71,7 +71,8 @@ def test_prompt_suffixes(plus, one, kw, suffix):
 
 
 def test_suffix_constants_and_engine_pieces(plus):
-    assert (T.GENERATION_PROMPT, T.STREAM_PROMPT, T.STREAM_GENERATION_PROMPT) == ("\nAssistant:", "\n[", "]\nAssistant:")
+    prompts = (T.GENERATION_PROMPT, T.STREAM_PROMPT, T.STREAM_GENERATION_PROMPT)
+    assert prompts == ("\nAssistant:", "\n[", "]\nAssistant:")
     assert plus.stream_start("SYS") == "<|begin_of_text|>SYS\n\n["
     assert plus.query_prompt("what?") == "]\nUser: what?\nAssistant:"
     assert plus.query_prompt("what?", in_stream=False) == "\nUser: what?\nAssistant:"
@@ -151,3 +152,66 @@ def test_malformed_messages_name_the_value(plus, bad, match):
 def test_system_must_come_first(plus):
     with pytest.raises(ValueError, match="system message must come first"):
         plus.render([{"role": "user", "content": "a"}, {"role": "system", "content": "b"}])
+
+
+# ---- the stream cursor ----------------------------------------------------------------------------------------------
+BOS, EOS, V = -1, -2, -3  # the ids of a character-level "tokenizer": every other character is its code point
+
+
+def _cursor(tpl, system="S"):
+    def text(ids):
+        return "".join({BOS: tpl.bos, EOS: tpl.eos, V: tpl.v_placeholder}.get(i) or chr(i) for i in ids)
+
+    encode = lambda s: [ord(c) for c in s]  # noqa: E731
+    return StreamCursor(tpl, encode, system, bos=BOS, eos=EOS, v=V), encode, text
+
+
+@pytest.mark.parametrize("name", ["plus", "one"])
+def test_stream_cursor_walks_the_rendered_template(name, request):
+    """Fed in order, the cursor's ids spell the rendered conversation: each piece in the forward it belongs to."""
+    tpl = request.getfixturevalue(name)
+    cursor, encode, text = _cursor(tpl)
+    frame = tpl.frame
+    fed = [cursor.frame(), cursor.frame()]
+    assert [text(ids) for ids in fed] == [tpl.bos + "S\n\n[" + frame, tpl.frame_interval + frame]
+    fed.append(cursor.reply())
+    assert text(fed[-1]) == "]\nAssistant:"
+    reply = encode(" Hi.")
+    fed += [[i] for i in reply[:-1]]  # the cap stopped the reply: its last token was never fed
+    cursor.end_turn(reply, capped=True)
+    fed.append(cursor.query("q?"))
+    assert text(fed[-1]) == ".<eos>\nUser: q?\nAssistant:".replace("<eos>", tpl.eos)  # no stream open: no "]"
+    answer = encode(" A.")
+    fed += [[i] for i in answer]  # eos ended the answer: every token was fed
+    cursor.end_turn(answer, capped=False)
+    fed.append(cursor.frame())
+    assert text(fed[-1]) == tpl.eos + "\n[" + frame
+    fed.append(cursor.query("and?"))
+    assert text(fed[-1]) == "]\nUser: and?\nAssistant:"
+    fed.append(encode(" "))
+    cursor.end_turn(encode(" B"), capped=True)
+    fed.append(cursor.frame())
+    cursor.instruction("Go.")
+    assert cursor.pending_text == "]\nUser: Go."  # read with the next frame
+    fed += [cursor.frame(), cursor.frame()]
+    said = lambda content: {"role": "assistant", "content": content}  # noqa: E731
+    rendered = tpl.render([{"role": "system", "content": "S"}, {"role": "stream", "num_frames": 2}, said("Hi."),
+                           {"role": "user", "content": "q?"}, said("A."), {"role": "stream", "num_frames": 1},
+                           {"role": "user", "content": "and?"}, said("B"), {"role": "stream", "num_frames": 1},
+                           {"role": "user", "content": "Go."}, {"role": "stream", "num_frames": 2}]).text
+    assert text([i for ids in fed for i in ids]) == rendered[:-1]  # the stream is still open
+
+
+def test_stream_cursor_without_bos():
+    tpl = Template(bos="", eos="</s>", frame_num_tokens=2, frame_interval=",")
+    cursor, _, text = _cursor(tpl, system="")
+    assert text(cursor.frame()) == "\n\n[<v><v>"
+
+
+def test_template_needs_no_torch():
+    """The template and its cursor are pure: text and token ids in, ids out."""
+    import subprocess
+    import sys
+
+    code = "import sys, livecue.data.template; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -360,13 +360,13 @@ def test_augment_and_robustness_cli(files, tmp_path):
 @pytest.mark.realism
 @pytest.mark.slow
 def test_hf_rewriter_with_smollm2():
-    from livecue.model import offline
+    from livecue import pretrained
 
-    if not (offline.cache_dir() / "models" / offline.SMOLLM2 / "config.json").exists():
-        if not offline.available(offline.SMOLLM2):
-            pytest.skip(f"SmolLM2-135M-Instruct is not installed: {offline.INSTALL_HINT}")
+    if not (pretrained.cache_dir() / "models" / pretrained.SMOLLM2 / "config.json").exists():
+        if not pretrained.available(pretrained.SMOLLM2):
+            pytest.skip(f"SmolLM2-135M-Instruct is not installed: {pretrained.INSTALL_HINT}")
         pytest.importorskip("gguf", reason="converting SmolLM2's GGUF file needs the gguf package ([models] extra)")
-    rewriter = ego4d.HFRewriter(offline.resolve(offline.SMOLLM2), device="cpu", max_new_tokens=8)
+    rewriter = ego4d.HFRewriter(pretrained.resolve(pretrained.SMOLLM2), device="cpu", max_new_tokens=8)
     assert rewriter.prompt("C looks around.").endswith("[C looks around.] -> [")
     (out,) = rewriter(["C looks around."])
     assert out is None or (isinstance(out, str) and out and "]" not in out)

@@ -21,7 +21,8 @@ from livecue.eval.narration import (
     narration_metrics,
     score_records,
 )
-from livecue.model.load import build_model, save_checkpoint
+from livecue.model.build import build_model
+from livecue.model.load import save_checkpoint
 
 REPLY = "A red square appears."
 
@@ -252,15 +253,15 @@ def test_eval_argument_errors(data, capsys):
                          (["--batch-size", "0"], "argument --batch-size: must be an integer in [1, 1024], got '0'"),
                          (["--max-samples", "-3"], "argument --max-samples: must be an integer in [1, "),
                          (["--tolerance", "1e3"], "argument --tolerance: must be an integer in [0, 10000]"),
-                         (["--beams", "0"], "argument --beams: must be an integer in [1, 64]")):
+                         (["--beams", "0"], "argument --beams: must be an integer in [1, 64]"),
+                         (["--task", "free", "--memory", "sink"], "argument --memory: memory must be 'unbounded', "
+                                                                  "'sink:MAX_TOKENS'")):
         with pytest.raises(SystemExit) as e:
             cli.main(["eval", "--data", str(data / "narration.jsonl"), *bad])
         last = capsys.readouterr().err.strip().splitlines()[-1]
         assert e.value.code == 2 and last.startswith("livecue eval: error: ") and message in last, (bad, last)
     assert cli.main(["eval", "--data", str(data / "narration.jsonl"), "--calibrate", "--grid", "0.2,nan"]) == 1
     assert "--grid must be comma-separated θ values in [0, 1], got '0.2,nan'" in capsys.readouterr().err
-    assert cli.main(["eval", "--data", str(data / "narration.jsonl"), "--task", "free", "--memory", "sink"]) == 1
-    assert "memory must be 'unbounded', 'sink:MAX_TOKENS'" in capsys.readouterr().err
     assert cli.main(["eval", "--data", str(data / "narration.jsonl"), "--memory", "sink:64"]) == 1
     assert "apply to the free-running task, not narration" in capsys.readouterr().err
 

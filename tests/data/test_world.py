@@ -9,8 +9,17 @@ import pytest
 from livecue import cli
 from livecue.commands import world as world_cmd
 from livecue.data.records import num_frames, read_records, validate_record
-from livecue.data.world import (EVENT_TYPES, INSTRUCTION, WorldConfig, WorldObject, ask, generate_stream,
-                                generate_world, simulate_stream, stream_seed)
+from livecue.data.world import (
+    EVENT_TYPES,
+    INSTRUCTION,
+    WorldConfig,
+    WorldObject,
+    ask,
+    generate_stream,
+    generate_world,
+    simulate_stream,
+    stream_seed,
+)
 from livecue.data.world_render import png_bytes, save_png
 from livecue.data.world_scene import narrate
 

@@ -16,7 +16,7 @@ import pytest
 from livecue import cli
 from livecue.serve.protocol import Limits, ServerLimits, dumps_event
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 
 
 def docs_table(heading: str) -> dict[str, str]:
@@ -73,8 +73,11 @@ BAD_OPTIONS = [
     (["--max-pending-queries", "0"], 2, "--max-pending-queries"), (["--query-token-rate", "0"], 2,
                                                                    "--query-token-rate"),
     (["--max-query-tokens", "-1"], 2, "--max-query-tokens"),
-    (["--max-message-bytes", "1000"], 1, "--max-message-bytes"), (["--memory", "sink:0"], 1, "--memory"),
-    (["--memory", "lots"], 1, "--memory"), (["--memory", "unbounded", "--max-context-tokens", "9"], 1, "--memory"),
+    (["--max-message-bytes", "1000"], 1, "--max-message-bytes"), (["--memory", "sink:0"], 2, "--memory"),
+    (["--memory", "lots"], 2, "--memory"), (["--memory", "unbounded", "--max-context-tokens", "9"], 1, "--memory"),
+    (["--max-reply-tokens", "513"], 2, "--max-reply-tokens must be at most 512"), (["--threshold", "2"], 2,
+                                                                                   "--threshold"),
+    (["--system", " "], 2, "--system"), (["--repetition-penalty", "0"], 2, "--repetition-penalty"),
     (["--allow-origin", "evil.example"], 1, "--allow-origin"),
     (["--allow-origin", "http://a.example/path"], 1, "--allow-origin"), (["--token", " "], 1, "--token"),
     (["--host", "0.0.0.0"], 1, "refusing to listen on '0.0.0.0' without a token"),

@@ -9,7 +9,8 @@ from livecue.config import preset
 from livecue.data.labels import IGNORE, Markers, tokenize_conversation
 from livecue.data.template import Template
 from livecue.model import lm as lm_api
-from livecue.model.load import build_model, load_model, save_checkpoint
+from livecue.model.build import build_model
+from livecue.model.load import load_model, save_checkpoint
 from livecue.model.loss import streaming_loss
 
 LM_ARCHS = {
@@ -129,43 +130,6 @@ def test_wrong_feature_shape_is_explained(tiny):
 
 
 # ---- streaming == batch ----------------------------------------------------------------------------------------------
-def stream_chunks(model, tok, n_frames, reply_at=(40, 77)):
-    """The engine's feeding order: start, then per frame (prefix + frame), with replies closing turns."""
-    tpl = Template.from_config(model.cfg, tok)
-    enc = lambda s: tok(s, add_special_tokens=False).input_ids  # noqa: E731
-    chunks = [(enc(tpl.stream_start("You narrate shapes.")), 0)]
-    frame_ids = [model.v_token_id] * model.frame_num_tokens
-    for f in range(n_frames):
-        prefix = [] if f == 0 or (f - 1) in reply_at else enc(tpl.frame_interval)
-        chunks.append((prefix + frame_ids, 1))
-        if f in reply_at:
-            chunks.append((enc("]\nAssistant: A blue circle moves left.") + [tok.eos_token_id] + enc("\n["), 0))
-    return chunks
-
-
-@pytest.mark.parametrize("lm", ["llama", "qwen2", "gpt2"])
-def test_streaming_through_cache_equals_full_forward(lm):
-    model, tok = build(lm)
-    n_frames = 100
-    chunks = stream_chunks(model, tok, n_frames)
-    feats = torch.randn(n_frames, model.frame_num_tokens, model.vision.hidden_size)
-    all_ids = torch.tensor([[i for ids, _ in chunks for i in ids]])
-    with torch.inference_mode():
-        full = model(all_ids, frame_features=feats).logits[0]
-        cache, f, pos, step_logits = None, 0, 0, []
-        for ids, nf in chunks:
-            out = model(torch.tensor([ids]), frame_features=feats[f:f + nf] if nf else None, cache=cache,
-                        use_cache=True)
-            cache = out.cache
-            step_logits.append(out.logits[0])
-            f += nf
-            pos += len(ids)
-            assert lm_api.cache_length(cache) == pos
-    streamed = torch.cat(step_logits)
-    assert streamed.shape == full.shape and f == n_frames
-    assert (streamed - full).abs().max().item() <= 1e-5
-
-
 def test_crop_cache_then_refeed_is_identical(tiny):
     model, tok = tiny
     ids = torch.tensor([tok("You see a red square and a blue circle.", add_special_tokens=False).input_ids])
@@ -217,7 +181,8 @@ def test_checkpoint_round_trip(tiny, tmp_path):
             loaded, tok2 = load_model(tmp_path / "ckpt2")
             ids = torch.tensor([[tok.bos_token_id] + [model.v_token_id] * 10 + [5, 6]])
             feats = torch.randn(1, 10, model.vision.hidden_size)
-            torch.testing.assert_close(loaded(ids, frame_features=feats).logits, model(ids, frame_features=feats).logits)
+            torch.testing.assert_close(loaded(ids, frame_features=feats).logits,
+                                       model(ids, frame_features=feats).logits)
         finally:
             model.connector[0].bias.sub_(0.5)
     assert tok2.convert_tokens_to_ids("<v>") == model.v_token_id

@@ -95,7 +95,8 @@ def test_coin_history_context_and_options():
     records = list(coin.coin_records(COIN_JSON["database"], "coin-next", context="history", learn_frames=False,
                                      video_dir="coin/videos", fps=1.0))
     # step 1 ends at 5.1 s -> frame 6; from the first step (1.2 s -> frame 2): frames 2..6
-    expected = qa("coin-next/vidA/1", "coin/videos/vidA.mp4", 2.0, 5, NEXT, "Pour water.", meta_a("pour water"), fps=1.0)
+    expected = qa("coin-next/vidA/1", "coin/videos/vidA.mp4", 2.0, 5, NEXT, "Pour water.", meta_a("pour water"),
+                  fps=1.0)
     expected["messages"][1]["learn"] = False
     assert records[1] == expected
 
@@ -422,7 +423,8 @@ def test_lta_exact_records(tmp_path):
                                                                    "3. Turn on tomato."]
     for r in records:
         validate_record(r)
-    by_clip = list(lta.lta_records(clips, tax, video_key="clip", video_dir="clips"))  # clip-relative: 0.3 s -> frame 1 (0.5 s)
+    # clip-relative: 0.3 s -> frame 1 (0.5 s)
+    by_clip = list(lta.lta_records(clips, tax, video_key="clip", video_dir="clips"))
     assert by_clip[0] == lta_expected(7, 0.5, video="clips/c1.mp4")
 
 

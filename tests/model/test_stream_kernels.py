@@ -13,7 +13,7 @@ QWEN = {"model_type": "qwen2", "hidden_size": 64, "intermediate_size": 128, "num
 
 def _model(over=None):
     from livecue.config import preset
-    from livecue.model.load import build_model
+    from livecue.model.build import build_model
 
     return build_model(preset("tiny", over or {}))[0]
 

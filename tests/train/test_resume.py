@@ -13,11 +13,12 @@ import torch
 pytest.importorskip("accelerate", reason="training needs the [train] extra (accelerate)")
 pytest.importorskip("peft", reason="training needs the [train] extra (peft)")
 
+from test_train import cfg_for, colour_streams  # noqa: E402
+
 from livecue import cli  # noqa: E402
 from livecue.train.checkpoint import MANIFEST, file_sha256, latest_checkpoint  # noqa: E402
 from livecue.train.recipe import train  # noqa: E402
 from livecue.train.verify import verify_checkpoint  # noqa: E402
-from test_train import cfg_for, colour_streams  # noqa: E402
 
 OVER = {"train.max_steps": 4, "train.save_steps": 1}  # a "kill" after step 3 leaves checkpoint-2 and checkpoint-3
 
@@ -252,6 +253,26 @@ def test_moved_output_dir_and_new_save_and_log_steps_resume(killed, tmp_path):
     out.rename(moved)
     over = dict(OVER, **{"train.save_steps": 3, "train.log_steps": 2, "train.save_total_limit": 1})
     resumed = train(cfg_for(data, moved, **over), resume=True)
+    assert resumed.losses == pytest.approx(full[3:], rel=1e-5, abs=1e-6)
+
+
+def test_checkpoint_with_the_legacy_lora_key_resumes(killed):
+    """A checkpoint written before ``lora.modules_to_save`` was removed (its run config and livecue_config.json still
+    hold it) resumes: the key is legacy, not a change of the run config."""
+    from livecue.train.checkpoint import config_sha256
+
+    data, full, out = killed
+    ckpt = out / "checkpoint-3"
+    saved = json.loads((ckpt / "livecue_config.json").read_text())
+    saved["lora"]["modules_to_save"] = ["connector"]
+    (ckpt / "livecue_config.json").write_text(json.dumps(saved))
+    manifest = json.loads((ckpt / MANIFEST).read_text())
+    manifest["config"]["lora"]["modules_to_save"] = ["connector"]
+    manifest["config_sha256"] = config_sha256(manifest["config"])  # as the older livecue computed it
+    (ckpt / MANIFEST).write_text(json.dumps(manifest))
+    rewrite_manifest(ckpt)
+    verify_checkpoint(ckpt)
+    resumed = train(cfg_for(data, out, **OVER), resume=True)
     assert resumed.losses == pytest.approx(full[3:], rel=1e-5, abs=1e-6)
 
 

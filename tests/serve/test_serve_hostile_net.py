@@ -23,10 +23,11 @@ pytest.importorskip("fastapi", reason="the [serve] extra is not installed")
 pytest.importorskip("uvicorn", reason="the [serve] extra is not installed")
 pytest.importorskip("websockets", reason="the [serve] extra is not installed")
 
+from serve_helpers import frames, wait_until
+
 from livecue.client import SyncLiveClient
 from livecue.serve.app import create_app
 from livecue.serve.protocol import Limits, ServerLimits
-from serve_helpers import frames, wait_until
 
 TOKEN = "s3cret-7f4a9b2c"
 

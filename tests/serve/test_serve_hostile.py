@@ -1,5 +1,5 @@
 """livecue serve under hostile clients (1/2): header bombs, a bounded decode pool, context growth, clients that
-vanish mid-reply. tests/test_serve_hostile_net.py has the network side (half-open sockets, Origin/Host, tokens).
+vanish mid-reply. tests/serve/test_serve_hostile_net.py has the network side (half-open sockets, Origin/Host, tokens).
 
 Servers listen on 127.0.0.1 only; counts and waits are bounded; nothing asserts on timing.
 """
@@ -23,15 +23,17 @@ pytest.importorskip("fastapi", reason="the [serve] extra is not installed")
 pytest.importorskip("uvicorn", reason="the [serve] extra is not installed")
 pytest.importorskip("websockets", reason="the [serve] extra is not installed")
 
+from serve_helpers import frames, wait_until
+
 from livecue.client import SyncLiveClient
 from livecue.inference.engine import StreamEngine
 from livecue.inference.memory import SinkWindow
+from livecue.inference.options import StreamOptions
 from livecue.serve.app import create_app
 from livecue.serve.images import DecodePool, encode_image
 from livecue.serve.imagesize import check_declared_size, declared_sizes
 from livecue.serve.protocol import Limits, Open, ProtocolError
 from livecue.serve.scheduler import QueryRefused, Scheduler
-from serve_helpers import frames, wait_until
 
 TOKEN = "s3cret-7f4a9b2c"
 
@@ -63,8 +65,9 @@ def jpeg_sof(w: int, h: int) -> bytes:
 
 def webp(lossless: bool = False, shape=(48, 64)) -> bytes:
     """A real WebP (FFmpeg's libwebp encoder writes the RIFF container)."""
-    import av
     from fractions import Fraction
+
+    import av
 
     frame = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
     codec = av.CodecContext.create("libwebp", "w")
@@ -158,7 +161,7 @@ def test_the_decode_pool_is_bounded():
 
 
 # ---- b. per-session bounds ---------------------------------------------------------------------------------------
-def test_memory_is_bounded_by_default(tiny):
+def test_memory_is_bounded_by_default(tiny, capsys):
     from livecue.commands.serve import build_parser, memory_from_args
     from livecue.inference.memory import Unbounded
 
@@ -166,7 +169,11 @@ def test_memory_is_bounded_by_default(tiny):
     assert isinstance(app.state.scheduler.engine.memory, SinkWindow)
     parse = build_parser().parse_args
     assert memory_from_args(parse([])) == SinkWindow(4096, 256)
-    assert memory_from_args(parse(["--max-context-tokens", "1000"])) == SinkWindow(1000, 250)
+    # the deprecated spelling is --memory sink:N (the same chunk), with one warning line
+    assert memory_from_args(parse(["--max-context-tokens", "1000"])) == SinkWindow(1000, 125) \
+        == memory_from_args(parse(["--memory", "sink:1000"]))
+    assert capsys.readouterr().err.splitlines() == [
+        "livecue serve: warning: --max-context-tokens is deprecated: use --memory sink:1000"]
     assert memory_from_args(parse(["--memory", "unbounded"])) == Unbounded()
     assert memory_from_args(parse(["--memory", "sink:512:64"])) == SinkWindow(512, 64)
 
@@ -180,9 +187,9 @@ def test_one_client_cannot_grow_its_context_or_pending_work(tiny):
     sched = Scheduler(engine, limits=limits)
     out: list[dict] = []
     with pytest.raises(ProtocolError, match=r"system_prompt is \d+ tokens; the limit is 2048") as info:
-        sched.open(Open(system_prompt="\U0001f642" * 100 + "x" * 1700), out.append)  # under max_system_chars
+        sched.open(Open(StreamOptions(system_prompt="\U0001f642" * 100 + "x" * 1700)), out.append)  # < max chars
     assert info.value.code == "too_large" and not sched.sessions
-    s = sched.open(Open(threshold=1.0, max_reply_tokens=16), out.append)
+    s = sched.open(Open(StreamOptions(threshold=1.0, max_reply_tokens=16)), out.append)
     for i in range(3):
         sched.control(s, "query", (f"question {i}?", 0.0, True))
     with pytest.raises(QueryRefused, match="3 queries waiting") as info:
@@ -235,8 +242,9 @@ def test_a_client_that_goes_mid_reply_is_cancelled_within_one_round(tiny):
     sched = Scheduler(engine, limits=Limits(max_reply_tokens=512, queue_size=8))
     talk_out: list[dict] = []
     quiet_out: list[dict] = []
-    talk = sched.open(Open(threshold=1.0, max_reply_tokens=512, system_prompt="talk"), talk_out.append)
-    quiet = sched.open(Open(threshold=0.0, system_prompt="quiet"), quiet_out.append)
+    talk = sched.open(Open(StreamOptions(threshold=1.0, max_reply_tokens=512, system_prompt="talk")),
+                      talk_out.append)
+    quiet = sched.open(Open(StreamOptions(threshold=0.0, system_prompt="quiet")), quiet_out.append)
     video = frames(6)
     sched.push_frame(talk, 0.0, video[0])
     for i, f in enumerate(video):
@@ -262,8 +270,8 @@ def test_graceful_close_answers_in_the_batch_and_a_disconnect_cancels_it(tiny):
     sched = Scheduler(engine, limits=Limits(max_reply_tokens=512, queue_size=8))
     out: list[dict] = []
     other: list[dict] = []
-    s = sched.open(Open(threshold=0.0, max_reply_tokens=512), out.append)
-    o = sched.open(Open(threshold=0.0), other.append)
+    s = sched.open(Open(StreamOptions(threshold=0.0, max_reply_tokens=512)), out.append)
+    o = sched.open(Open(StreamOptions(threshold=0.0)), other.append)
     for i in range(3):
         sched.control(s, "query", (f"question {i}?", 10.0, True))
     sched.close(s, graceful=True)
@@ -287,7 +295,7 @@ def test_a_dropped_session_is_freed_without_the_garbage_collector(tiny, graceful
     import weakref
 
     sched = Scheduler(StreamEngine(*tiny), limits=Limits(queue_size=8))
-    s = sched.open(Open(threshold=1.0, max_reply_tokens=8), lambda ev: None)
+    s = sched.open(Open(StreamOptions(threshold=1.0, max_reply_tokens=8)), lambda ev: None)
     for i, f in enumerate(frames(3)):
         sched.push_frame(s, i * 0.5, f)
     sched.control(s, "query", ("what is it?", 0.5, True))
@@ -348,7 +356,7 @@ def test_context_growth_client_that_disconnects_is_cancelled_and_memory_stays_bo
             assert "too_many_queries" in codes
             session = server.scheduler.sessions[sid]
             client.ws.socket.close()  # gone mid-answer (of up to 512 tokens, 5 more waiting), no close handshake
-            assert wait_until(lambda: sid not in server.scheduler.sessions)
+            assert wait_until(lambda sid=sid: sid not in server.scheduler.sessions)
             gone_at = session.stream.context_length
             with SyncLiveClient(server.url) as other:  # many rounds of work for the scheduler after the removal
                 other.open(threshold=1.0, max_reply_tokens=24)

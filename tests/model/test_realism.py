@@ -15,10 +15,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from livecue import pretrained
 from livecue.config import preset
 from livecue.data.labels import IGNORE, Markers, tokenize_conversation
 from livecue.data.template import Template
-from livecue.model import offline
 
 pytestmark = pytest.mark.realism
 
@@ -28,9 +28,9 @@ K = 10  # live1+: CLS + 3x3
 
 
 def require_lm() -> None:
-    if not offline.available(offline.SMOLLM2):
-        pytest.skip(f"SmolLM2-135M-Instruct is not installed: {offline.INSTALL_HINT}")
-    if not (offline.cache_dir() / "models" / offline.SMOLLM2 / "config.json").exists():
+    if not pretrained.available(pretrained.SMOLLM2):
+        pytest.skip(f"SmolLM2-135M-Instruct is not installed: {pretrained.INSTALL_HINT}")
+    if not (pretrained.cache_dir() / "models" / pretrained.SMOLLM2 / "config.json").exists():
         pytest.importorskip("gguf", reason="converting SmolLM2's GGUF file needs the gguf package ([models] extra)")
 
 
@@ -79,13 +79,13 @@ def real():
     """live1+ layout: pretrained EfficientNet-Lite0 (224 px) + pretrained SmolLM2-135M-Instruct, float32, CPU."""
     require_lm()
     require_vision()
-    from livecue.model.load import build_model
+    from livecue.model.build import build_model
 
     cfg = preset("tiny").with_overrides({
         "name": "realism",
         "vision.kind": "efficientnet_lite0", "vision.name_or_path": "efficientnet-lite0", "vision.random_init": None,
         "vision.resolution": 224, "vision.frame_token_cls": True, "vision.frame_token_pooled": 3,
-        "lm.name_or_path": offline.SMOLLM2, "lm.random_init": None, "lm.tokenizer": None, "lm.dtype": "float32",
+        "lm.name_or_path": pretrained.SMOLLM2, "lm.random_init": None, "lm.tokenizer": None, "lm.dtype": "float32",
         "stream.frame_interval": ",",
     })
     model, tokenizer = build_model(cfg)
@@ -104,25 +104,25 @@ def conversation(num_frames: int, cfg) -> list[dict]:
 # ---- the offline LM cache ---------------------------------------------------------------------------------------
 def test_resolve_converts_once_then_reuses_the_cache():
     require_lm()
-    first = offline.resolve(offline.SMOLLM2)
+    first = pretrained.resolve(pretrained.SMOLLM2)
     path = Path(first)
-    assert path == offline.cache_dir() / "models" / offline.SMOLLM2
+    assert path == pretrained.cache_dir() / "models" / pretrained.SMOLLM2
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         assert (path / name).is_file(), name
     config = json.loads((path / "config.json").read_text())
     assert config["model_type"] == "llama" and config["vocab_size"] == 49152 and config["hidden_size"] == 576
     assert "quantization_config" not in config
     stamp = (path / "model.safetensors").stat().st_mtime_ns
-    assert offline.resolve(offline.SMOLLM2) == first  # a cache hit: nothing rewritten
+    assert pretrained.resolve(pretrained.SMOLLM2) == first  # a cache hit: nothing rewritten
     assert (path / "model.safetensors").stat().st_mtime_ns == stamp
-    assert offline.resolve("some/hub-model") == "some/hub-model"  # non-aliases pass through
+    assert pretrained.resolve("some/hub-model") == "some/hub-model"  # non-aliases pass through
 
 
 def test_atomic_directory(tmp_path):
     """The conversion publishes its directory in one rename: never a half-written model at the target."""
     target = tmp_path / "models" / "m"
     with pytest.raises(RuntimeError):
-        with offline.atomic_directory(target) as tmp:
+        with pretrained.atomic_directory(target) as tmp:
             (tmp / "config.json").write_text("{}")
             raise RuntimeError("interrupted")
     assert not target.exists()
@@ -130,12 +130,12 @@ def test_atomic_directory(tmp_path):
 
     target.mkdir()
     (target / "junk.bin").write_text("half-written")  # an incomplete leftover is replaced
-    with offline.atomic_directory(target) as tmp:
+    with pretrained.atomic_directory(target) as tmp:
         (tmp / "config.json").write_text('{"v": 1}')
     assert sorted(p.name for p in target.iterdir()) == ["config.json"]
     assert [p.name for p in target.parent.iterdir()] == ["m"]
 
-    with offline.atomic_directory(target) as tmp:  # a complete target (a concurrent winner) is kept
+    with pretrained.atomic_directory(target) as tmp:  # a complete target (a concurrent winner) is kept
         (tmp / "config.json").write_text('{"v": 2}')
     assert (target / "config.json").read_text() == '{"v": 1}'
     assert [p.name for p in target.parent.iterdir()] == ["m"]

@@ -16,10 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from bad_input_corpus import Case, all_cases, build
 
 from livecue import cli
-
-from bad_input_corpus import Case, all_cases, build
 
 TIMEOUT_S = 60  # per case: a hang fails the case instead of the run
 ERROR_LINE = re.compile(r"^livecue[^\n]*?: error: ")

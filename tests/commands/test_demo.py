@@ -7,7 +7,7 @@ from livecue import cli
 
 @pytest.mark.realism
 def test_demo_runs_with_the_default_model(tmp_path, capsys):
-    from livecue.model import offline
+    from livecue import pretrained as offline
 
     if not offline.available():
         pytest.skip("the [models] extra is not installed (SmolLM2 package missing)")
@@ -15,7 +15,8 @@ def test_demo_runs_with_the_default_model(tmp_path, capsys):
     rc = cli.main(["demo", "--fast", "--duration", "6", "--seed", "3"])
     out = capsys.readouterr().out
     assert rc == 0
-    assert "frames in" in out and "narrations" in out
+    summary = out.strip().splitlines()[-1]  # the summary line every streaming command prints (commands.display)
+    assert summary.startswith("12 frames (") and " s of stream) in " in summary and "narrations" in summary
     assert "[ref" in out  # reference events are printed beside the model's narration
 
 
@@ -26,8 +27,8 @@ def test_demo_save_directory_must_exist(tmp_path, capsys):
 
 def test_default_alias_names_the_packaged_model():
     pytest.importorskip("efficientnet_lite_pytorch", reason="the [models] extra is not installed")
-    from livecue.model.load import DEFAULT_MODEL_DIR, load_frame_encoder
     from livecue.config import LiveConfig
+    from livecue.model.load import DEFAULT_MODEL_DIR, load_frame_encoder
 
     encoder, cfg = load_frame_encoder("default")
     assert cfg == LiveConfig.load(DEFAULT_MODEL_DIR) and cfg.name == "livecue-default"

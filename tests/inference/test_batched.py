@@ -13,7 +13,7 @@ from livecue.model import lm as lm_api
 
 def _engine(lm: str = "llama") -> StreamEngine:
     from livecue.config import preset
-    from livecue.model.load import build_model
+    from livecue.model.build import build_model
 
     over = {"stream.max_reply_tokens": 6}
     if lm == "qwen2":
@@ -214,7 +214,7 @@ def test_sliding_window_models_step_one_at_a_time():
     """A model with sliding-window layers is not batched (its masks are not the ragged ones): step() still works,
     one forward per session, with the same events as push_frame."""
     from livecue.config import preset
-    from livecue.model.load import build_model
+    from livecue.model.build import build_model
 
     torch.manual_seed(0)
     over = {"lm.random_init": {"model_type": "mistral", "hidden_size": 64, "intermediate_size": 128,

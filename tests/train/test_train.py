@@ -166,14 +166,14 @@ def test_accelerate_configs_load():
 
     from accelerate.commands.config.config_args import load_config_from_file
 
-    files = sorted((Path(__file__).parent.parent / "configs" / "accelerate").glob("*.yaml"))
+    files = sorted((Path(__file__).parents[2] / "configs" / "accelerate").glob("*.yaml"))
     kinds = {load_config_from_file(str(f)).distributed_type.value for f in files}
     assert {"MULTI_GPU", "FSDP", "DEEPSPEED"} <= kinds, kinds
 
 
 def test_continue_with_colour_bins_starts_from_the_same_outputs(data, tmp_path):
     from livecue.model.load import load_model
-    from livecue.train.recipe import setup_model
+    from livecue.train.trainable import setup_model
 
     base = train(cfg_for(data, tmp_path / "base", **{"train.max_steps": 2})).final_dir
     over = {"train.init_from": str(base), "vision.frame_colour_bins": 2, "train.max_steps": 3,
@@ -201,7 +201,7 @@ def test_continue_with_colour_bins_starts_from_the_same_outputs(data, tmp_path):
 
 
 def test_connector_learning_rate_groups(data, tmp_path):
-    from livecue.train.recipe import param_groups, setup_model
+    from livecue.train.trainable import param_groups, setup_model
 
     model, _ = setup_model(cfg_for(data, tmp_path / "g"))
     assert len(param_groups(model, model.cfg)) == 1

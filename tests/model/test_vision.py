@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from livecue.config import VisionConfig
-from livecue.model.vision import build_frame_encoder, letterbox
+from livecue.data.video import letterbox
+from livecue.model.vision import build_frame_encoder
 
 TINY_TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32,
                   patch_size=8)

@@ -10,7 +10,7 @@ import torch
 
 from livecue.bench import (
     BenchConfig,
-    ForcedSession,
+    forced_session,
     measure_overhead,
     parse_memory,
     replay,
@@ -22,7 +22,7 @@ from livecue.inference.engine import StreamEngine
 from livecue.inference.events import Reply, Silence
 from livecue.inference.memory import SinkWindow, Unbounded
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -37,7 +37,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def engine():
     from livecue.config import preset
-    from livecue.model.load import build_model
+    from livecue.model.build import build_model
 
     return StreamEngine(*build_model(preset("tiny")))
 
@@ -60,7 +60,7 @@ def test_speak_schedule():
 
 def test_forced_replies_have_exactly_r_tokens_at_the_scheduled_times():
     from livecue.config import preset
-    from livecue.model.load import build_model
+    from livecue.model.build import build_model
 
     model, tok = build_model(preset("tiny"))
     engine = StreamEngine(model, tok)
@@ -73,10 +73,10 @@ def test_forced_replies_have_exactly_r_tokens_at_the_scheduled_times():
     assert all(isinstance(e, Reply) and e.token_ids == [] for e in plain.push_frame(feats[0], 0.0))
 
     speak = speak_schedule(16, 2.0, 3.0)
-    session = ForcedSession(engine, reply_tokens=4, memory=Unbounded())
+    session = forced_session(engine, reply_tokens=4, memory=Unbounded())
     events = []
     for i in range(16):
-        session.threshold = 1.0 if speak[i] else 0.0
+        session.force(bool(speak[i]), reply_tokens=4)
         events += session.push_frame(feats[i], i / 2.0)
     replies = [e for e in events if isinstance(e, Reply)]
     assert [e.t for e in replies] == [3.0, 6.0]
@@ -111,10 +111,11 @@ def test_run_stream_bounded_and_budget(engine):
 
 def test_replay_runs_the_same_forwards(engine):
     cfg = BenchConfig(marks=[24], memory="sink:100:10", reply_tokens=3)
-    result, session = run_stream(engine, cfg, record=True)
-    kinds = [k for k, _, _ in session.trace]
+    trace = []
+    result, session = run_stream(engine, cfg, trace=trace)
+    kinds = [k for k, _, _ in trace]
     assert kinds.count("forward") == 24 + result.replies * 3 and "evict" in kinds
-    wall, cpu = replay(engine.model, session.trace)
+    wall, cpu = replay(engine.model, trace)
     assert wall > 0 and cpu >= 0
     over = measure_overhead(engine, BenchConfig(reply_tokens=3), frames=12, repeats=2)
     assert over.frames == 12 and over.forwards == 12 + 1 * 3
@@ -153,7 +154,7 @@ def test_gpu_config_has_real_sizes():
 def test_multi_stream_bench_runs_every_frame(mode):
     from livecue.bench import run_streams
     from livecue.config import preset
-    from livecue.model.load import build_model
+    from livecue.model.build import build_model
 
     engine = StreamEngine(*build_model(preset("tiny")))
     cfg = BenchConfig(marks=[6], speak_every=1.0, reply_tokens=3)
