@@ -54,6 +54,13 @@ def test_sample_has_labels_and_frames(world, parts):
     np.testing.assert_array_equal(s1.frames[0].permute(1, 2, 0).numpy(), np.load(world / "videos/b.npy")[2])
 
 
+def test_sample_knows_where_replies_end(world, parts):
+    """Each reply's end token position (the metrics' turn boundaries): in the LIVE format, every eos."""
+    _, tok, tpl = parts
+    s = StreamDataset(world / "train.jsonl", tok, tpl)[0]
+    assert s.turn_ends == [i for i, x in enumerate(s.input_ids.tolist()) if x == tok.eos_token_id] and s.turn_ends
+
+
 def test_batch_equals_single_forwards(world, parts):
     model, tok, tpl = parts
     ds = StreamDataset(world / "train.jsonl", tok, tpl, frames=VideoFrames(world, resolution=32))

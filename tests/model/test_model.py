@@ -75,6 +75,24 @@ def test_alpha_changes_only_v_positions():
     assert v_part.item() > 0
 
 
+def test_alpha_weighs_the_frame_end_not_the_placeholders():
+    """With a frame suffix (Qwen <|vision_start|> <|image_pad|>*K <|vision_end|>), the decision is learned on the
+    suffix token: α weighs the positions whose input is the frame_end id, by hand."""
+    torch.manual_seed(2)
+    start, pad, end, comma = 6, 7, 8, 3  # one frame: start pad pad end, then "," and the next frame
+    input_ids = torch.tensor([[start, pad, pad, end, comma, start, pad, pad, end, 1, 2]])
+    labels = torch.full_like(input_ids, IGNORE)
+    labels[0, 3], labels[0, 8], labels[0, 9], labels[0, 10] = comma, 1, 2, 0  # silence, speak, then the reply
+    logits = torch.randn(1, 11, 9)
+    alpha = 0.25
+    ce = {t: -logits[0, t].log_softmax(-1)[labels[0, t]].item() for t in (3, 8, 9, 10)}
+    expected = (alpha * (ce[3] + ce[8]) + ce[9] + ce[10]) / 4
+    assert streaming_loss(logits, labels, input_ids, end, alpha).item() == pytest.approx(expected, rel=1e-6)
+    # weighing the placeholder instead changes nothing: no placeholder position is labelled
+    assert streaming_loss(logits, labels, input_ids, pad, alpha).item() == pytest.approx(sum(ce.values()) / 4,
+                                                                                      rel=1e-6)
+
+
 def test_loss_without_labels_is_zero_with_grad():
     logits = torch.randn(1, 3, 4, requires_grad=True)
     loss = streaming_loss(logits, torch.full((1, 3), IGNORE), torch.zeros(1, 3, dtype=torch.long), 1)

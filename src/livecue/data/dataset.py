@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -79,6 +79,7 @@ class Sample:
     input_ids: torch.Tensor  # (T,)
     labels: torch.Tensor     # (T,)
     frames: torch.Tensor     # (F, 3, H, W) uint8 or (F, K, D) features
+    turn_ends: list[int] = field(default_factory=list)  # position of each reply's end token (the metrics' turns)
 
 
 class StreamDataset(torch.utils.data.Dataset):
@@ -90,7 +91,7 @@ class StreamDataset(torch.utils.data.Dataset):
         template: the model's :class:`Template`.
         frames: a frame provider (default: :class:`VideoFrames` relative to the JSONL file's directory).
         max_num_frames: truncate each record at the first stream exceeding this many frames.
-        markers: marker ids (default: read from the tokenizer with the template's placeholder and interval).
+        markers: marker ids (default: read from the tokenizer for the template).
         system_prompt: put this system message first in records that have none (as the engine does at inference:
             a model must see the same prefix in training and in streaming).
     """
@@ -105,7 +106,7 @@ class StreamDataset(torch.utils.data.Dataset):
         self.records = [truncate(r, max_num_frames) if max_num_frames else r for r in records]
         self.tokenizer = tokenizer
         self.template = template
-        self.markers = markers or Markers.from_tokenizer(tokenizer, template.v_placeholder, template.frame_interval)
+        self.markers = markers or Markers.from_template(tokenizer, template)
         self.frames = frames if frames is not None else VideoFrames(root)
         self.system_prompt = system_prompt
 
@@ -131,7 +132,7 @@ class StreamDataset(torch.utils.data.Dataset):
             raise ValueError(f"record {record['id']!r}: {tok.num_frames} frames in the dialogue but the frame "
                              f"provider gave {frames.shape[0]}")
         return Sample(id=record["id"], input_ids=torch.tensor(tok.input_ids), labels=torch.tensor(tok.labels),
-                      frames=frames)
+                      frames=frames, turn_ends=tok.turn_ends)
 
 
 def collate(samples: list[Sample], pad_token_id: int) -> dict[str, Any]:

@@ -1,12 +1,15 @@
 """The stream metrics of SPEC §7 as pure functions (teacher-forced over a whole sample), each honouring θ.
 
 One teacher-forced forward of a record gives, at every learned position, the log-probabilities of the next token.
-:func:`extract_turns` cuts them into *turns*: a turn ends at each ``<eos>`` of the input (tokens after the last
-``<eos>`` belong to no turn). In a turn:
+:func:`extract_turns` cuts them into *turns*: a turn ends at each reply's end token (``<eos>`` in the LIVE format;
+in a chat format the assistant turn's end token, which also closes user turns, so the dataset gives the replies'
+positions) (tokens after the last one belong to no turn). In a turn:
 
-* **lm positions** = learned positions whose input is not ``<v>`` (``Assistant``, ``:``, the reply, eos);
-* **stream positions** = learned ``<v>`` positions, one per learned frame; the last one of a reply turn is the gold
-  "speak" frame (its label is the speak token), the others are labelled silence.
+* **lm positions** = learned positions whose input is not a frame's last token (``Assistant``, ``:``, the reply,
+  eos);
+* **stream positions** = learned positions whose input is a frame's last token (``frame_end``: the last ``<v>``, or
+  the frame suffix), one per learned frame; the last one of a reply turn is the gold "speak" frame (its label is the
+  speak token), the others are labelled silence.
 
 Decision at a stream position (SPEC §7): it **speaks iff argmax ≠ silence or p(silence) < θ**. For θ ≥ 0.5 this is
 exactly the engine's rule (speak iff p(silence) < θ), since argmax ≠ silence implies p(silence) < 0.5; for θ < 0.5
@@ -17,7 +20,7 @@ Per turn (S = V = #stream positions, j* = first speaking stream position, N_f = 
 * ``LM-PPL = exp(mean CE over lm positions)``;
 * ``LM-Correctness = c / #lm`` with c the length of the exactly predicted (argmax) prefix of the lm positions;
 * ``frame_diff``: if j* exists, ``S − j* − 1`` (early, ≥ 0). Else the late rule: drop the gold answer, append
-  ``m = min(frames of next turn, N_f − 1)`` future frames after the turn's last learned ``<v>`` and read their
+  ``m = min(frames of next turn, N_f − 1)`` future frames after the turn's last stream position and read their
   decisions: ``−(index of first speak + 1)``, or ``−m`` if none; ``0`` on the last turn or when ``m = 0``;
 * ``Fluency`` (T = #lm + V): diff = 0 → ``(V + c)/T``; diff > 0 → ``(V − diff)/T``; diff < 0 → ``(V − 1)/T``
   (only for turns with both lm and stream positions);
@@ -77,7 +80,8 @@ class TurnScores:
         gold_speak: the last stream position is labelled speak (a reply turn); False for a query turn.
         num_frames: N_f, all frames of the turn (learned or not).
         first_frame: the record frame index of the turn's first frame.
-        last_stream_pos: token position of the last learned ``<v>`` (where the look-ahead continues), or None.
+        last_stream_pos: token position of the last stream position (a frame's last token, where the look-ahead
+            continues), or None.
     """
 
     index: int
@@ -123,8 +127,16 @@ class SampleMetrics:
 
 # ---- extraction from one forward -------------------------------------------------------------------------------------
 def extract_turns(input_ids: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor, *, v_id: int, eos_id: int,
-                  silence_id: int, frame_num_tokens: int) -> list[TurnScores]:
+                  silence_id: int, frame_num_tokens: int, frame_end_id: int | None = None,
+                  turn_ends: Sequence[int] | None = None) -> list[TurnScores]:
     """Cut one sample's teacher-forced forward into turns.
+
+    Args:
+        v_id: the frame placeholder (counts the turn's frames, K per frame).
+        eos_id: the reply's end token; silence_id: the silence token.
+        frame_end_id: a frame's last token, where the stream positions are (default ``v_id``).
+        turn_ends: the position of each reply's end token (:attr:`~livecue.data.dataset.Sample.turn_ends`;
+            default: every ``eos_id`` of the input, as in the LIVE format).
 
     Shape:
         input_ids, labels: (T,) without padding (labels position-aligned: ``labels[t]`` is position t's target);
@@ -134,8 +146,12 @@ def extract_turns(input_ids: torch.Tensor, labels: torch.Tensor, logits: torch.T
         raise ValueError(f"input_ids {tuple(input_ids.shape)}, labels {tuple(labels.shape)} and logits "
                          f"{tuple(logits.shape)} must agree on T")
     ids = input_ids.tolist()
-    stops = [t + 1 for t, i in enumerate(ids) if i == eos_id]
+    if turn_ends is None:
+        stops = [t + 1 for t, i in enumerate(ids) if i == eos_id]
+    else:
+        stops = [t + 1 for t in sorted(turn_ends)]
     is_v = input_ids == v_id
+    at_frame_end = input_ids == (v_id if frame_end_id is None else frame_end_id)
     turns, first, start = [], 0, 0
     for r, stop in enumerate(stops):
         n_frames = int(is_v[start:stop].sum()) // frame_num_tokens
@@ -153,11 +169,11 @@ def extract_turns(input_ids: torch.Tensor, labels: torch.Tensor, logits: torch.T
     correct = (argmax == target).tolist()
     p_sil = logp[:, silence_id].exp().tolist()
     arg_sil = (argmax == silence_id).tolist()
-    at_v = is_v[pos].tolist()
+    at_end = at_frame_end[pos].tolist()
     gold = target.tolist()
     for k, t in enumerate(pos.tolist()):
         turn = turns[bisect.bisect_right(stops, t)]
-        if at_v[k]:
+        if at_end[k]:
             turn.stream.append(StreamScore(p_sil[k], arg_sil[k]))
             turn.gold_speak = gold[k] != silence_id
             turn.last_stream_pos = t

@@ -1,7 +1,8 @@
 """The streaming loss (SPEC §3): weighted cross-entropy with one normaliser.
 
 ``L = Σ_i w_i · CE_i / #{labelled positions}`` where ``w_i = α`` (``stream_loss_weight``) at positions whose input
-is ``<v>`` (the silence/speak decisions) and 1 elsewhere. One sum, one count: not the mean of two averages.
+is the frame's last token (``frame_end``: ``<v>``, or the frame suffix such as Qwen's ``<|vision_end|>``), where the
+silence/speak decisions are learned, and 1 elsewhere. One sum, one count: not the mean of two averages.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import torch.nn.functional as F
 from ..data.labels import IGNORE
 
 
-def streaming_loss(logits: torch.Tensor, labels: torch.Tensor, input_ids: torch.Tensor, v_token_id: int,
+def streaming_loss(logits: torch.Tensor, labels: torch.Tensor, input_ids: torch.Tensor, frame_end_id: int,
                    stream_loss_weight: float = 1.0) -> torch.Tensor:
-    """Weighted CE over labelled positions.
+    """Weighted CE over labelled positions: α where the input is ``frame_end_id``
+    (:attr:`~livecue.data.labels.Markers.frame_end`), 1 elsewhere.
 
     Shape:
         logits: (B, T, V); labels: (B, T) position-aligned targets (-100 = not learned); input_ids: (B, T).
@@ -30,5 +32,5 @@ def streaming_loss(logits: torch.Tensor, labels: torch.Tensor, input_ids: torch.
     if count == 0:
         return logits.sum() * 0.0
     ce = F.cross_entropy(logits[mask].float(), labels[mask], reduction="none")  # (N,)
-    weights = torch.where(input_ids[mask] == v_token_id, stream_loss_weight, 1.0).to(ce.dtype)  # (N,)
+    weights = torch.where(input_ids[mask] == frame_end_id, stream_loss_weight, 1.0).to(ce.dtype)  # (N,)
     return (weights * ce).sum() / count
