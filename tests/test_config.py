@@ -180,7 +180,7 @@ def test_legacy_lora_modules_to_save_still_loads(tmp_path):
 def test_every_config_field_is_documented():
     """Each field of every section has a docstring (meaning, unit, range), read by ``livecue config --fields``."""
     sections = describe(LiveConfig)
-    assert [s.name for s in sections] == ["", "vision", "connector", "lm", "stream", "lora", "train"]
+    assert [s.name for s in sections] == ["", "vision", "connector", "lm", "vlm", "stream", "lora", "train"]
     for section in sections:
         assert section.summary, section.name
         names = {f.name for f in dataclasses.fields(LiveConfig)} if not section.name else {
@@ -190,7 +190,7 @@ def test_every_config_field_is_documented():
             assert len(f.help) > 20, f"{f.key} has no docstring in livecue/config.py"
     documented = sum(len(s.fields) for s in sections)
     fields = sum(len(dataclasses.fields(type(v))) for v in vars(LiveConfig()).values() if dataclasses.is_dataclass(v))
-    assert documented == fields + 2  # every section's fields, and name and config_version
+    assert documented == fields + 3  # every section's fields, and name, architecture and config_version
 
 
 def test_config_reference_doc_is_current():

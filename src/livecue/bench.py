@@ -26,7 +26,7 @@ import torch
 
 from .inference.engine import StreamEngine, StreamSession
 from .inference.events import Reply
-from .inference.memory import Eviction, MemoryPolicy, Units, parse_memory
+from .inference.memory import MemoryPolicy, parse_memory
 from .inference.options import check_option
 from .model import lm as lm_api
 from .model.load import load_model
@@ -74,33 +74,21 @@ class BenchConfig:
 
 
 # ---- the forced session ---------------------------------------------------------------------------------------------
-Trace = list[tuple[str, Any, Any]]  # ("forward", ids, features) and ("evict", start, end), in order
+Trace = list[tuple[str, Any, Any]]  # ("forward", ids, (features, positions)), ("evict", (start, end), shift)
 
 
 def forced_session(engine: StreamEngine, reply_tokens: int, memory: MemoryPolicy,
                    trace: Trace | None = None) -> StreamSession:
     """A session whose every reply is exactly ``reply_tokens`` long (eos cannot end it earlier); the runner forces
     each frame's decision with ``session.force(speak, reply_tokens)``. With ``trace``, the session's forwards
-    (:attr:`~livecue.inference.session.StreamSession.on_step`) and evictions are appended to it for a pure replay."""
-    session = engine.session(memory=_TracedPolicy(memory, trace) if trace is not None else memory,
-                             max_reply_tokens=reply_tokens)
+    (:attr:`~livecue.inference.session.StreamSession.on_step`) and evictions (``on_evict``) are appended to it for a
+    pure replay."""
+    session = engine.session(memory=memory, max_reply_tokens=reply_tokens)
     session.force(False, reply_tokens)
     if trace is not None:
-        session.on_step = lambda step: trace.append(("forward", step.ids, step.features))
+        session.on_step = lambda step: trace.append(("forward", step.ids, (step.features, step.positions)))
+        session.on_evict = lambda start, end, shift: trace.append(("evict", (start, end), shift))
     return session
-
-
-class _TracedPolicy:
-    """Wraps a memory policy and writes the evictions it plans into a trace."""
-
-    def __init__(self, inner: MemoryPolicy, trace: Trace) -> None:
-        self.inner, self.trace = inner, trace
-
-    def plan(self, units: Units, length: int) -> Eviction | None:
-        plan = self.inner.plan(units, length)
-        if plan is not None:
-            self.trace.append(("evict", plan.start, plan.end))
-        return plan
 
 
 # ---- memory and devices ---------------------------------------------------------------------------------------------
@@ -215,9 +203,9 @@ def frame_pool(engine: StreamEngine, pixels: bool, seed: int, size: int = 32) ->
     if pixels and model.vision is None:
         raise ValueError("--pixels needs a model with a vision tower")
     if pixels:
-        r = model.cfg.vision.resolution
+        r = model.cfg.frame_resolution
         return [torch.randint(0, 256, (3, r, r), generator=g, dtype=torch.uint8) for _ in range(size)]
-    width = model.vision.hidden_size if model.vision is not None else model.connector[0].in_features
+    width = model.feature_width
     return [torch.randn(model.frame_num_tokens, width, generator=g).to(model.device, model.dtype)
             for _ in range(size)]
 
@@ -307,9 +295,11 @@ class _Replayer:
         c0, t0 = time.process_time(), time.perf_counter()
         for kind, a, b in steps:
             if kind == "forward":
-                self.cache = model(a, frame_features=b, cache=self.cache, use_cache=True, logits_to_keep=1).cache
+                features, positions = b
+                self.cache = model(a, frame_features=features, position_ids=positions, cache=self.cache,
+                                   use_cache=True, logits_to_keep=1).cache
             else:
-                lm_api.evict_span(model.lm, self.cache, a, b)
+                lm_api.evict_span(model.lm, self.cache, *a, shift=b)
         sync(device)
         return time.perf_counter() - t0, time.process_time() - c0
 

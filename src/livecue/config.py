@@ -1,8 +1,9 @@
 """Typed configuration: dataclasses, YAML presets, dotted overrides, JSON round trip.
 
-A :class:`LiveConfig` describes one LIVE model completely (vision tower, connector, language model, streaming
-template, LoRA, training). It is validated on construction, saved as ``livecue_config.json`` beside every
-checkpoint, and rebuilt from that file, a YAML preset (``live1``, ``live1_plus``, ``tiny``) or a YAML path.
+A :class:`LiveConfig` describes one LIVE model completely (vision tower, connector and language model, or a
+pretrained vision-language model: ``architecture``; streaming template, LoRA, training). It is validated on
+construction, saved as ``livecue_config.json`` beside every checkpoint, and rebuilt from that file, a YAML preset
+(``live1``, ``live1_plus``, ``tiny``, ``tiny_qwen2_5_vl``) or a YAML path.
 
 Every field is documented by the docstring under it (meaning, unit, range); ``livecue config --fields [SECTION]``
 prints them and ``docs/config.md`` is generated from them. The typed (de)serialisation lives in
@@ -36,6 +37,8 @@ UPSTREAM_SYSTEM_PROMPT = (
 
 VISION_KINDS = ("siglip", "clip", "dinov2", "hf", "efficientnet_lite0")
 DTYPES = ("float32", "bfloat16", "float16")
+ARCHITECTURES = ("composed", "vlm")
+CHAT_FORMATS = ("live", "template")  # stream.chat_format
 
 # Keys that older livecue versions wrote into livecue_config.json and nothing reads any more: accepted and dropped
 # on load, so their checkpoints keep loading (and resuming: see livecue.train.checkpoint.config_differences).
@@ -43,7 +46,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 LEGACY_KEYS = frozenset({"lora.modules_to_save"})
 
 # random_init keys that size a model: each must be a positive integer (or null for the library's default)
-_SIZE_KEY = re.compile(r"(_size|_layers|_heads|_dim|_channels)$|^num_|^max_position_embeddings$")
+_SIZE_KEY = re.compile(r"(_size|_layers|_heads|_dim|_channels)$|^num_|^depth$|^max_position_embeddings$")
 
 
 def _check(ok: bool, msg: str) -> None:
@@ -51,13 +54,19 @@ def _check(ok: bool, msg: str) -> None:
         raise ValueError(msg)
 
 
-def _check_sizes(section: str, random_init: dict[str, Any] | None) -> None:
-    """Refuse random_init dimensions that would build negative or empty tensors, naming the key."""
-    for key, value in (random_init or {}).items():
-        if not isinstance(key, str) or not _SIZE_KEY.search(key) or value is None:
-            continue
-        _check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
-               f"{section}.random_init.{key} must be a positive integer, got {value!r}")
+def _check_sizes(section: str, random_init: dict[str, Any] | None, *, nested: bool = False) -> None:
+    """Refuse random_init dimensions that would build negative or empty tensors, naming the key (with ``nested``,
+    also inside nested mappings such as a VLM's ``vision_config``)."""
+    _check_size_keys(f"{section}.random_init", random_init or {}, nested)
+
+
+def _check_size_keys(where: str, values: dict[str, Any], nested: bool) -> None:
+    for key, value in values.items():
+        if nested and isinstance(value, dict):
+            _check_size_keys(f"{where}.{key}", value, nested)
+        elif isinstance(key, str) and _SIZE_KEY.search(key) and value is not None:
+            _check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+                   f"{where}.{key} must be a positive integer, got {value!r}")
 
 
 @dataclass
@@ -177,6 +186,75 @@ class LMConfig:
 
 
 @dataclass
+class VLMConfig:
+    """A pretrained vision-language model as the base (``architecture: vlm``): its own vision encoder and projector.
+
+    Any Hugging Face image-text-to-text model of a family livecue has an adapter for (:mod:`livecue.model.vlm`:
+    ``qwen2_5_vl``). Each frame is letterboxed to ``frame_resolution`` pixels square and encoded by the VLM's own
+    vision encoder and projector into K tokens in its language model's embedding space (optionally pooled to
+    ``frame_pooled``²); the language model reads them at the family's image-token placeholders, with the family's
+    positions (Qwen: M-RoPE). The adapter fills ``stream.v_placeholder`` (and the frame prefix/suffix) and
+    ``frame_tokens`` from the tokenizer and the model's config when the model is built; the model saves them. The
+    ``vision``, ``connector`` and ``lm`` sections are ignored.
+    """
+
+    name_or_path: str | None = None
+    """Hub id or local directory of the pretrained VLM (e.g. ``Qwen/Qwen2.5-VL-3B-Instruct``). null builds a randomly
+    initialised VLM from ``random_init``; with ``architecture: vlm`` one of the two must be set."""
+    random_init: dict[str, Any] | None = None
+    """Keyword arguments of the family's Hugging Face config class for random weights (tests, benchmarks):
+    ``model_type`` (e.g. ``qwen2_5_vl``) and the nested ``vision_config`` / ``text_config`` mappings; sizes must be
+    positive integers; the token ids and the vocabulary size come from the tokenizer. null: pretrained weights."""
+    tokenizer: str | None = None
+    """Where the tokenizer is when it is not beside the weights (``tiny``: the packaged tiny tokenizer with the
+    family's special tokens and chat template). null: ``name_or_path``'s own; required with ``random_init``."""
+    family: str | None = None
+    """The adapter that drives the VLM (e.g. ``qwen2_5_vl``); null: the ``model_type`` of its Hugging Face config
+    (or of ``random_init``)."""
+    frame_resolution: int = 224
+    """Square size in pixels (> 0) every frame is letterboxed to before the family's own preprocessing; it sets the
+    tokens per frame. Qwen2.5-VL: a multiple of 28 (14-pixel patches, 2×2 merged): 224 px → 8×8 = 64 tokens."""
+    frame_pooled: int = 0
+    """k in 0..64: average-pool each frame's token grid to k×k (the live1+ style budget: k² tokens per frame); 0: the
+    family's whole grid."""
+    frame_tokens: int = 0
+    """K, the tokens per frame (≥ 0): derived from the family's layout (``frame_resolution``, ``frame_pooled``) when
+    the model is built, and saved with it; 0 until then. A value set by hand must equal the derived one."""
+    train_vision: bool = False
+    """Train the VLM's vision encoder (its projector aside) in full; false: frozen."""
+    train_projector: bool = False
+    """Train the VLM's projector (Qwen: the patch merger) in full; false: frozen. A feature cache holds the
+    projector's outputs, so neither this nor ``train_vision`` can train from one."""
+    dtype: str = "bfloat16"
+    """Parameter dtype: ``float32``, ``bfloat16`` or ``float16``. (Training keeps the weights it trains in float32
+    whatever this says.)"""
+    attn_implementation: str = "sdpa"
+    """Attention implementation, passed to transformers (``sdpa``, ``eager``, ...). The streaming engine runs an
+    ``sdpa`` language model through livecue's grouped-query attention kernel (same results)."""
+
+    def __post_init__(self) -> None:
+        _check(self.random_init is None or isinstance(self.random_init, dict),
+               f"vlm.random_init must be a mapping or null, got {self.random_init!r}")
+        _check_sizes("vlm", self.random_init, nested=True)
+        _check(self.frame_resolution > 0, f"vlm.frame_resolution must be positive, got {self.frame_resolution}")
+        _check(0 <= self.frame_pooled <= 64,
+               f"vlm.frame_pooled must be in 0..64 (k×k tokens per frame), got {self.frame_pooled}")
+        _check(self.frame_tokens >= 0, f"vlm.frame_tokens must be >= 0 (0: derived), got {self.frame_tokens}")
+        _check(not self.frame_pooled or self.frame_tokens in (0, self.frame_pooled**2),
+               f"vlm.frame_tokens {self.frame_tokens} differs from frame_pooled² = {self.frame_pooled**2}")
+        _check(self.dtype in DTYPES, f"vlm.dtype must be one of {DTYPES}, got {self.dtype!r}")
+
+    def check_source(self) -> None:
+        """Refuse a VLM section that names no model (what ``architecture: vlm`` needs)."""
+        _check(self.name_or_path is not None or self.random_init is not None,
+               "vlm needs name_or_path (pretrained) or random_init (random weights); both are None")
+        _check(self.random_init is None or "model_type" in self.random_init or self.family is not None,
+               f"vlm.random_init needs a model_type (e.g. 'qwen2_5_vl'), got keys {sorted(self.random_init or {})}")
+        _check(self.name_or_path is not None or self.tokenizer is not None,
+               "vlm.tokenizer must be set when the VLM is randomly initialised (e.g. 'tiny')")
+
+
+@dataclass
 class StreamConfig:
     """The streaming template (SPEC §2), the loss weight (§3) and the decision rule (§6).
 
@@ -207,11 +285,27 @@ class StreamConfig:
     talkative."""
     max_reply_tokens: int = 128
     """The longest reply in tokens (> 0); a reply cut there is still closed with eos."""
+    chat_format: str = "live"
+    """How a conversation is written: ``live`` (the upstream-exact LIVE text: ``User:``/``Assistant:`` lines, frames
+    in ``[...]``, the tokenizer's eos ends a reply) or ``template`` (the roles, turn ends and reply end token cut out
+    of the tokenizer's own chat template; a stream segment is a user turn of frames). A VLM base sets ``template``."""
+    frame_prefix: str = ""
+    """Text before each frame's placeholders (e.g. Qwen ``<|vision_start|>``); empty for the LIVE models. A VLM base
+    fills it from its family's tokenizer. Must not contain ``v_placeholder``."""
+    frame_suffix: str = ""
+    """Text after each frame's placeholders (e.g. Qwen ``<|vision_end|>``): when set, it must be one token, and that
+    token (not the last placeholder) is where the model decides to stay silent or speak. A VLM base fills it from
+    its family's tokenizer. Must not contain ``v_placeholder``."""
 
     def __post_init__(self) -> None:
         _check(bool(self.v_placeholder), "stream.v_placeholder must be a non-empty string")
         _check(self.v_placeholder not in self.frame_interval,
                f"stream.frame_interval {self.frame_interval!r} must not contain the placeholder")
+        _check(self.chat_format in CHAT_FORMATS,
+               f"stream.chat_format must be one of {', '.join(CHAT_FORMATS)}, got {self.chat_format!r}")
+        for name in ("frame_prefix", "frame_suffix"):
+            _check(self.v_placeholder not in getattr(self, name),
+                   f"stream.{name} {getattr(self, name)!r} must not contain the placeholder")
         self.fps = FPS.validate("stream.fps", self.fps)  # the same checkers as the stream options
         _check(self.max_num_frames > 0, f"stream.max_num_frames must be positive, got {self.max_num_frames}")
         _check(self.stream_loss_weight >= 0, f"stream.stream_loss_weight must be >= 0, got {self.stream_loss_weight}")
@@ -351,12 +445,19 @@ class LiveConfig:
 
     name: str = "live1_plus"
     """A name for the model (informational: shown by ``livecue info``, not used to find anything)."""
+    architecture: str = "composed"
+    """What the model is built from: ``composed`` (the paper's: a vision tower, a connector trained from scratch and
+    a language model; sections ``vision``, ``connector``, ``lm``) or ``vlm`` (a pretrained vision-language model used
+    whole, its own vision encoder and projector included; section ``vlm``). Configs written before this field existed
+    are ``composed``."""
     vision: VisionConfig = field(default_factory=VisionConfig)
     """The frame encoder (section ``vision``)."""
     connector: ConnectorConfig = field(default_factory=ConnectorConfig)
     """The vision → LM projector (section ``connector``)."""
     lm: LMConfig = field(default_factory=LMConfig)
     """The language model and tokenizer (section ``lm``)."""
+    vlm: VLMConfig = field(default_factory=VLMConfig)
+    """The pretrained vision-language model of ``architecture: vlm`` (section ``vlm``)."""
     stream: StreamConfig = field(default_factory=StreamConfig)
     """The streaming template and decision rule (section ``stream``)."""
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -369,10 +470,33 @@ class LiveConfig:
     def __post_init__(self) -> None:
         _check(self.config_version <= CONFIG_VERSION,
                f"config_version {self.config_version} is newer than this livecue ({CONFIG_VERSION}): upgrade livecue")
+        _check(self.architecture in ARCHITECTURES,
+               f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
+        if self.is_vlm:
+            self.vlm.check_source()
+            _check(not (self.train.feature_cache and (self.vlm.train_vision or self.vlm.train_projector)),
+                   "train.feature_cache holds the VLM projector's outputs: vlm.train_vision and vlm.train_projector "
+                   "need the frames decoded (set train.feature_cache to null)")
+
+    @property
+    def is_vlm(self) -> bool:
+        """Whether the base is a pretrained vision-language model (``architecture: vlm``)."""
+        return self.architecture == "vlm"
 
     @property
     def frame_num_tokens(self) -> int:
-        return self.vision.frame_num_tokens
+        """K: tokens per frame (a VLM's is derived when its model is built: ``vlm.frame_tokens``)."""
+        if not self.is_vlm:
+            return self.vision.frame_num_tokens
+        k = self.vlm.frame_pooled**2 or self.vlm.frame_tokens
+        _check(k > 0, "vlm.frame_tokens is derived when the model is built: build the model (or "
+                      "livecue.model.build.resolve_config) before reading the frame layout")
+        return k
+
+    @property
+    def frame_resolution(self) -> int:
+        """The square size in pixels frames are letterboxed to (``vision.resolution`` or ``vlm.frame_resolution``)."""
+        return self.vlm.frame_resolution if self.is_vlm else self.vision.resolution
 
     # ---- serialisation -------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -448,7 +572,8 @@ def list_presets() -> list[str]:
 
 
 def preset(name: str, overrides: list[str] | dict[str, Any] | None = None) -> LiveConfig:
-    """Load a packaged preset (``live1``, ``live1_plus``, ``tiny``), optionally with dotted overrides."""
+    """Load a packaged preset (``live1``, ``live1_plus``, ``tiny``, ``tiny_qwen2_5_vl``), optionally with dotted
+    overrides."""
     name = name.replace("live1+", "live1_plus").replace("-", "_")
     path = PRESET_DIR / f"{name}.yaml"
     if not path.exists():

@@ -22,9 +22,9 @@ PROBS = {2: {SIL: 0.9}, 5: {SPK: 0.7, SIL: 0.2}, 6: {A: 0.5}, 7: {X_: 0.25}, 8: 
          20: {SIL: 0.99}}
 
 
-def _row(dist):
-    rest = (1 - sum(dist.values())) / (VOCAB - len(dist))
-    return torch.tensor([math.log(dist.get(i, rest)) for i in range(VOCAB)])
+def _row(dist, vocab=VOCAB):
+    rest = (1 - sum(dist.values())) / (vocab - len(dist))
+    return torch.tensor([math.log(dist.get(i, rest)) for i in range(vocab)])
 
 
 @pytest.fixture
@@ -46,6 +46,33 @@ def test_extract_turns(turns):
     assert t0.gold_speak and t1.gold_speak and t0.last_stream_pos == 5 and t1.last_stream_pos == 14
     assert t0.lm_correct == [True, True, False] and t1.lm_correct == [True, True, True]
     assert t0.lm_ce == pytest.approx([math.log(2), 2 * math.log(2), 3 * math.log(2)])
+
+
+def test_extract_turns_of_a_chat_format(turns):
+    """A chat format: frames end with a suffix token (the decision is read there), and the end token also closes
+    user turns, so the turns end at the replies' end tokens only (given by the dataset). Same forward as above."""
+    END, U = 8, 9
+    frame = [V, V, END]
+    ids = ([BOS, U, EOS] + frame + [SIL] + frame + [SPK, A, X_, EOS]  # a user turn, then turn 0
+           + frame + [SIL] + frame + [SPK, A, X_, EOS] + frame)       # turn 1, a trailing frame
+    moved = {2: 5, 5: 9, 6: 10, 7: 11, 8: 12, 11: 16, 14: 20, 15: 21, 16: 22, 17: 23, 20: 27}  # LIVE -> chat position
+    labels = torch.full((len(ids),), -100)
+    for t, y in LABELS.items():
+        labels[moved[t]] = y
+    logits = torch.stack([_row(PROBS.get(next((a for a, b in moved.items() if b == t), -1), {}), 10)
+                          for t in range(len(ids))])
+    chat = M.extract_turns(torch.tensor(ids), labels, logits, v_id=V, eos_id=EOS, silence_id=SIL,
+                           frame_num_tokens=2, frame_end_id=END, turn_ends=[13, 24])
+    assert len(chat) == 2 and [t.last_stream_pos for t in chat] == [9, 20]
+    for got, want in zip(chat, turns):
+        assert (got.num_frames, got.first_frame, got.gold_speak) == (want.num_frames, want.first_frame, want.gold_speak)
+        assert [s.p_silence for s in got.stream] == pytest.approx([s.p_silence for s in want.stream])
+        assert [s.argmax_silence for s in got.stream] == [s.argmax_silence for s in want.stream]
+        assert got.lm_ce == pytest.approx(want.lm_ce)
+        assert got.lm_correct == want.lm_correct
+    # cut at every end token, the user turn would count as a turn of its own
+    assert len(M.extract_turns(torch.tensor(ids), labels, logits, v_id=V, eos_id=EOS, silence_id=SIL,
+                               frame_num_tokens=2, frame_end_id=END)) == 3
 
 
 def test_turn_and_sample_metrics_hand_worked(turns):

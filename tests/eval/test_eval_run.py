@@ -23,6 +23,7 @@ from livecue.eval.narration import (
 )
 from livecue.model.build import build_model
 from livecue.model.load import save_checkpoint
+from livecue.model.tiny_tokenizer import load_tiny_tokenizer
 
 REPLY = "A red square appears."
 
@@ -129,6 +130,51 @@ def test_look_ahead_equals_full_forward(tiny, data):
     ends = [len(ids) - 1 - len(frame), len(ids) - 1]
     expected = full[ends, ds.markers.silence].tolist()
     assert [g.p_silence for g in got] == pytest.approx(expected, abs=1e-5)
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def chat_model():
+    """The tiny model over a Qwen-style chat format: frames <|vision_start|> <|image_pad|>*K <|vision_end|>, and
+    <|im_end|> closing every turn (the reply's end token)."""
+    tok = load_tiny_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<|vision_start|>",
+                                                          "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]},
+                           replace_extra_special_tokens=False)
+    tok.chat_template = CHATML
+    cfg = preset("tiny", ["stream.chat_format=template", "stream.v_placeholder=<|image_pad|>",
+                          "stream.frame_prefix=<|vision_start|>", "stream.frame_suffix=<|vision_end|>"])
+    return build_model(cfg, tokenizer=tok)
+
+
+def test_chat_format_turns_and_look_ahead(chat_model, data):
+    """In a chat format the stream positions are the frames' <|vision_end|> and the turns end at the replies'
+    <|im_end|> only; the look-ahead appends whole frames and equals one forward without a cache."""
+    model, tok = chat_model
+    ds = make_dataset(model, tok, data / "narration.jsonl")
+    m = ds.markers
+    assert m.frame_end == tok.convert_tokens_to_ids("<|vision_end|>") == model.frame_end_id != m.v
+    s = ds[0]
+    with torch.no_grad():
+        feats = model.encode_frames(s.frames)
+        logits = model(s.input_ids[None], frame_features=feats).logits[0]
+    turns = extract_turns(s.input_ids, s.labels, logits, v_id=m.v, eos_id=m.eos, silence_id=m.silence,
+                          frame_num_tokens=model.frame_num_tokens, frame_end_id=m.frame_end, turn_ends=s.turn_ends)
+    assert [t.num_frames for t in turns] == [4, 2]  # <|im_end|> also closes the system and user turns
+    assert [len(t.stream) for t in turns] == [3, 2] and all(t.gold_speak for t in turns)
+    assert all(int(s.input_ids[t.last_stream_pos]) == m.frame_end for t in turns)
+    got = look_ahead(model, s.input_ids, feats, turns, {0: 2}, m, ds.template)[0]
+    frame = [*m.interval, *m.frame(model.frame_num_tokens)]
+    ids = torch.cat([s.input_ids[:turns[0].last_stream_pos + 1], torch.tensor(frame * 2)])
+    with torch.no_grad():
+        full = model(ids[None], frame_features=torch.cat([feats[:4], feats[4:6]])).logits[0].softmax(-1)
+    expected = full[[len(ids) - 1 - len(frame), len(ids) - 1], m.silence].tolist()
+    assert [g.p_silence for g in got] == pytest.approx(expected, abs=1e-5)
+    result = evaluate_narration(model, tok, data / "narration.jsonl", threshold=0.5)
+    assert result.means["samples"] == 3 and result.means["turns"] == 6
 
 
 def test_constant_model_hand_worked(silent_model, data):
@@ -275,3 +321,28 @@ def test_semantic_similarity_when_installed():
     close, far = sim.scores(["A man is eating food.", "A man is eating food."],
                             ["A man eats a meal.", "The sky is blue."])
     assert close > 0.8 and far < 0.3
+
+
+def test_greedy_loop_equals_generate(tiny):
+    """The decoding loop VLM bases use (their positions are livecue's) equals transformers' greedy generate."""
+    from livecue.eval.common import greedy
+
+    model, tok = tiny
+    ids = torch.tensor([tok("You see a red square and a", add_special_tokens=False).input_ids])
+    embeds = model.embed(ids)
+    with torch.inference_mode():
+        ref = model.lm.generate(inputs_embeds=embeds, attention_mask=torch.ones_like(ids), do_sample=False,
+                                max_new_tokens=6, eos_token_id=-1, pad_token_id=tok.pad_token_id)[0].tolist()
+    assert greedy(model, ids, embeds, end=-1, max_new_tokens=6) == ref
+
+
+def test_vlm_base_eval_narration_and_coin(data, tmp_path):
+    """The paper's metrics and COIN generation run on a VLM base (tiny random Qwen2.5-VL, M-RoPE positions)."""
+    out = tmp_path / "out"
+    base = ["--model", "tiny_qwen2_5_vl", "--out", str(out), "--stream.max_reply_tokens=2"]
+    assert cli.main(["eval", "--data", str(data / "narration.jsonl"), "--task", "narration", *base]) == 0
+    metrics = json.loads((out / "eval-narration.json").read_text())["metrics"]
+    assert 0 <= metrics["lm_correctness"] <= 1 and metrics["time_diff"] >= 0
+    assert cli.main(["eval", "--data", str(data / "coin.jsonl"), "--task", "coin-step", "--max-new-tokens", "3",
+                     *base]) == 0
+    assert cli.main(["eval", "--data", str(data / "lta.jsonl"), "--task", "lta", "--beams", "2", *base]) == 1

@@ -72,7 +72,7 @@ def main(argv: list[str]) -> int:
         from ..data.world import WorldConfig, generate_stream, stream_seed
 
         try:
-            cfg = WorldConfig(resolution=model.cfg.vision.resolution, fps=fps, duration=args.duration)
+            cfg = WorldConfig(resolution=model.cfg.frame_resolution, fps=fps, duration=args.duration)
         except ValueError as e:  # name the option, not the dataclass field
             raise ValueError(str(e).replace("WorldConfig.duration", "--duration")) from None
         frames, record = generate_stream(cfg, stream_seed(0, "test", args.seed))

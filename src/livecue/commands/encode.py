@@ -44,8 +44,9 @@ def main(argv: list[str]) -> int:
     encoder, cfg = load_frame_encoder(args.model, device=device, overrides=overrides or None)
     fps = cfg.stream.fps if args.fps is None else args.fps
     out = Path(args.out)
-    header = {"fps": fps, "vision": cfg.to_dict()["vision"], "frame_num_tokens": cfg.frame_num_tokens,
-              "dtype": args.dtype, "model": str(args.model)}
+    vision = cfg.to_dict()["vlm" if cfg.is_vlm else "vision"]  # what made the features
+    header = {"fps": fps, "vision": vision, "frame_num_tokens": cfg.frame_num_tokens, "dtype": args.dtype,
+              "model": str(args.model)}
     _check_compatible(out / INDEX, header)
 
     mine = videos[rank::world]

@@ -12,27 +12,53 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
 
     from ..data.labels import Markers
+    from ..data.template import Template
 
     model, tok = load_from_args(args, overrides)
     cfg = model.cfg
-    markers = Markers.from_tokenizer(tok, cfg.stream.v_placeholder, cfg.stream.frame_interval)
+    markers = Markers.from_template(tok, Template.from_config(cfg, tok))
 
     def count(module):
         return sum(p.numel() for p in module.parameters()) if module is not None else 0
 
-    speak = " + ".join(repr(tok.convert_ids_to_tokens(i)) for i in markers.speak)
+    def token(i: int) -> str:
+        return repr(tok.convert_ids_to_tokens(i))
+
+    speak = " + ".join(token(i) for i in markers.speak)
     print(f"model        {cfg.name}")
-    print(f"vision       {cfg.vision.kind} {cfg.vision.name_or_path or '(random init)'}  {count(model.vision):,} "
-          f"params, {cfg.vision.resolution}px, frozen={cfg.vision.frozen}")
-    print(f"connector    {cfg.connector.kind}  {count(model.connector):,} params")
-    print(f"lm           {type(model.lm).__name__} {cfg.lm.name_or_path or '(random init)'}  {count(model.lm):,} "
-          f"params, {model.dtype}")
-    print(f"frame        {cfg.frame_num_tokens} tokens (cls={cfg.vision.frame_token_cls}, "
-          f"pooled={cfg.vision.frame_token_pooled}x{cfg.vision.frame_token_pooled}"
-          + (f", +{cfg.vision.colour_width} colour-histogram values ({cfg.vision.frame_colour_bins}³ bins)"
-             if cfg.vision.frame_colour_bins else "") + f"), {cfg.stream.fps:g} fps")
-    print(f"markers      <v>={markers.v}  silence={markers.silence} "
-          f"({tok.convert_ids_to_tokens(markers.silence)!r})  speak={list(markers.speak)} ({speak})  "
-          f"eos={markers.eos}")
+    if cfg.is_vlm:
+        _vlm_parts(model, count)
+    else:
+        print(f"vision       {cfg.vision.kind} {cfg.vision.name_or_path or '(random init)'}  {count(model.vision):,} "
+              f"params, {cfg.vision.resolution}px, frozen={cfg.vision.frozen}")
+        print(f"connector    {cfg.connector.kind}  {count(model.connector):,} params")
+        print(f"lm           {type(model.lm).__name__} {cfg.lm.name_or_path or '(random init)'}  {count(model.lm):,} "
+              f"params, {model.dtype}")
+        print(f"frame        {cfg.frame_num_tokens} tokens (cls={cfg.vision.frame_token_cls}, "
+              f"pooled={cfg.vision.frame_token_pooled}x{cfg.vision.frame_token_pooled}"
+              + (f", +{cfg.vision.colour_width} colour-histogram values ({cfg.vision.frame_colour_bins}³ bins)"
+                 if cfg.vision.frame_colour_bins else "") + f"), {cfg.stream.fps:g} fps")
+    print(f"markers      {cfg.stream.v_placeholder}={markers.v}  frame end={markers.frame_end} "
+          f"({token(markers.frame_end)})  silence={markers.silence} ({token(markers.silence)})  "
+          f"speak={list(markers.speak)} ({speak})  eos={markers.eos} ({token(markers.eos)})")
     print(f"decision     silent iff p(silence) >= threshold {cfg.stream.threshold}")
     return 0
+
+
+def _vlm_parts(model, count) -> None:
+    """The parts of a VLM base: its vision encoder and projector, its language model, the frame layout."""
+    cfg, vision = model.cfg, model.vision
+    source = cfg.vlm.name_or_path or "(random init)"
+    projector = count(vision.projector)
+    print(f"vlm          {cfg.vlm.family} {source}  (the vision, connector and lm sections are not used)")
+    print(f"vision       {type(vision.tower).__name__}  {count(vision.tower) - projector:,} params, "
+          f"{cfg.vlm.frame_resolution}px, {'trained' if cfg.vlm.train_vision else 'frozen'}")
+    print(f"projector    {vision.projector_name}  {projector:,} params, "
+          f"{'trained' if cfg.vlm.train_projector else 'frozen'}")
+    print(f"lm           {type(model.lm.model).__name__}  {count(model.lm):,} params, {model.dtype}")
+    rows, cols = vision.layout.grid
+    pooled = f", pooled to {cfg.vlm.frame_pooled}x{cfg.vlm.frame_pooled}" if cfg.vlm.frame_pooled else ""
+    print(f"frame        {cfg.frame_num_tokens} tokens ({rows}x{cols} grid{pooled}) between "
+          f"{cfg.stream.frame_prefix!r} and {cfg.stream.frame_suffix!r}, {cfg.stream.fps:g} fps")
+    scheme = type(model.position_scheme).__name__ if model.explicit_positions else "1-D RoPE"
+    print(f"template     chat format {cfg.stream.chat_format}, positions {scheme}")

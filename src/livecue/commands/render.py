@@ -31,20 +31,20 @@ def main(argv: list[str]) -> int:
         raise ValueError(f"{str(path)!r} must hold a list of messages or an object with a 'messages' list")
 
     from ..config import LiveConfig
-    from ..data.labels import IGNORE, Markers, tokenize_conversation
+    from ..data.labels import IGNORE, tokenize_conversation
     from ..data.template import Template
-    from ..model.build import build_tokenizer
+    from ..model.build import build_tokenizer, model_markers, resolve_config
 
     cfg = LiveConfig.load(args.model)
     cfg = cfg.with_overrides(overrides) if overrides else cfg
     tok = build_tokenizer(cfg)
+    cfg = resolve_config(cfg, tok)  # a VLM base: its family's placeholder, frame layout and chat format
     tpl = Template.from_config(cfg, tok)
     rendered = tpl.render(messages)
     print(rendered.text)
     if args.text_only:
         return 0
-    t = tokenize_conversation(rendered, tok, Markers.from_tokenizer(tok, cfg.stream.v_placeholder,
-                                                                     cfg.stream.frame_interval), tpl)
+    t = tokenize_conversation(rendered, tok, model_markers(cfg, tok), tpl)
     print(f"\n{len(t)} tokens, {t.num_frames} frames; learned positions (input -> target):")
     for i, (x, y) in enumerate(zip(t.input_ids, t.labels)):
         if y != IGNORE:

@@ -10,7 +10,9 @@ from typing import Any
 import torch
 
 from ..data.dataset import FrameProvider, VideoFrames
+from ..data.labels import Markers
 from ..data.records import read_records, template_messages
+from ..model import lm as lm_api
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ def frame_provider(model: Any, data: str | Path | None, feature_cache: str | Pat
 
         return FeatureCache(feature_cache)
     root = Path(data).parent if isinstance(data, (str, Path)) else None
-    return VideoFrames(root, resolution=model.cfg.vision.resolution)
+    return VideoFrames(root, resolution=model.cfg.frame_resolution)
 
 
 @torch.inference_mode()
@@ -45,7 +47,7 @@ def to_features(model: Any, frames: torch.Tensor, chunk: int = 64) -> torch.Tens
     if frames.is_floating_point():
         return frames.to(model.device)
     if frames.shape[0] == 0:
-        width = model.connector[0].in_features  # the connector's input: the vision width
+        width = model.feature_width  # the connector's input: the vision width
         return torch.zeros(0, model.frame_num_tokens, width, device=model.device)
     parts = [model.encode_frames(frames[i:i + chunk].to(model.device)) for i in range(0, frames.shape[0], chunk)]
     return torch.cat(parts)
@@ -83,8 +85,39 @@ def generate(model: Any, tokenizer: Any, template: Any, prompt: list[dict[str, A
     ids = torch.tensor([tokenizer(text, add_special_tokens=False).input_ids], device=model.device)
     frame_embeds = model.project(features) if features.shape[0] else None
     embeds = model.embed(ids, frame_embeds)  # (1, T, H)
+    end = Markers.from_template(tokenizer, template).eos  # the template's end of a reply (Gemma: <end_of_turn>)
+    if model.explicit_positions or not hasattr(model.lm, "generate"):  # a VLM base: its positions are livecue's
+        if num_beams != 1 or num_return_sequences != 1:
+            raise ValueError(f"beam search ({num_beams} beams) is not available for a {model.cfg.architecture} "
+                             f"base yet: evaluate with 1 beam")
+        return [tokenizer.decode(greedy(model, ids, embeds, end, max_new_tokens), skip_special_tokens=True).strip()]
     out = model.lm.generate(inputs_embeds=embeds, attention_mask=torch.ones_like(ids), do_sample=False,
                             max_new_tokens=max_new_tokens, num_beams=num_beams,
-                            num_return_sequences=num_return_sequences, eos_token_id=tokenizer.eos_token_id,
+                            num_return_sequences=num_return_sequences, eos_token_id=end,
                             pad_token_id=tokenizer.pad_token_id)
     return [tokenizer.decode(seq, skip_special_tokens=True).strip() for seq in out]
+
+
+@torch.inference_mode()
+def greedy(model: Any, ids: torch.Tensor, embeds: torch.Tensor, end: int, max_new_tokens: int) -> list[int]:
+    """Greedy decoding through the KV cache with the model's own positions (what ``generate`` does for plain LMs).
+
+    Shape: ids (1, T) the prompt's tokens, embeds (1, T, H) their embeddings (frames spliced in).
+    """
+    def placed(positions: torch.Tensor | None) -> torch.Tensor | None:
+        return None if positions is None else positions.to(model.device)
+
+    positions, after = model.positions(ids.cpu(), 0)
+    logits, cache = lm_api.lm_forward(model.lm, embeds, position_ids=placed(positions), use_cache=True,
+                                      logits_to_keep=1)
+    out: list[int] = []
+    while len(out) < max_new_tokens:
+        token = int(logits[0, -1].argmax())
+        if token == end:
+            break
+        out.append(token)
+        step = torch.tensor([[token]])
+        positions, after = model.positions(step, int(after[0]))
+        logits, cache = lm_api.lm_forward(model.lm, model.embed(step), cache=cache, position_ids=placed(positions),
+                                          use_cache=True, logits_to_keep=1)
+    return out

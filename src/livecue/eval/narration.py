@@ -6,9 +6,9 @@ Scoring is split in two so that a θ sweep costs one forward per record:
    :func:`~livecue.data.dataset.collate`; each row's logits are read only over its own length, so a batch gives
    the numbers of batch size 1) and keeps, per turn, the θ-independent scores (:class:`~livecue.eval.metrics.
    TurnScores`). For every turn whose late rule needs the model at any requested θ it then runs the look-ahead:
-   the record's tokens up to the turn's last learned ``<v>`` are fed through the KV cache (chunk by chunk, each
-   token once per record), ``m`` future frames (interval + ``<v>`` × K each, the gold answer dropped) are appended,
-   their decision scores read at each frame's last ``<v>``, and the cache is cropped back.
+   the record's tokens up to the turn's last stream position are fed through the KV cache (chunk by chunk, each
+   token once per record), ``m`` future frames (interval + frame each, the gold answer dropped) are appended,
+   their decision scores read at each frame's last token (``frame_end``), and the cache is cropped back.
 2. :func:`narration_metrics` computes the metrics at any θ from those scores (pure).
 """
 
@@ -82,7 +82,8 @@ def score_records(model: Any, tokenizer: Any, dataset: StreamDataset, thresholds
         for row, (i, s, f) in enumerate(zip(idx, samples, feats)):
             n = len(s.input_ids)
             turns = extract_turns(s.input_ids, s.labels, logits[row, :n], v_id=markers.v, eos_id=markers.eos,
-                                  silence_id=markers.silence, frame_num_tokens=k)
+                                  silence_id=markers.silence, frame_num_tokens=k, frame_end_id=markers.frame_end,
+                                  turn_ends=s.turn_ends)
             rec = RecordScores(s.id, float(dataset.records[i]["fps"]), turns)
             requests = look_ahead_requests(turns, thresholds)
             if requests:
@@ -102,14 +103,15 @@ def look_ahead(model: Any, input_ids: torch.Tensor, features: torch.Tensor, turn
     Args:
         input_ids: (T,) the record's tokens; features: (F, K, D_vision) its frames.
         turns: the record's turns; requests: turn index -> m.
+        markers: the tokenizer's marker ids (the interval and a frame's ids); template: the model's template (K).
 
     Returns:
         Turn index -> m :class:`StreamScore` (one per appended frame).
     """
-    k = model.frame_num_tokens
-    frame = ([markers.silence] if template.frame_interval else []) + [markers.v] * k
+    k = template.frame_num_tokens
+    frame = [*markers.interval, *markers.frame(k)]  # decided at its last token, the frame_end
     by_index = {t.index: t for t in turns}
-    cache, cursor, frame_cursor = None, 0, 0
+    cache, cursor, frame_cursor, position = None, 0, 0, 0  # position: where the next token sits (M-RoPE models)
     out: dict[int, list[StreamScore]] = {}
     for r in sorted(requests):
         turn, m = by_index[r], requests[r]
@@ -117,15 +119,16 @@ def look_ahead(model: Any, input_ids: torch.Tensor, features: torch.Tensor, turn
         chunk = input_ids[cursor:stop]
         nf = int((chunk == markers.v).sum()) // k
         if chunk.numel():
-            cache = _forward(model, chunk, features[frame_cursor:frame_cursor + nf], cache).cache
+            out_, position = _forward(model, chunk, features[frame_cursor:frame_cursor + nf], cache, position)
+            cache = out_.cache
         cursor, frame_cursor = stop, frame_cursor + nf
-        # the frames right after the last learned <v>: the next turn's first frames (upstream's choice) whenever
-        # that <v> ends the turn's frames, as it does in every reply turn the converters write
+        # the frames right after the last stream position: the next turn's first frames (upstream's choice)
+        # whenever that frame ends the turn's frames, as it does in every reply turn the converters write
         future = features[frame_cursor:frame_cursor + m]
         if future.shape[0] != m:
             raise ValueError(f"turn {r} needs {m} future frames from frame {frame_cursor}, the record has "
                              f"{features.shape[0]}")
-        logits = _forward(model, torch.tensor(frame * m), future, cache).logits[0]  # (m * len(frame), V)
+        logits = _forward(model, torch.tensor(frame * m), future, cache, position)[0].logits[0]  # (m*len(frame), V)
         at = torch.arange(len(frame) - 1, len(frame) * m, len(frame), device=logits.device)
         p = logits[at].float().softmax(-1)
         arg = (p.argmax(-1) == markers.silence).tolist()
@@ -134,9 +137,12 @@ def look_ahead(model: Any, input_ids: torch.Tensor, features: torch.Tensor, turn
     return out
 
 
-def _forward(model: Any, ids: torch.Tensor, features: torch.Tensor, cache: Any) -> Any:
-    return model(ids[None].to(model.device), frame_features=features if features.shape[0] else None, cache=cache,
-                 use_cache=True)
+def _forward(model: Any, ids: torch.Tensor, features: torch.Tensor, cache: Any, start: int) -> tuple[Any, int]:
+    """One cached forward of ``ids`` whose first token sits at position ``start``; (output, the next position)."""
+    positions, after = model.positions(ids[None], start)
+    out = model(ids[None].to(model.device), frame_features=features if features.shape[0] else None, cache=cache,
+                position_ids=positions, use_cache=True)
+    return out, int(after[0])
 
 
 def narration_metrics(scores: Sequence[RecordScores], threshold: float) -> NarrationResult:

@@ -32,12 +32,13 @@ def decide(last_logits: torch.Tensor, silence_id: int, threshold: float, forced:
 
 
 def next_token(last_logits: torch.Tensor, sampling: SamplingConfig, previous: list[int],
-               generator: torch.Generator | None = None, ban: int | None = None) -> int:
-    """Pick the next reply token (never ``ban``, when given). Shape: last_logits (V,)."""
+               generator: torch.Generator | None = None, ban: int | tuple[int, ...] | None = None) -> int:
+    """Pick the next reply token (never one of ``ban``, when given). Shape: last_logits (V,)."""
     logits = last_logits.float()
-    if ban is not None:
+    banned = [i for i in ((ban,) if isinstance(ban, int) else ban or ()) if 0 <= i < logits.shape[-1]]
+    if banned:
         logits = logits.clone()
-        logits[ban] = float("-inf")
+        logits[banned] = float("-inf")
     if sampling.repetition_penalty != 1.0 and previous:
         idx = torch.tensor(sorted(set(previous)), device=logits.device)
         seen = logits[idx]

@@ -19,6 +19,10 @@ Many sessions, one forward: ``push_frame`` runs one program alone; ``engine.step
 one per session side by side and :class:`Batch` keeps a continuous batch (programs join at any round, finished frames
 leave), each round one ragged LM forward for all (:func:`livecue.model.lm.ragged_forward`). The decisions are the
 same code either way.
+
+Positions: a 1-D RoPE LM counts them from each stream's cache. A model whose positions are not one per token (a VLM
+base with Qwen's M-RoPE, where a frame of K tokens spans fewer positions) gets each :class:`Step`'s own, which the
+session computes from its ``next_position`` (re-based by evictions); forwards pass them on, alone or ragged.
 """
 
 from __future__ import annotations
@@ -157,7 +161,7 @@ class StreamEngine:
         self.batched = use_stream_attention(model.lm) and lm_api.supports_ragged(model.lm)
         cfg = model.cfg
         self.template = Template.from_config(cfg, tokenizer)
-        self.markers = Markers.from_tokenizer(tokenizer, cfg.stream.v_placeholder, cfg.stream.frame_interval)
+        self.markers = Markers.from_template(tokenizer, self.template)
         if self.markers.v != model.v_token_id:
             raise ValueError(f"tokenizer <v> id {self.markers.v} differs from the model's {model.v_token_id}")
         self._text_ids: dict[str, list[int]] = {}
@@ -260,16 +264,18 @@ class StreamEngine:
         if len(steps) == 1 or not self.batched:
             out = []
             for step in steps:
+                at = {} if step.positions is None else {"position_ids": step.positions}
                 res = self.model(self.ids_tensor(step.ids), frame_features=step.features, cache=step.session.cache,
-                                 use_cache=True, logits_to_keep=1)
+                                 use_cache=True, logits_to_keep=1, **at)
                 step.session.cache = res.cache
                 out.append(res.logits[0, -1])
             return out
         features = [step.features for step in steps if step.features is not None]
         ids = self.ids_tensor([i for step in steps for i in step.ids])
+        at = {} if steps[0].positions is None else {"positions": [step.positions for step in steps]}
         logits, caches = self.model.forward_streams(ids, torch.cat(features) if features else None,
                                                     [step.session.cache for step in steps],
-                                                    [len(step.ids) for step in steps])
+                                                    [len(step.ids) for step in steps], **at)
         for step, cache in zip(steps, caches):
             step.session.cache = cache
         return list(logits)

@@ -39,12 +39,14 @@ TokenCallback = Callable[[str, float, list[int], "str | None"], None]
 
 @dataclass
 class Step:
-    """One forward a session's program asks for: ``ids`` (with ``<v>`` placeholders) and the features of its frame
-    (``(1, K, D_vision)``) when it feeds one."""
+    """One forward a session's program asks for: ``ids`` (with ``<v>`` placeholders), the features of its frame
+    (``(1, K, D_vision)``) when it feeds one, and the ids' positions when the model needs them explicitly
+    (``(3, 1, len(ids))`` for Qwen's M-RoPE; None: counted from the cache)."""
 
     session: StreamSession
     ids: list[int]
     features: torch.Tensor | None = None
+    positions: torch.Tensor | None = None
 
 
 #: a session's logic: yields each :class:`Step`, receives its last-position logits ``(V,)``, returns its result
@@ -74,14 +76,22 @@ class _Query:
 class StreamSession:
     """The state of one stream. Create with :meth:`StreamEngine.session`, which resolves ``options``.
 
+    Positions: ``next_position`` is the position of the next token fed. For a 1-D RoPE LM it is the cache length;
+    with explicit positions (a VLM's M-RoPE, where a frame of K tokens spans fewer positions) each :class:`Step`
+    carries its ids' positions (``LiveModel.positions`` from ``next_position``). An eviction re-bases both: the kept
+    keys are re-rotated by the position distance of the evicted units, and ``next_position`` drops by it.
+
     Attributes:
         options: the resolved :class:`~livecue.inference.options.StreamOptions` (every value set: the model's
             ``stream.*`` where nothing else set one). θ may change between frames (:attr:`threshold`).
         cursor: where the stream stands in the template (:class:`~livecue.data.template.StreamCursor`).
+        next_position: the position of the next token fed (see above).
         memory: the memory policy (plans evictions; the session applies them).
         history: the ids in the cache when recording (``record=True``), else None.
         on_token: called after every decoded reply/answer token (servers stream them).
         on_step: called with every :class:`Step` just before its forward (benchmarks trace them).
+        on_evict: called with ``(start, end, shift)`` after the memory policy's eviction of cache positions
+            ``[start, end)`` moved what follows ``shift`` positions back (benchmarks trace them).
     """
 
     def __init__(self, engine: Engine, options: StreamOptions, memory: MemoryPolicy, *, seed: int = 0,
@@ -91,8 +101,7 @@ class StreamSession:
         self.options = options
         self.sampling: SamplingConfig = options.sampling
         self.memory = memory
-        self.cursor = StreamCursor(engine.template, engine.encode_text, options.system_prompt, bos=markers.bos,
-                                   eos=markers.eos, v=markers.v)
+        self.cursor = StreamCursor(engine.template, engine.encode_text, options.system_prompt, markers=markers)
         self.generator = torch.Generator().manual_seed(seed)
         self.cache: Any = None
         self.queries: collections.deque[_Query] = collections.deque()
@@ -100,11 +109,15 @@ class StreamSession:
         self.frames = 0
         self.replies = 0
         self.units: list[tuple[int, int]] = []  # cache spans of each frame step (with its reply); before: the sink
+        self.unit_positions: list[tuple[int, int]] = []  # the positions at each unit's start and end
+        self.next_position = 0
         self.evicted_tokens = 0
         self.history: list[int] | None = [] if record else None
         self.on_token = on_token
         self.on_step: Callable[[Step], None] | None = None
+        self.on_evict: Callable[[int, int, int], None] | None = None
         self._sink: int | None = None           # cache length before the first frame's tokens (the attention sink)
+        self._sink_position = 0                 # the position there
         self._forced_speak: bool | None = None  # see force()
         self._forced_reply_tokens: int | None = None
 
@@ -183,15 +196,19 @@ class StreamSession:
     # programs one at a time (push_frame) or many side by side, one forward for all per round (StreamEngine.step).
     def frame_program(self, features: torch.Tensor, t: float) -> Program:
         """The program of one frame (``features``: ``(K, D_vision)``); its return value is the frame's events."""
-        start = self.context_length
+        start, start_position = self.context_length, self.next_position
         events: list[Event] = []
         while self.queries and self.queries[0].t < t:  # asked between the previous frame and this one
             query = self.queries.popleft()
             events += yield from self._handle(query, max(query.t, self.t))
         ids = self.cursor.frame()
+        step = self._step(ids, features[None])
         if self._sink is None:  # everything before the first frame's tokens is the attention sink
-            self._sink = self.context_length + len(ids) - len(self.cursor.frame_ids)
-        logits = yield Step(self, ids, features[None])
+            before = len(ids) - len(self.cursor.frame_ids)
+            self._sink = self.context_length + before
+            self._sink_position = self.next_position - len(ids) + before if step.positions is None else int(
+                step.positions[0, 0, before])
+        logits = yield step
         self.t = t
         self.frames += 1
         if self.queries and self.queries[0].t <= t:  # asked at this frame's time: answered instead of a decision
@@ -208,7 +225,9 @@ class StreamSession:
                 events.append(Reply(t=t, text=self.engine.decode(ids), token_ids=ids,
                                     latency=time.perf_counter() - began, p_silence=d.p_silence,
                                     frame=self.frames - 1, truncated=capped))
-        self.units.append((self._sink if not self.units else start, self.context_length))
+        first = not self.units
+        self.units.append((self._sink if first else start, self.context_length))
+        self.unit_positions.append((self._sink_position if first else start_position, self.next_position))
         self._apply_memory()
         return events
 
@@ -236,8 +255,9 @@ class StreamSession:
         """Feed ``prompt``, decode until eos or the cap, close the turn. Returns (reply ids, capped)."""
         cap = self._forced_reply_tokens or self.max_reply_tokens
         eos = self.engine.markers.eos
-        ban = eos if self._forced_reply_tokens else None
-        logits = yield Step(self, prompt)
+        # a reply never holds frame tokens (a VLM's image token is in its vocabulary; a random one may pick it)
+        ban = self.engine.markers.frame_tokens + ((eos,) if self._forced_reply_tokens else ())
+        logits = yield self._step(prompt)
         out: list[int] = []
         while len(out) < cap:
             token = next_token(logits, self.sampling, out, self.generator, ban=ban)
@@ -247,22 +267,42 @@ class StreamSession:
             if self.on_token is not None:
                 self.on_token(turn[0], turn[1], out, turn[2])
             if len(out) < cap:  # a capped reply's last token is fed with eos, by whatever comes next
-                logits = yield Step(self, [token])
+                logits = yield self._step([token])
         capped = len(out) == cap
         self.cursor.end_turn(out, capped)
         return out, capped
 
+    def _step(self, ids: list[int], features: torch.Tensor | None = None) -> Step:
+        """The :class:`Step` that feeds ``ids`` next, with their positions when the model needs them."""
+        model = self.engine.model
+        if not model.explicit_positions:
+            self.next_position += len(ids)
+            return Step(self, ids, features)
+        positions, after = model.positions(torch.tensor([ids]), self.next_position)
+        self.next_position = int(after[0])
+        return Step(self, ids, features, positions)
+
     def _apply_memory(self) -> None:
-        """Evict what the memory policy plans (it only sees the unit spans and the cache length)."""
+        """Evict what the memory policy plans (it only sees the unit spans and the cache length): the first
+        ``plan.units`` units, re-basing what follows by their position distance."""
         plan = self.memory.plan(self.units, self.context_length)
         if plan is None:
             return
-        lm_api.evict_span(self.engine.model.lm, self.cache, plan.start, plan.end)
-        shift = plan.end - plan.start
-        self.units = [(a - shift, b - shift) for a, b in self.units[plan.units:]]
-        self.evicted_tokens += shift
+        if (plan.start, plan.end) != (self.units[0][0], self.units[plan.units - 1][1]):
+            raise ValueError(f"memory policy {type(self.memory).__name__} planned [{plan.start}, {plan.end}), which "
+                             f"is not its first {plan.units} units")
+        tokens = shift = plan.end - plan.start
+        if self.engine.model.explicit_positions:  # a frame spans fewer positions than tokens
+            shift = self.unit_positions[plan.units - 1][1] - self.unit_positions[0][0]
+        lm_api.evict_span(self.engine.model.lm, self.cache, plan.start, plan.end, shift=shift)
+        self.units = [(a - tokens, b - tokens) for a, b in self.units[plan.units:]]
+        self.unit_positions = [(a - shift, b - shift) for a, b in self.unit_positions[plan.units:]]
+        self.next_position -= shift
+        self.evicted_tokens += tokens
         if self.history is not None:
             del self.history[plan.start:plan.end]
+        if self.on_evict is not None:
+            self.on_evict(plan.start, plan.end, shift)
 
 
 __all__ = ["Engine", "Program", "Step", "StreamSession", "TokenCallback"]

@@ -10,53 +10,31 @@ livecue (configs, data, the CLI's help) must not pay for it.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..config import LiveConfig
-from ..data.labels import Markers, add_frame_placeholder
-from ..pretrained import hub_error, resolve
-from . import verify
+from ..data.labels import Markers
+from ..data.template import Template
+from ..pretrained import resolve
+from . import verify, vlm
 from .live import LiveModel
 from .tiny_tokenizer import load_tiny_tokenizer
+from .tokenizer import load_tokenizer, prepare_tokenizer
 from .vision import build_frame_encoder
 
 DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def build_tokenizer(cfg: LiveConfig) -> Any:
-    """The LM's tokenizer with ``<v>`` added (packaged tiny tokenizer for ``lm.tokenizer: tiny``)."""
+    """The model's tokenizer with its placeholder (packaged tiny tokenizer for ``lm.tokenizer: tiny``; a VLM's own,
+    its config resolved first: :func:`resolve_config`)."""
+    if cfg.is_vlm:
+        tokenizer = vlm.load_vlm_tokenizer(cfg.vlm)
+        return prepare_tokenizer(tokenizer, resolve_config(cfg, tokenizer))
     source = cfg.lm.tokenizer or cfg.lm.name_or_path
     return prepare_tokenizer(load_tiny_tokenizer() if source == "tiny" else load_tokenizer(resolve(source)), cfg)
-
-
-def prepare_tokenizer(tokenizer: Any, cfg: LiveConfig) -> Any:
-    """Make an LM's tokenizer the model's: ``cfg.stream.v_placeholder`` added, eos as the pad token when it has
-    none. Returns the same tokenizer."""
-    add_frame_placeholder(tokenizer, cfg.stream.v_placeholder)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def load_tokenizer(source: str | Path, *, saved: bool = False) -> Any:
-    """``AutoTokenizer.from_pretrained(source)`` with one-line errors.
-
-    Args:
-        source: a hub id or a local directory.
-        saved: ``source`` is a directory livecue or upstream saved a tokenizer into (a checkpoint): its tokenizer
-            files must all be there.
-    """
-    from transformers import AutoTokenizer  # only here: see the module docstring
-
-    if saved:
-        verify.check_tokenizer_dir(Path(source))
-    try:
-        return AutoTokenizer.from_pretrained(str(source))
-    except Exception as e:  # noqa: BLE001 - tokenizers/JSON/sentencepiece errors become one line naming the source
-        raise hub_error("tokenizer", str(source), e) from None
 
 
 def build_lm(cfg: LiveConfig, tokenizer: Any, dtype: torch.dtype) -> torch.nn.Module:
@@ -77,33 +55,70 @@ def build_lm(cfg: LiveConfig, tokenizer: Any, dtype: torch.dtype) -> torch.nn.Mo
                                   "language model", dtype=dtype, attn_implementation=cfg.lm.attn_implementation)
 
 
+def model_markers(cfg: LiveConfig, tokenizer: Any) -> Markers:
+    """The marker ids of the model's template (its chat format and frame layout) in ``tokenizer``."""
+    return Markers.from_template(tokenizer, Template.from_config(cfg, tokenizer))
+
+
+def resolve_config(cfg: LiveConfig, tokenizer: Any = None) -> LiveConfig:
+    """``cfg`` with every value its model fixes filled in: for a VLM base, the placeholder, frame prefix/suffix and
+    chat format of its family (read from the tokenizer and the model's config) and the tokens per frame
+    (:func:`livecue.model.vlm.derive`). A composed model's config is returned as it is. Build datasets and templates
+    from the resolved config (``build_model`` resolves it too: ``model.cfg``)."""
+    if not cfg.is_vlm:
+        return cfg
+    tokenizer = tokenizer if tokenizer is not None else vlm.load_vlm_tokenizer(cfg.vlm)
+    return vlm.derive(cfg, tokenizer, *vlm.family_config(cfg.vlm, tokenizer))
+
+
 def build_model(cfg: LiveConfig, *, device: str | torch.device | None = None, dtype: str | None = None,
                 seed: int | None = 0, tokenizer: Any = None) -> tuple[LiveModel, Any]:
     """Assemble ``(LiveModel, tokenizer)`` from a config.
 
     Args:
-        cfg: the model config.
+        cfg: the model config (a VLM's is resolved first: :func:`resolve_config`; ``model.cfg`` is the result).
         device: where to put the model (default CPU).
-        dtype: override ``cfg.lm.dtype`` (``float32``, ``bfloat16``, ``float16``).
+        dtype: override ``cfg.lm.dtype`` (a VLM's ``cfg.vlm.dtype``): ``float32``, ``bfloat16``, ``float16``.
         seed: seed for randomly initialised parts (reproducible random models); ``None`` leaves the RNG alone.
         tokenizer: reuse an already built tokenizer.
     """
-    dtype_name = dtype or cfg.lm.dtype
+    dtype_name = dtype or (cfg.vlm.dtype if cfg.is_vlm else cfg.lm.dtype)
     if dtype_name not in DTYPE_NAMES:
         raise ValueError(f"dtype must be one of {sorted(DTYPE_NAMES)}, got {dtype_name!r}")
     torch_dtype = DTYPE_NAMES[dtype_name]
-    tokenizer = tokenizer if tokenizer is not None else build_tokenizer(cfg)
-    markers = Markers.from_tokenizer(tokenizer, cfg.stream.v_placeholder, cfg.stream.frame_interval)
-    with torch.random.fork_rng(devices=[]):  # each random part has its own seed: seed, seed + 1, seed + 2
-        if seed is not None:
-            torch.manual_seed(seed)
-        vision = build_frame_encoder(cfg.vision, dtype=torch_dtype)
-        if seed is not None:
-            torch.manual_seed(seed + 1)
-        lm = build_lm(cfg, tokenizer, torch_dtype)
-        if seed is not None:
-            torch.manual_seed(seed + 2)
-        model = LiveModel(vision, lm, cfg, markers.v)
+    if cfg.is_vlm:
+        model, tokenizer = _build_vlm_model(cfg, torch_dtype, seed, tokenizer)
+    else:
+        tokenizer = tokenizer if tokenizer is not None else build_tokenizer(cfg)
+        markers = model_markers(cfg, tokenizer)
+        with torch.random.fork_rng(devices=[]):  # each random part has its own seed: seed, seed + 1, seed + 2
+            if seed is not None:
+                torch.manual_seed(seed)
+            vision = build_frame_encoder(cfg.vision, dtype=torch_dtype)
+            if seed is not None:
+                torch.manual_seed(seed + 1)
+            lm = build_lm(cfg, tokenizer, torch_dtype)
+            if seed is not None:
+                torch.manual_seed(seed + 2)
+            model = LiveModel(vision, lm, cfg, markers.v, frame_end_id=markers.frame_end)
     model.to(device or "cpu")
     model.eval()
+    return model, tokenizer
+
+
+def _build_vlm_model(cfg: LiveConfig, dtype: torch.dtype, seed: int | None,
+                     tokenizer: Any) -> tuple[LiveModel, Any]:
+    """A VLM base: its config resolved, the VLM built (random, from ``seed``) or loaded, composed with an identity
+    connector and the family's positions."""
+    tokenizer = tokenizer if tokenizer is not None else vlm.load_vlm_tokenizer(cfg.vlm)
+    adapter, hf_config = vlm.family_config(cfg.vlm, tokenizer)
+    cfg = vlm.derive(cfg, tokenizer, adapter, hf_config)
+    prepare_tokenizer(tokenizer, cfg)
+    markers = model_markers(cfg, tokenizer)
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        parts = vlm.build_vlm_parts(cfg, adapter, hf_config, markers.v, dtype)
+    model = LiveModel(parts.encoder, parts.lm, cfg, markers.v, frame_end_id=markers.frame_end,
+                      connector=torch.nn.Identity(), positions=parts.positions)
     return model, tokenizer

@@ -4,10 +4,17 @@ The token sequence holds ``<v>`` placeholders where frame tokens go (SPEC §1). 
 embedding table for ``<v>``: ids are clamped to ``vocab - 1`` for the lookup, then every ``<v>`` position is
 overwritten, in order, with the projected frame tokens. So the model can never emit ``<v>``. livecue does the same,
 but raises when the number of ``<v>`` positions and of frame tokens differ (upstream silently broadcasts).
+
+The same composition holds a pretrained VLM (``architecture: vlm``, :mod:`livecue.model.vlm`): its frame encoder
+ends with the VLM's own projector, the connector is the identity, the placeholder is the family's image token and the
+LM is the VLM's language model. Such a model may need explicit positions (Qwen's M-RoPE): :meth:`LiveModel.positions`
+computes them from the ids, and every forward that continues a KV cache must be given them (the streaming engine
+keeps each stream's next position).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +26,9 @@ from ..data.labels import IGNORE
 from . import lm as lm_api
 from .connector import build_connector
 from .loss import streaming_loss
-from .vision import FrameEncoder
+
+#: ``scheme(input_ids (B, T), start) -> (position ids, next position of each row (B,))`` (LiveModel.positions)
+PositionScheme = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -36,25 +45,36 @@ class LiveModel(nn.Module):
 
     Args:
         vision: the frame encoder, or ``None`` for a model fed only precomputed frame features.
-        lm: any ``AutoModelForCausalLM``.
+        lm: any ``AutoModelForCausalLM`` (or a VLM's :class:`~livecue.model.vlm.TextLM`).
         cfg: the model's :class:`~livecue.config.LiveConfig`.
         v_token_id: the tokenizer's ``<v>`` id.
         vision_hidden: the vision feature width (needed when ``vision`` is ``None``).
+        connector: the projector from frame features to the LM's embeddings; None builds ``cfg.connector``'s (a
+            VLM's frame encoder ends with its own projector: ``nn.Identity()``).
+        frame_end_id: the frame's last token, where the stream loss weight α applies (the placeholder, or a frame
+            suffix such as Qwen's ``<|vision_end|>``); None: ``v_token_id``.
+        positions: the LM's position scheme, ``scheme(input_ids, start) -> (position_ids, next)``
+            (:class:`~livecue.model.vlm.MRopePositions`); None: positions are counted from the cache, as every
+            1-D RoPE LM does.
     """
 
-    def __init__(self, vision: FrameEncoder | None, lm: nn.Module, cfg: LiveConfig, v_token_id: int,
-                 vision_hidden: int | None = None) -> None:
+    def __init__(self, vision: nn.Module | None, lm: nn.Module, cfg: LiveConfig, v_token_id: int,
+                 vision_hidden: int | None = None, *, frame_end_id: int | None = None,
+                 connector: nn.Module | None = None, positions: PositionScheme | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.vision = vision
         self.lm = lm
         self.v_token_id = int(v_token_id)
+        self.frame_end_id = self.v_token_id if frame_end_id is None else int(frame_end_id)
+        self.position_scheme = positions
         width = vision.hidden_size if vision is not None else vision_hidden
         if width is None:
             raise ValueError("LiveModel without a vision tower needs vision_hidden (the feature width)")
         param = next(lm.parameters())
-        self.connector = build_connector(width, lm_api.hidden_size(lm), cfg.connector.kind).to(param.device,
-                                                                                                  param.dtype)
+        if connector is None:
+            connector = build_connector(width, lm_api.hidden_size(lm), cfg.connector.kind)
+        self.connector = connector.to(param.device, param.dtype)
 
     # ---- properties ---------------------------------------------------------------------------------------------
     @property
@@ -63,7 +83,21 @@ class LiveModel(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.connector.parameters()).dtype
+        """The dtype frame features are cast to: the connector's (a VLM's: the LM's embeddings')."""
+        param = next(self.connector.parameters(), None)
+        return (param if param is not None else lm_api.input_embeddings(self.lm).weight).dtype
+
+    @property
+    def feature_width(self) -> int:
+        """D: the width of the frame features the model takes (its vision encoder's output)."""
+        if isinstance(self.connector, nn.Identity):
+            return lm_api.hidden_size(self.lm)
+        return self.connector[0].in_features
+
+    @property
+    def explicit_positions(self) -> bool:
+        """Whether every forward that continues a KV cache needs position ids (:meth:`positions`)."""
+        return self.position_scheme is not None
 
     @property
     def vocab_size(self) -> int:
@@ -73,6 +107,18 @@ class LiveModel(nn.Module):
     @property
     def frame_num_tokens(self) -> int:
         return self.cfg.frame_num_tokens
+
+    # ---- positions ----------------------------------------------------------------------------------------------
+    def positions(self, input_ids: torch.Tensor, start: int = 0) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The position ids of ``input_ids`` when its first token is at position ``start``, and each row's next
+        position. ``None`` for 1-D RoPE LMs (transformers counts positions from the cache; the next is
+        ``start + T``); a VLM's family scheme otherwise (Qwen's M-RoPE: ``(3, B, T)``).
+
+        Shape: input_ids (B, T) -> (position ids or None, next (B,)).
+        """
+        if self.position_scheme is None:
+            return None, torch.full((input_ids.shape[0],), start + input_ids.shape[1], dtype=torch.long)
+        return self.position_scheme(input_ids, start)
 
     # ---- frames -------------------------------------------------------------------------------------------------
     def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
@@ -89,11 +135,13 @@ class LiveModel(nn.Module):
         if features.ndim != 3 or features.shape[1] != self.frame_num_tokens:
             raise ValueError(f"frame features must have shape (F, {self.frame_num_tokens}, D), "
                              f"got {tuple(features.shape)}")
-        width = self.connector[0].in_features
+        width = self.feature_width
         if features.shape[2] != width:
+            bins = self.cfg.vision.frame_colour_bins
+            hint = ("from another model?" if self.cfg.is_vlm else "from another vision config? e.g. a feature cache "
+                    f"encoded with another vision.frame_colour_bins; this model's is {bins}")
             raise ValueError(f"frame features are {features.shape[2]} wide but this model's connector takes {width} "
-                             f"(features from another vision config? e.g. a feature cache encoded with another "
-                             f"vision.frame_colour_bins; this model's is {self.cfg.vision.frame_colour_bins})")
+                             f"(features {hint})")
         return self.connector(features.to(self.device, self.dtype))
 
     def frame_embeddings(self, frames: torch.Tensor | None = None,
@@ -143,8 +191,18 @@ class LiveModel(nn.Module):
         ``labelled_logits_only`` (training): compute the vocabulary projection only at the positions some sample
         of the batch learns, which saves most of the LM head's time and memory; ``logits`` then covers only those
         positions. The loss is the same.
+
+        ``position_ids``: None counts positions from the cache (1-D RoPE LMs); a model with explicit positions
+        (:attr:`explicit_positions`) then computes each row's from 0, and refuses to continue a cache without them.
         """
         embeds = self.embed(input_ids, self.frame_embeddings(frames, frame_features))
+        if position_ids is None and self.explicit_positions:
+            if lm_api.cache_length(cache):
+                raise ValueError("this model's positions are not the cache length: continuing a KV cache needs "
+                                 "position_ids (LiveModel.positions(input_ids, start))")
+            position_ids = self.positions(input_ids)[0]
+        if position_ids is not None:
+            position_ids = position_ids.to(embeds.device)
         keep: Any = logits_to_keep
         if labelled_logits_only:
             if labels is None:
@@ -161,16 +219,20 @@ class LiveModel(nn.Module):
             ids = input_ids
             if labelled_logits_only:
                 labels, ids = labels[:, keep], input_ids[:, keep]
-            loss = streaming_loss(logits, labels, ids, self.v_token_id, self.cfg.stream.stream_loss_weight)
+            loss = streaming_loss(logits, labels, ids, self.frame_end_id, self.cfg.stream.stream_loss_weight)
         return LiveOutput(logits=logits, loss=loss, cache=cache)
 
     def forward_streams(self, input_ids: torch.Tensor, frame_features: torch.Tensor | None, caches: list[Any],
-                        lengths: list[int]) -> tuple[torch.Tensor, list[Any]]:
+                        lengths: list[int], positions: list[torch.Tensor] | None = None
+                        ) -> tuple[torch.Tensor, list[Any]]:
         """One forward for several streams (inference): stream i's ``lengths[i]`` new tokens, side by side in
-        ``input_ids``, continue ``caches[i]`` (``None``: a new stream). See :func:`livecue.model.lm.ragged_forward`.
+        ``input_ids``, continue ``caches[i]`` (``None``: a new stream), at ``positions[i]`` when the model needs
+        explicit positions. See :func:`livecue.model.lm.ragged_forward`.
 
-        Shape: input_ids (1, Σq); frame_features (F, K, D_vision) for the ``<v>`` positions in order; returns
-        logits (N, V) at each stream's last new token and the updated caches.
+        Shape: input_ids (1, Σq); frame_features (F, K, D_vision) for the ``<v>`` positions in order; positions
+        ``(C, 1, lengths[i])`` each; returns logits (N, V) at each stream's last new token and the updated caches.
         """
+        if positions is None and self.explicit_positions:
+            raise ValueError("this model's positions are not the cache length: forward_streams needs positions")
         embeds = self.embed(input_ids, self.frame_embeddings(frame_features=frame_features))
-        return lm_api.ragged_forward(self.lm, embeds, caches, lengths)
+        return lm_api.ragged_forward(self.lm, embeds, caches, lengths, positions=positions)

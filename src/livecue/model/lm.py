@@ -25,6 +25,12 @@ def _cache_kwarg(forward) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def cache_kwarg(module: nn.Module) -> str:
+    """The name ``module``'s forward gives the KV cache in this transformers version (``cache``, formerly
+    ``past_key_values``)."""
+    return _cache_kwarg(type(module).forward)
+
+
 def new_cache(lm: nn.Module) -> Cache:
     """An empty dynamic KV cache for ``lm`` whose full-attention layers append in place (:func:`_growing_layer`)."""
     from transformers import DynamicCache
@@ -155,21 +161,27 @@ def _rotate(keys: torch.Tensor, shift: int, inv_freq: torch.Tensor) -> torch.Ten
 
 
 @torch.no_grad()
-def evict_span(lm: nn.Module, cache: Cache, start: int, end: int) -> None:
-    """Remove cache positions ``[start, end)`` in place; later keys are re-rotated ``end - start`` positions back, so
-    the kept entries sit at contiguous positions and new tokens continue right after them (RoPE relative distances
-    as if the evicted span had never been there). Deeper layers' entries still carry what their tokens attended to
-    when computed (as in StreamingLLM); for a 1-layer model the result equals a fresh forward over the kept tokens."""
+def evict_span(lm: nn.Module, cache: Cache, start: int, end: int, shift: int | None = None) -> None:
+    """Remove cache entries ``[start, end)`` in place; later keys are re-rotated ``shift`` positions back (default
+    ``end - start``: one position per token), so the kept entries sit at contiguous positions and new tokens continue
+    right after them (RoPE relative distances as if the evicted span had never been there). Deeper layers' entries
+    still carry what their tokens attended to when computed (as in StreamingLLM); for a 1-layer model the result
+    equals a fresh forward over the kept tokens.
+
+    ``shift`` is the position distance of the evicted span when positions are not one per token (Qwen's M-RoPE: a
+    frame spans max(rows, cols) positions). Shifting all three M-RoPE components by the same amount is the 1-D
+    rotation by that amount for every frequency, so the same re-rotation re-bases them."""
     length = cache_length(cache)
     if not 0 <= start <= end <= length:
         raise ValueError(f"cannot evict [{start}, {end}) from a cache of {length} positions")
     if start == end:
         return
+    shift = end - start if shift is None else shift
     inv_freq = rope_inv_freq(lm)
     for layer in cache.layers:
         if not getattr(layer, "is_initialized", True) or layer.keys is None or layer.keys.numel() == 0:
             continue
-        tail_k = _rotate(layer.keys[..., end:, :], start - end, inv_freq)
+        tail_k = _rotate(layer.keys[..., end:, :], -shift, inv_freq)
         layer.keys = torch.cat([layer.keys[..., :start, :], tail_k], dim=-2)
         layer.values = torch.cat([layer.values[..., :start, :], layer.values[..., end:, :]], dim=-2)
 
@@ -230,10 +242,13 @@ def ragged_attention(module: nn.Module, query: torch.Tensor, ragged: _RaggedCach
 
 
 def ragged_forward(lm: nn.Module, inputs_embeds: torch.Tensor, caches: list[Cache | None],
-                   lengths: list[int]) -> tuple[torch.Tensor, list[Cache]]:
+                   lengths: list[int], positions: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[Cache]]:
     """One LM forward for N streams: stream i's ``lengths[i]`` new tokens (in order, side by side in
     ``inputs_embeds``) continue stream i's cache at its own positions; the projections and MLPs run once for all.
     Needs an LM whose attention is livecue's (:func:`livecue.model.attention.use_stream_attention`).
+
+    ``positions``: each stream's explicit position ids (``(C, 1, lengths[i])``, e.g. C = 3 for M-RoPE), for models
+    whose positions are not the cache length counted on; None: counted from each stream's cache.
 
     Shape: inputs_embeds (1, Σq, H) -> logits (N, V) at each stream's last new token; caches updated in place
     (``None`` ones created). Each stream's result equals its own :func:`lm_forward` up to float rounding.
@@ -242,16 +257,23 @@ def ragged_forward(lm: nn.Module, inputs_embeds: torch.Tensor, caches: list[Cach
         raise ValueError(f"ragged forward: {tuple(inputs_embeds.shape)} embeddings for segment lengths {lengths}")
     caches = [new_cache(lm) if c is None else c for c in caches]
     device = inputs_embeds.device
-    bounds, positions, start = [], [], 0
+    bounds, counted, start = [], [], 0
     for cache, n in zip(caches, lengths):
         bounds.append((start, start + n))
         past = cache_length(cache)
-        positions.append(torch.arange(past, past + n))
+        counted.append(torch.arange(past, past + n))
         start += n
+    if positions is None:
+        position_ids = torch.cat(counted)[None]
+    else:
+        if [p.shape[-1] for p in positions] != list(lengths):
+            raise ValueError(f"ragged forward: positions for {[p.shape[-1] for p in positions]} tokens, segment "
+                             f"lengths {lengths}")
+        position_ids = torch.cat([p.reshape(p.shape[0], 1, -1) for p in positions], dim=-1)  # (C, 1, Σq)
     ragged = _RaggedCache(caches, bounds)
     last = torch.tensor([b - 1 for _, b in bounds], device=device)
     dummy_mask = torch.ones(1, 1, start, 1, dtype=torch.bool, device=device)  # 4-D: transformers builds no mask
     kwargs = {_cache_kwarg(type(lm).forward): ragged}
-    out = lm(inputs_embeds=inputs_embeds, attention_mask=dummy_mask, position_ids=torch.cat(positions)[None].to(device),
+    out = lm(inputs_embeds=inputs_embeds, attention_mask=dummy_mask, position_ids=position_ids.to(device),
              use_cache=True, logits_to_keep=last, livecue_ragged=ragged, **kwargs)
     return out.logits[0], caches

@@ -6,7 +6,9 @@ model or the paper's released adapter (:mod:`livecue.model.upstream`); building 
 
 A livecue checkpoint directory holds ``livecue_config.json``, the tokenizer files (with ``<v>``) and
 ``livecue_model.safetensors`` with the weights that cannot be rebuilt from pretrained sources: always the connector,
-plus every randomly initialised part (keys prefixed ``connector.``, ``lm.``, ``vision.``).
+plus every randomly initialised part (keys prefixed ``connector.``, ``lm.``, ``vision.``). Over a pretrained VLM
+(``architecture: vlm``) that is the LoRA adapter beside it and the vision encoder / projector weights it trained
+(``vision.tower.*``); a random VLM saves everything, as a composed model's random parts.
 
 Loading is strict and checked before any weight is used (``verify``): the weights file must hold exactly the tensors
 the config builds, in the config's shapes, all finite; a missing file, a corrupt one, an invalid config or missing
@@ -23,7 +25,7 @@ from safetensors.torch import save_file
 
 from ..config import CONFIG_FILE, LiveConfig, list_presets, preset
 from ..pretrained import local_dir
-from . import upstream, verify
+from . import upstream, verify, vlm
 from .build import DTYPE_NAMES, build_model, load_tokenizer
 from .live import LiveModel
 from .lora import ADAPTER_CONFIG, ADAPTER_FILE, has_lora, load_adapter, merge_lora, read_adapter_config, save_adapter
@@ -39,8 +41,8 @@ def save_checkpoint(model: LiveModel, tokenizer: Any, directory: str | Path) -> 
     """Write config, tokenizer, the LoRA adapter (if any) and the weights not rebuildable from pretrained sources.
 
     ``livecue_model.safetensors`` holds the connector, plus the base LM when it was randomly initialised or trained
-    without LoRA, plus the vision tower when it was randomly initialised. Adapter weights go to
-    ``adapter_model.safetensors`` (PEFT layout).
+    without LoRA, plus the vision tower when it was randomly initialised (a VLM's: the parts it trains). Adapter
+    weights go to ``adapter_model.safetensors`` (PEFT layout).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -59,13 +61,16 @@ def checkpoint_state(model: LiveModel, *, lora: bool) -> dict[str, torch.Tensor]
     """What ``livecue_model.safetensors`` holds for ``model`` (with a LoRA adapter beside it or not): the connector,
     the LM when it is random or trained without LoRA, the vision tower when it is random. :func:`save_checkpoint`
     writes it; :func:`load_model` expects exactly these names and shapes."""
+    cfg = model.cfg
     state = {f"connector.{k}": v for k, v in model.connector.state_dict().items()}
-    if model.cfg.lm.name_or_path is None or not lora:
+    if (cfg.vlm if cfg.is_vlm else cfg.lm).name_or_path is None or not lora:
         for k, v in model.lm.state_dict().items():
             if "lora_" not in k:
                 state[f"lm.{k.replace('.base_layer.', '.')}"] = v
-    if model.cfg.vision.name_or_path is None and model.vision is not None:
-        state.update({f"vision.tower.{k}": v for k, v in model.vision.tower.state_dict().items()})
+    if model.vision is not None:
+        random = (cfg.vlm if cfg.is_vlm else cfg.vision).name_or_path is None
+        tower = model.vision.tower.state_dict() if random else model.vision.trained_state() if cfg.is_vlm else {}
+        state.update({f"vision.tower.{k}": v for k, v in tower.items()})
     return state
 
 
@@ -89,8 +94,9 @@ def load_model(source: str | Path, *, device: str | torch.device | None = None, 
                overrides: list[str] | None = None, merge_lora: bool = True, base: str | None = None,
                vision: str | None = None) -> tuple[LiveModel, Any]:
     """Load ``(LiveModel, tokenizer)`` from a checkpoint directory, a preset name, a config file, a hub id, the
-    packaged default model (``default``), or the paper's released adapter (alias ``videollm-online-8b-v1plus`` or a
-    directory in its layout).
+    packaged default model (``default``), the paper's released adapter (alias ``videollm-online-8b-v1plus`` or a
+    directory in its layout), or a pretrained vision-language model (a Hugging Face directory or hub id of a family
+    :mod:`livecue.model.vlm` drives, e.g. Qwen2.5-VL: ``architecture: vlm`` with every other field at its default).
 
     A checkpoint's LoRA adapter is merged into the base weights unless ``merge_lora=False`` (for training on).
     ``base`` / ``vision`` replace the base LM / vision tower of an upstream adapter (local copies of gated weights).
@@ -103,16 +109,22 @@ def load_model(source: str | Path, *, device: str | torch.device | None = None, 
     path = Path(source)
     if path.is_dir() and (path / CONFIG_FILE).exists():
         return _load_checkpoint(path, device=device, dtype=dtype, overrides=overrides, merge=merge_lora)
+    if path.is_dir() and vlm.is_vlm_dir(path):  # a pretrained VLM as it is (its LIVE behaviour untrained)
+        return build_model(vlm.dir_config(path, overrides), device=device, dtype=dtype)
     if path.is_dir():
-        raise FileNotFoundError(f"{str(path)!r} is not a livecue checkpoint: it has no {CONFIG_FILE}")
+        raise FileNotFoundError(f"{str(path)!r} is not a livecue checkpoint: it has no {CONFIG_FILE} (nor a "
+                                f"config.json of a vision-language model livecue drives: {_families()})")
     if _is_preset(str(source)):
         return build_model(preset(str(source), overrides), device=device, dtype=dtype)
     if path.is_file():
         cfg = LiveConfig.load(path)
         return build_model(cfg.with_overrides(overrides) if overrides else cfg, device=device, dtype=dtype)
     if _looks_like_hub_id(str(source)):
-        return load_model(local_dir(str(source), "model"), device=device, dtype=dtype, overrides=overrides,
-                          merge_lora=merge_lora, base=base, vision=vision)
+        local = local_dir(str(source), "model")
+        if vlm.is_vlm_dir(local):  # the config names the hub id, not this machine's hub cache
+            return build_model(vlm.dir_config(str(source), overrides), device=device, dtype=dtype)
+        return load_model(local, device=device, dtype=dtype, overrides=overrides, merge_lora=merge_lora, base=base,
+                          vision=vision)
     raise ValueError(f"unknown model {str(source)!r}: not a checkpoint directory, a config file, a preset "
                      f"({', '.join(list_presets())}), {DEFAULT_ALIAS} or {', '.join(upstream.ALIASES)}")
 
@@ -123,15 +135,17 @@ def load_frame_encoder(source: str | Path, *, device: str | torch.device | None 
     ``overrides`` applied (e.g. ``["vision.frame_token_pooled=2"]``).
 
     Pretrained towers load from their own source; a randomly initialised tower takes its weights from the
-    checkpoint's ``livecue_model.safetensors`` (or the preset's seed-0 initialisation).
+    checkpoint's ``livecue_model.safetensors`` (or the preset's seed-0 initialisation). A VLM base's encoder (its
+    vision model and projector: :class:`~livecue.model.vlm.VLMFrameEncoder`) comes from the whole model as
+    :func:`load_model` loads it (trained projector weights included); its LM is dropped.
     """
     if str(source) == DEFAULT_ALIAS and not Path(source).exists():
         source = DEFAULT_MODEL_DIR
     path = Path(source)
-    if path.exists():
-        cfg = LiveConfig.load(path)
-    else:  # a preset, spelt as load_model accepts it (``live1+``, ``live1-plus``)
-        cfg = preset(str(source)) if _is_preset(str(source)) else LiveConfig.load(str(source))
+    if path.is_dir() and vlm.is_vlm_dir(path) or _config_of(source).is_vlm:
+        model, _ = load_model(source, dtype=dtype, overrides=overrides, merge_lora=False)
+        return model.vision.to(device or "cpu").eval(), model.cfg
+    cfg = _config_of(source)
     if overrides:
         cfg = cfg.with_overrides(overrides)
     with torch.random.fork_rng(devices=[]):
@@ -145,6 +159,18 @@ def load_frame_encoder(source: str | Path, *, device: str | torch.device | None 
         state = verify.load_tensors(weights, expected, prefix=prefix, what=f"the config in {CONFIG_FILE}")
         encoder.tower.load_state_dict({k[len(prefix):]: v for k, v in state.items()}, strict=True)
     return encoder.to(device or "cpu").eval(), cfg
+
+
+def _config_of(source: str | Path) -> LiveConfig:
+    """The config of a checkpoint directory, a config file or a preset (spelt as :func:`load_model` accepts it:
+    ``live1+``, ``live1-plus``)."""
+    if Path(source).exists():
+        return LiveConfig.load(source)
+    return preset(str(source)) if _is_preset(str(source)) else LiveConfig.load(str(source))
+
+
+def _families() -> str:
+    return ", ".join(sorted({adapter.name for adapter in vlm.FAMILIES.values()}))
 
 
 def _is_preset(name: str) -> bool:
@@ -212,5 +238,5 @@ def _load_weights(model: LiveModel, file: Path, *, lora: bool) -> None:
         parts["vision.tower."] = model.vision.tower
     for prefix, module in parts.items():
         own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if own:
-            module.load_state_dict(own, strict=True)
+        if own:  # a VLM's trained vision parts are a subset of its tower (the names were checked above)
+            module.load_state_dict(own, strict=not (model.cfg.is_vlm and prefix == "vision.tower."))

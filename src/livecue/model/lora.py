@@ -46,14 +46,21 @@ def peft_config(cfg: LoraConfig, base_model: str | None = None):
 
 
 def apply_lora(model: LiveModel) -> LiveModel:
-    """Inject LoRA adapters into ``model.lm`` (in place) and set what trains: adapters + connector."""
+    """Inject LoRA adapters into ``model.lm`` (in place) and set what trains: adapters + connector. The model keeps
+    its mode (the injected dropout layers follow it: an eval model stays deterministic)."""
     from peft import inject_adapter_in_model
 
     if has_lora(model):
         raise ValueError("this model already has LoRA adapters")
-    inject_adapter_in_model(peft_config(model.cfg.lora, model.cfg.lm.name_or_path), model.lm)
+    inject_adapter_in_model(peft_config(model.cfg.lora, base_name(model)), model.lm)
+    model.train(model.training)
     set_trainable(model)
     return model
+
+
+def base_name(model: LiveModel) -> str | None:
+    """The pretrained model the adapter goes over (its ``base_model_name_or_path``): the LM's, or the VLM's."""
+    return (model.cfg.vlm if model.cfg.is_vlm else model.cfg.lm).name_or_path
 
 
 def has_lora(model: LiveModel) -> bool:
@@ -63,13 +70,16 @@ def has_lora(model: LiveModel) -> bool:
 def set_trainable(model: LiveModel) -> None:
     """LoRA weights and the connector train; the base LM and the vision tower are frozen.
 
-    Without LoRA (``lora.enabled: false``) the whole LM trains.
+    Without LoRA (``lora.enabled: false``) the whole LM trains. A VLM's vision encoder and projector train as
+    ``vlm.train_vision`` / ``vlm.train_projector`` say (its connector is the identity).
     """
     lora = has_lora(model)
     for name, p in model.lm.named_parameters():
         p.requires_grad_(("lora_" in name) if lora else True)
     model.connector.requires_grad_(True)
-    if model.vision is not None:
+    if model.vision is not None and model.cfg.is_vlm:
+        model.vision.set_trainable()
+    elif model.vision is not None:
         model.vision.tower.requires_grad_(not model.cfg.vision.frozen)
 
 
@@ -87,7 +97,7 @@ def save_adapter(model: LiveModel, directory: str | Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in adapter_state_dict(model).items()}
     save_file(state, str(directory / ADAPTER_FILE), metadata={"format": "pt"})
-    config = peft_config(model.cfg.lora, model.cfg.lm.name_or_path).to_dict()
+    config = peft_config(model.cfg.lora, base_name(model)).to_dict()
     config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
     (directory / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, default=str))
 

@@ -185,12 +185,12 @@ def _hf_tower(cfg: VisionConfig, dtype: torch.dtype):
         mean = std = None
     else:
         tower = from_pretrained(cls, cfg.name_or_path, "vision tower", dtype=dtype)  # strict, one-line errors
-        mean, std = _preprocessor_mean_std(cfg.name_or_path)
+        mean, std = preprocessor_mean_std(cfg.name_or_path)
     hidden = tower.config.hidden_size
     return tower, hidden, mean, std
 
 
-def _preprocessor_mean_std(name_or_path: str):
+def preprocessor_mean_std(name_or_path: str):
     """Read image_mean/std from a local ``preprocessor_config.json`` when present."""
     file = Path(name_or_path) / "preprocessor_config.json"
     if not file.is_file():

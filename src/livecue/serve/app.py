@@ -42,6 +42,12 @@ DEFAULT_MEMORY_SPEC = "sink:4096"  # about 6 minutes of a live1+ stream at 2 fps
 DEFAULT_MEMORY = parse_memory(DEFAULT_MEMORY_SPEC)  # SinkWindow(4096, chunk=256)
 
 
+def _vlm_info(cfg: Any) -> dict[str, Any]:
+    """``GET /model``'s parts of a VLM base: the model (hub id / directory or random family) and its frame size."""
+    name = cfg.vlm.name_or_path or f"random {cfg.vlm.family or (cfg.vlm.random_init or {}).get('model_type')}"
+    return {"vlm": {"name": name, "family": cfg.vlm.family, "resolution": cfg.vlm.frame_resolution}}
+
+
 def model_info(model: Any, name: str) -> dict[str, Any]:
     """What ``GET /model`` reports: the model's parts, layout and stream defaults."""
     cfg = model.cfg
@@ -52,9 +58,11 @@ def model_info(model: Any, name: str) -> dict[str, Any]:
         "parameters": params,
         "device": str(model.device),
         "dtype": str(model.dtype).removeprefix("torch."),
-        "lm": cfg.lm.name_or_path or (f"random {cfg.lm.random_init.get('model_type')}" if cfg.lm.random_init
-                                      else None),
-        "vision": {"kind": cfg.vision.kind, "name": cfg.vision.name_or_path, "resolution": cfg.vision.resolution},
+        "architecture": cfg.architecture,
+        **(_vlm_info(cfg) if cfg.is_vlm else {
+            "lm": cfg.lm.name_or_path or (f"random {cfg.lm.random_init.get('model_type')}" if cfg.lm.random_init
+                                          else None),
+            "vision": {"kind": cfg.vision.kind, "name": cfg.vision.name_or_path, "resolution": cfg.vision.resolution}}),
         "frame_num_tokens": cfg.frame_num_tokens,
         "stream": {"fps": cfg.stream.fps, "threshold": cfg.stream.threshold,
                    "max_reply_tokens": cfg.stream.max_reply_tokens, "system_prompt": cfg.stream.system_prompt},

@@ -43,6 +43,7 @@ from ..data.features import FeatureCache
 from ..data.labels import IGNORE
 from ..data.records import read_records
 from ..data.template import Template
+from ..model.build import resolve_config
 from .checkpoint import (
     RunInfo,
     find_resume_checkpoint,
@@ -119,7 +120,7 @@ def train(cfg: LiveConfig, *, resume: bool = False, stop_after: int | None = Non
         stop_after: end the run after that many update steps without the final save, exactly as if the process had
             been killed there (tests of resumption use it); the schedule still spans the whole run.
     """
-    state = setup(cfg)
+    state = setup(resolve_config(cfg))  # a VLM base: its family's placeholder, frame layout and chat format
     if resume:
         resume_from_checkpoint(state)
     open_logs(state, resumed=resume)
@@ -173,7 +174,7 @@ def make_dataset(cfg: LiveConfig, tok: Any, path: str, limit: int | None = None)
     """The records at ``path`` (the first ``limit``) as training samples, frames from the videos or the cache."""
     records = read_records(path)[:limit] if limit else path
     frames = (FeatureCache(cfg.train.feature_cache) if cfg.train.feature_cache
-              else VideoFrames(Path(path).parent, resolution=cfg.vision.resolution))
+              else VideoFrames(Path(path).parent, resolution=cfg.frame_resolution))
     return StreamDataset(records, tok, Template.from_config(cfg, tok), frames=frames,
                          system_prompt=cfg.stream.system_prompt, max_num_frames=cfg.stream.max_num_frames)
 
@@ -332,7 +333,7 @@ def decision_metrics(model: Any, dataset: StreamDataset, collate: Collator, devi
         n = int(mask.sum())
         loss_sum += out.loss.item() * n
         tokens += n
-        at_v = mask & (batch["input_ids"] == model.v_token_id)
+        at_v = mask & (batch["input_ids"] == model.frame_end_id)  # the decision position of each frame
         if at_v.any():
             p_sil = torch.softmax(out.logits[at_v].float(), -1)[:, silence_id]
             gold_silent = batch["labels"][at_v] == silence_id
