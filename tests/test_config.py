@@ -222,3 +222,10 @@ def test_config_help_lists_sections_and_fields(capsys):
         cli.main(["config", "--fields", "nope"])
     assert e.value.code == 2
     assert "no section or field 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).parent.parent / "configs").glob("*.yaml")))
+def test_shipped_configs_load(name):
+    """Every example config in configs/ validates (the VLM one without downloading its model)."""
+    cfg = LiveConfig.load(Path(__file__).parent.parent / "configs" / name)
+    assert cfg.train.output_dir and (cfg.is_vlm or cfg.lm.name_or_path or cfg.lm.random_init)
