@@ -3,7 +3,8 @@
 A :class:`LiveConfig` describes one LIVE model completely (vision tower, connector and language model, or a
 pretrained vision-language model: ``architecture``; streaming template, LoRA, training). It is validated on
 construction, saved as ``livecue_config.json`` beside every checkpoint, and rebuilt from that file, a YAML preset
-(``live1``, ``live1_plus``, ``tiny``, ``tiny_qwen2_5_vl``) or a YAML path.
+(``live1``, ``live1_plus``, ``tiny`` and the tiny VLM bases ``tiny_qwen2_5_vl``, ``tiny_llava_onevision``,
+``tiny_smolvlm``, ``tiny_gemma3``) or a YAML path.
 
 Every field is documented by the docstring under it (meaning, unit, range); ``livecue config --fields [SECTION]``
 prints them and ``docs/config.md`` is generated from them. The typed (de)serialisation lives in
@@ -190,9 +191,9 @@ class VLMConfig:
     """A pretrained vision-language model as the base (``architecture: vlm``): its own vision encoder and projector.
 
     Any Hugging Face image-text-to-text model of a family livecue has an adapter for (:mod:`livecue.model.vlm`:
-    ``qwen2_5_vl``). Each frame is letterboxed to ``frame_resolution`` pixels square and encoded by the VLM's own
-    vision encoder and projector into K tokens in its language model's embedding space (optionally pooled to
-    ``frame_pooled``²); the language model reads them at the family's image-token placeholders, with the family's
+    ``qwen2_5_vl``, ``llava_onevision``, ``smolvlm``, ``idefics3``, ``gemma3``). Each frame is letterboxed to
+    ``frame_resolution`` pixels square and encoded by the VLM's own vision encoder and projector into K tokens in
+    its language model's embedding space (optionally pooled to ``frame_pooled``²); the language model reads them at the family's image-token placeholders, with the family's
     positions (Qwen: M-RoPE). The adapter fills ``stream.v_placeholder`` (and the frame prefix/suffix) and
     ``frame_tokens`` from the tokenizer and the model's config when the model is built; the model saves them. The
     ``vision``, ``connector`` and ``lm`` sections are ignored.
@@ -211,9 +212,11 @@ class VLMConfig:
     family: str | None = None
     """The adapter that drives the VLM (e.g. ``qwen2_5_vl``); null: the ``model_type`` of its Hugging Face config
     (or of ``random_init``)."""
-    frame_resolution: int = 224
-    """Square size in pixels (> 0) every frame is letterboxed to before the family's own preprocessing; it sets the
-    tokens per frame. Qwen2.5-VL: a multiple of 28 (14-pixel patches, 2×2 merged): 224 px → 8×8 = 64 tokens."""
+    frame_resolution: int = 0
+    """Square size in pixels (≥ 0) every frame is letterboxed to before the family's own preprocessing; it sets the
+    tokens per frame. 0: the family's own size, filled in when the model is built (Qwen2.5-VL: 224 px → 8×8 = 64
+    tokens; LLaVA-OneVision, SmolVLM2/Idefics3, Gemma 3: their vision encoder's ``image_size``). Qwen2.5-VL takes
+    multiples of 28 (14-pixel patches, 2×2 merged); Gemma 3 only its ``image_size``."""
     frame_pooled: int = 0
     """k in 0..64: average-pool each frame's token grid to k×k (the live1+ style budget: k² tokens per frame); 0: the
     family's whole grid."""
@@ -236,7 +239,8 @@ class VLMConfig:
         _check(self.random_init is None or isinstance(self.random_init, dict),
                f"vlm.random_init must be a mapping or null, got {self.random_init!r}")
         _check_sizes("vlm", self.random_init, nested=True)
-        _check(self.frame_resolution > 0, f"vlm.frame_resolution must be positive, got {self.frame_resolution}")
+        _check(self.frame_resolution >= 0, f"vlm.frame_resolution must be >= 0 (0: the family's own), got "
+               f"{self.frame_resolution}")
         _check(0 <= self.frame_pooled <= 64,
                f"vlm.frame_pooled must be in 0..64 (k×k tokens per frame), got {self.frame_pooled}")
         _check(self.frame_tokens >= 0, f"vlm.frame_tokens must be >= 0 (0: derived), got {self.frame_tokens}")
@@ -572,7 +576,7 @@ def list_presets() -> list[str]:
 
 
 def preset(name: str, overrides: list[str] | dict[str, Any] | None = None) -> LiveConfig:
-    """Load a packaged preset (``live1``, ``live1_plus``, ``tiny``, ``tiny_qwen2_5_vl``), optionally with dotted
+    """Load a packaged preset (``live1``, ``live1_plus``, ``tiny``, ``tiny_<family>`` VLMs), optionally with dotted
     overrides."""
     name = name.replace("live1+", "live1_plus").replace("-", "_")
     path = PRESET_DIR / f"{name}.yaml"

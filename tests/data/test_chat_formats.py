@@ -285,6 +285,8 @@ def _with_template(jinja):
      "every user and assistant turn must be marked"),
     ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
      "{% if add_generation_prompt %}assistant:{% endif %}", "does not start with one end token"),
+    ("{% for m in messages %}<|im_start|>{{ m['role'] }} \n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}", "generation prompt .* differ"),
 ])
 def test_a_template_that_cannot_be_cut_is_one_error_naming_the_tokenizer(jinja, match):
     with pytest.raises(ValueError, match=f"tiny-qwen2_5_vl.*{match}|{match}.*tiny-qwen2_5_vl"):

@@ -115,6 +115,10 @@ class ChatFormat:
             system_suffix, system_in_user = between, True
         else:
             raise cut.error(f"the system turn {head!r} ... {between!r} neither precedes nor opens a user turn")
+        if not (assistant_prefix.startswith(generation_prompt) or generation_prompt.startswith(assistant_prefix)):
+            # training renders the assistant prefix, streaming feeds the generation prompt: they must agree
+            raise cut.error(f"its generation prompt {generation_prompt!r} and the opening of an assistant turn "
+                            f"{assistant_prefix!r} differ: a model trained on one would be prompted with the other")
         fmt = cls(eos=_end_token(tokenizer, assistant_suffix, cut), bos=bos, system_prefix=system_prefix,
                   system_suffix=system_suffix, user_prefix=user_prefix, user_suffix=user_suffix,
                   assistant_prefix=assistant_prefix, assistant_suffix=assistant_suffix, stream_prefix=user_prefix,

@@ -108,8 +108,9 @@ def greedy(model: Any, ids: torch.Tensor, embeds: torch.Tensor, end: int, max_ne
         return None if positions is None else positions.to(model.device)
 
     positions, after = model.positions(ids.cpu(), 0)
+    blocks = model.frame_blocks(ids)  # Gemma 3: a frame's tokens see each other, as in training and streaming
     logits, cache = lm_api.lm_forward(model.lm, embeds, position_ids=placed(positions), use_cache=True,
-                                      logits_to_keep=1)
+                                      logits_to_keep=1, frame_blocks=placed(blocks))
     out: list[int] = []
     while len(out) < max_new_tokens:
         token = int(logits[0, -1].argmax())

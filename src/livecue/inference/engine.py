@@ -159,6 +159,7 @@ class StreamEngine:
         self.sampling = self.options.sampling
         # exact; frame steps on a long cache without copying grouped KV heads; ragged multi-session forwards
         self.batched = use_stream_attention(model.lm) and lm_api.supports_ragged(model.lm)
+        self.sliding_window = lm_api.sliding_window(model.lm)  # bounded memory keeps at least that many tokens
         cfg = model.cfg
         self.template = Template.from_config(cfg, tokenizer)
         self.markers = Markers.from_template(tokenizer, self.template)
@@ -192,6 +193,11 @@ class StreamEngine:
         if memory is None:
             memory = options.memory_policy(self.memory) if options is not None else self.memory
         resolved = _override(resolved, sampling=sampling or resolved.sampling, memory=memory)
+        window = self.sliding_window
+        if window and isinstance(memory, SinkWindow) and memory.max_tokens - memory.chunk < window:
+            raise ValueError(f"memory {memory_spec(memory)} keeps at most {memory.max_tokens - memory.chunk} tokens "
+                             f"after an eviction, fewer than this model's sliding window ({window}): use "
+                             f"max_tokens - chunk >= {window} plus the system prompt and a frame")
         return StreamSession(self, resolved, memory, seed=seed, record=record, on_token=on_token)
 
     def reset(self, system_prompt: str | None = None, **kwargs: Any) -> StreamSession:

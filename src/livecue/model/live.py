@@ -121,6 +121,17 @@ class LiveModel(nn.Module):
         return self.position_scheme(input_ids, start)
 
     # ---- frames -------------------------------------------------------------------------------------------------
+    def frame_blocks(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        """Each token's frame in ``input_ids`` (its placeholders, K per frame, counted per row from 0; -1 for every
+        other token) when the LM lets a frame's tokens attend to each other (Gemma 3:
+        :func:`livecue.model.lm.bidirectional_frames`); None for a causal LM. Shape: (B, T) -> (B, T) long.
+        """
+        if not lm_api.bidirectional_frames(self.lm):
+            return None
+        is_v = input_ids == self.v_token_id
+        frame = (is_v.long().cumsum(-1) - 1).div(self.frame_num_tokens, rounding_mode="floor")
+        return torch.where(is_v, frame, -1)
+
     def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """Vision features of uint8 frames.
 
@@ -210,7 +221,7 @@ class LiveModel(nn.Module):
             keep = (labels != IGNORE).any(dim=0).nonzero().flatten().to(embeds.device)  # (T',)
         logits, cache = lm_api.lm_forward(self.lm, embeds, cache=cache, attention_mask=attention_mask,
                                           position_ids=position_ids, use_cache=use_cache or cache is not None,
-                                          logits_to_keep=keep)
+                                          logits_to_keep=keep, frame_blocks=self.frame_blocks(input_ids))
         loss = None
         if labels is not None:
             if logits_to_keep:
@@ -234,5 +245,8 @@ class LiveModel(nn.Module):
         """
         if positions is None and self.explicit_positions:
             raise ValueError("this model's positions are not the cache length: forward_streams needs positions")
+        if lm_api.bidirectional_frames(self.lm):
+            raise ValueError("this model's frames attend to each other, which ragged forwards do not mask: forward "
+                             "one stream at a time (lm.supports_ragged is False)")
         embeds = self.embed(input_ids, self.frame_embeddings(frame_features=frame_features))
         return lm_api.ragged_forward(self.lm, embeds, caches, lengths, positions=positions)

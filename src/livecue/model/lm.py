@@ -32,16 +32,54 @@ def cache_kwarg(module: nn.Module) -> str:
 
 
 def new_cache(lm: nn.Module) -> Cache:
-    """An empty dynamic KV cache for ``lm`` whose full-attention layers append in place (:func:`_growing_layer`)."""
+    """An empty dynamic KV cache for ``lm`` whose full-attention layers append in place (:func:`_growing_layer`) and
+    whose sliding-window layers can undo their last update (:func:`_sliding_layer`)."""
     from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
     cache = DynamicCache(config=lm.config)
-    growing = _growing_layer()
-    cache.layers = [growing() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    growing, sliding = _growing_layer(), _sliding_layer()
+    cache.layers = [growing() if type(layer) is DynamicLayer else sliding(layer.sliding_window)
+                    if type(layer) is DynamicSlidingWindowLayer else layer for layer in cache.layers]
     if getattr(cache, "layer_class_to_replicate", None) is DynamicLayer:
         cache.layer_class_to_replicate = growing
     return cache
+
+
+@functools.cache
+def _sliding_layer() -> type:
+    """A ``DynamicSlidingWindowLayer`` that drops the positions fallen out of its window at its next update instead
+    of right away: it holds the last ``sliding_window - 1`` positions before the last update plus that update's, so
+    :func:`crop_cache` can undo the last forward (evaluation scores future frames, then crops them; transformers'
+    layer refuses once the window is full). Attention and masks are the base class's."""
+    from transformers.cache_utils import DynamicSlidingWindowLayer
+
+    class SlidingLayer(DynamicSlidingWindowLayer):
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            self.cumulative_length += key_states.shape[-2]
+            if self.keys.ndim != 4 or self.keys.shape[-2] == 0:
+                self.keys, self.values = key_states, value_states
+            else:
+                drop = max(0, self.keys.shape[-2] - (self.sliding_window - 1))
+                self.keys = torch.cat([self.keys[..., drop:, :], key_states], dim=-2)
+                self.values = torch.cat([self.values[..., drop:, :], value_states], dim=-2)
+            return self.keys, self.values
+
+        def crop(self, tokens_to_remove: int) -> None:
+            if tokens_to_remove > 0:
+                raise ValueError(f"crop a sliding-window cache layer by a negative count, got {tokens_to_remove}")
+            n, held = -tokens_to_remove, self.keys.shape[-2] if self.keys is not None and self.keys.ndim == 4 else 0
+            if held - n < min(self.cumulative_length - n, self.sliding_window - 1):
+                raise ValueError(f"cannot remove the last {n} positions of a sliding-window cache layer (window "
+                                 f"{self.sliding_window}): it no longer holds the {self.sliding_window - 1} before "
+                                 "them; only the last forward can be undone")
+            if n:
+                self.keys, self.values = self.keys[..., :held - n, :], self.values[..., :held - n, :]
+                self.cumulative_length -= n
+
+    return SlidingLayer
 
 
 @functools.cache
@@ -109,12 +147,14 @@ def crop_cache(cache: Cache, length: int) -> None:
 
 def lm_forward(lm: nn.Module, inputs_embeds: torch.Tensor, *, cache: Cache | None = None,
                attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-               use_cache: bool = False, logits_to_keep: int | torch.Tensor = 0) -> tuple[torch.Tensor, Cache | None]:
+               use_cache: bool = False, logits_to_keep: int | torch.Tensor = 0,
+               frame_blocks: torch.Tensor | None = None) -> tuple[torch.Tensor, Cache | None]:
     """One causal-LM forward on embeddings.
 
     Shape:
         inputs_embeds: (B, T, H); returns logits (B, T', V): all T positions, the last ``logits_to_keep`` ones,
-        or the positions listed by a 1-D index tensor.
+        or the positions listed by a 1-D index tensor. frame_blocks: (B, T), each token's frame (-1: none), for an
+        LM whose frames attend to each other (:func:`bidirectional_frames`; passed on only when given).
 
     Returns:
         ``(logits, cache)``; ``cache`` is the updated cache when ``use_cache`` (created if ``None``).
@@ -122,9 +162,17 @@ def lm_forward(lm: nn.Module, inputs_embeds: torch.Tensor, *, cache: Cache | Non
     if use_cache and cache is None:
         cache = new_cache(lm)
     kwargs = {_cache_kwarg(type(lm).forward): cache if use_cache else None}
+    if frame_blocks is not None:
+        kwargs["frame_blocks"] = frame_blocks
     out = lm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
              use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs)
     return out.logits, (cache if use_cache else None)
+
+
+def bidirectional_frames(lm: nn.Module) -> bool:
+    """Whether the tokens of one frame attend to each other in ``lm`` (a VLM trained that way, e.g. Gemma 3:
+    :class:`livecue.model.vlm.TextLM`); every forward then takes the frames' blocks and feeds each frame whole."""
+    return bool(getattr(lm, "bidirectional_frames", False))
 
 
 def input_embeddings(lm: nn.Module) -> nn.Module:
@@ -138,12 +186,14 @@ def hidden_size(lm: nn.Module) -> int:
 
 
 # ---- bounded memory: evicting a span of the cache -------------------------------------------------------------------
-def rope_inv_freq(lm: nn.Module) -> torch.Tensor:
-    """The rotary embedding's inverse frequencies (RoPE models only)."""
-    for module in lm.modules():
-        inv = getattr(module, "inv_freq", None)
-        if isinstance(inv, torch.Tensor):
-            return inv
+def rope_inv_freq(lm: nn.Module, layer_type: str | None = None) -> torch.Tensor:
+    """The rotary embedding's inverse frequencies (RoPE models only); those of ``layer_type`` layers when the model
+    has one rotary embedding per layer type (Gemma 3: ``sliding_attention`` / ``full_attention``)."""
+    for name in ((f"{layer_type}_inv_freq",) if layer_type else ()) + ("inv_freq",):
+        for module in lm.modules():
+            inv = getattr(module, name, None)
+            if isinstance(inv, torch.Tensor):
+                return inv
     raise ValueError(f"{type(lm).__name__} has no rotary position embedding: bounded memory needs a RoPE model "
                      "(Llama, Qwen2, SmolLM, Gemma, ...)")
 
@@ -170,16 +220,34 @@ def evict_span(lm: nn.Module, cache: Cache, start: int, end: int, shift: int | N
 
     ``shift`` is the position distance of the evicted span when positions are not one per token (Qwen's M-RoPE: a
     frame spans max(rows, cols) positions). Shifting all three M-RoPE components by the same amount is the 1-D
-    rotation by that amount for every frequency, so the same re-rotation re-bases them."""
+    rotation by that amount for every frequency, so the same re-rotation re-bases them.
+
+    A sliding-window layer (Gemma 3, Mistral) holds only the positions its window still sees: the span must lie
+    before them (ValueError otherwise: its layers would need positions they no longer hold); its kept keys are
+    re-rotated and its length lowered, so it equals a fresh forward over the kept tokens as well. Each layer's keys
+    are rotated with its own layer type's frequencies."""
     length = cache_length(cache)
     if not 0 <= start <= end <= length:
         raise ValueError(f"cannot evict [{start}, {end}) from a cache of {length} positions")
     if start == end:
         return
     shift = end - start if shift is None else shift
-    inv_freq = rope_inv_freq(lm)
-    for layer in cache.layers:
-        if not getattr(layer, "is_initialized", True) or layer.keys is None or layer.keys.numel() == 0:
+    layers = [(i, layer) for i, layer in enumerate(cache.layers)
+              if getattr(layer, "is_initialized", True) and layer.keys is not None and layer.keys.numel()]
+    for _, layer in layers:
+        seen = getattr(layer, "sliding_window", 0) - 1  # what a sliding-window layer's next token still sees
+        if getattr(layer, "is_sliding", False) and end > layer.cumulative_length - seen:
+            raise ValueError(f"cannot evict [{start}, {end}): this model's sliding-window layers still attend to the "
+                             f"last {seen} positions (from {layer.cumulative_length - seen}); bounded memory must "
+                             f"keep at least {seen} tokens after the evicted ones (a larger memory max_tokens - chunk)")
+    types = getattr(lm.config, "layer_types", None) or []
+    for i, layer in layers:
+        inv_freq = rope_inv_freq(lm, types[i] if i < len(types) else None)
+        if getattr(layer, "is_sliding", False):  # it holds only positions after the span
+            keep = min(layer.keys.shape[-2], layer.sliding_window - 1)
+            layer.keys = _rotate(layer.keys[..., -keep:, :], -shift, inv_freq)
+            layer.values = layer.values[..., -keep:, :]
+            layer.cumulative_length -= end - start
             continue
         tail_k = _rotate(layer.keys[..., end:, :], -shift, inv_freq)
         layer.keys = torch.cat([layer.keys[..., :start, :], tail_k], dim=-2)
@@ -217,11 +285,19 @@ class _RaggedCache:
         return 0
 
 
+def sliding_window(lm: nn.Module) -> int | None:
+    """The shortest sliding window of ``lm``'s cache layers (tokens a query sees, itself included), or None when
+    every layer attends to the whole cache. Bounded memory must keep at least that many tokens (:func:`evict_span`)."""
+    windows = [layer.sliding_window for layer in new_cache(lm).layers if getattr(layer, "is_sliding", False)]
+    return min(windows, default=None)
+
+
 def supports_ragged(lm: nn.Module) -> bool:
     """Whether :func:`ragged_forward` is exact for ``lm``: every layer caches full attention (no sliding-window,
-    chunked or recurrent layers, whose masks the ragged attention does not build)."""
+    chunked or recurrent layers) and attention is causal (no frames attending to each other), the masks the ragged
+    attention builds."""
     growing = _growing_layer()
-    return all(type(layer) is growing for layer in new_cache(lm).layers)
+    return not bidirectional_frames(lm) and all(type(layer) is growing for layer in new_cache(lm).layers)
 
 
 def ragged_attention(module: nn.Module, query: torch.Tensor, ragged: _RaggedCache, scaling: float | None):

@@ -24,6 +24,7 @@ layout, its pixel layout and its positions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,6 +118,12 @@ class MRopePositions:
 
 
 # ---- the parts ------------------------------------------------------------------------------------------------------
+#: ``masks(text_config, inputs_embeds, attention_mask, cache, position_ids, frame_blocks)`` -> the attention mask(s)
+#: the decoder takes (e.g. a dict by layer type) for new tokens that continue ``cache``, in which the tokens of a frame
+#: (same ``frame_blocks`` id >= 0, shape (B, T)) attend to each other and everything else is causal
+FrameMasks = Callable[..., Any]
+
+
 @dataclass
 class TextLMOutput:
     """What :func:`livecue.model.lm.lm_forward` reads of a forward: the logits."""
@@ -132,11 +139,18 @@ class TextLM(nn.Module):
         lm_head: the output projection.
     """
 
-    def __init__(self, model: nn.Module, lm_head: nn.Module) -> None:
+    def __init__(self, model: nn.Module, lm_head: nn.Module, frame_masks: FrameMasks | None = None) -> None:
         super().__init__()
         self.model = model
         self.lm_head = lm_head
         self.config = model.config  # the text config (hidden size, layers, attention implementation)
+        self.frame_masks = frame_masks
+
+    @property
+    def bidirectional_frames(self) -> bool:
+        """Whether the tokens of one frame attend to each other (the family's :meth:`VLMAdapter.frame_masks`): every
+        forward then takes ``frame_blocks`` and a frame must be fed whole in one forward."""
+        return self.frame_masks is not None
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()
@@ -153,9 +167,14 @@ class TextLM(nn.Module):
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache: Any = None, use_cache: bool = False,
-                logits_to_keep: int | torch.Tensor = 0, **kwargs: Any) -> TextLMOutput:
-        """Shape: inputs_embeds (B, T, H); position_ids (B, T) or the family's (3, B, T); logits (B, T', V) for all
-        positions, the last ``logits_to_keep`` ones or those a 1-D index tensor lists."""
+                logits_to_keep: int | torch.Tensor = 0, frame_blocks: torch.Tensor | None = None,
+                **kwargs: Any) -> TextLMOutput:
+        """Shape: inputs_embeds (B, T, H); position_ids (B, T) or the family's (3, B, T); frame_blocks (B, T): each
+        token's frame in this forward (-1: not a frame token), read when :attr:`bidirectional_frames`; logits
+        (B, T', V) for all positions, the last ``logits_to_keep`` ones or those a 1-D index tensor lists."""
+        if self.frame_masks is not None and frame_blocks is not None and bool((frame_blocks >= 0).any()):
+            attention_mask = self.frame_masks(self.config, inputs_embeds, attention_mask, cache, position_ids,
+                                              frame_blocks)  # (text alone: the decoder's own causal masks)
         kwargs[lm_api.cache_kwarg(self.model)] = cache
         out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
                          use_cache=use_cache, **kwargs)
@@ -276,6 +295,11 @@ class VLMAdapter:
         """The packaged tiny tokenizer with the family's special tokens and chat template (``vlm.tokenizer: tiny``)."""
         raise NotImplementedError
 
+    def init_random(self, model: nn.Module) -> None:
+        """Re-draw, from the current RNG, the weights of a randomly initialised VLM that transformers sets to a
+        constant which would hide the frames (Gemma 3's projector starts at zero: every frame the same). Default:
+        nothing."""
+
     def parts(self, model: nn.Module) -> VLMParts:
         """The language model, head, vision model and projector of a loaded VLM."""
         raise NotImplementedError
@@ -289,12 +313,22 @@ class VLMAdapter:
         """(rows, cols) of the tokens of one ``resolution``² frame; ValueError for a resolution it cannot take."""
         raise NotImplementedError
 
+    def default_resolution(self, hf_config: Any) -> int:
+        """The frame size when ``vlm.frame_resolution`` is 0: the family's own (by default its vision config's
+        ``image_size``, the size it was trained at)."""
+        return int(hf_config.vision_config.image_size)
+
     def encode(self, tower: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
         """Normalised frames through the vision model and projector, one image each.
 
         Shape: (F, 3, R, R) -> (F, rows, cols, H).
         """
         raise NotImplementedError
+
+    def frame_masks(self) -> FrameMasks | None:
+        """The masks that let the tokens of one frame attend to each other, as the family was trained (Gemma 3), or
+        None: causal attention everywhere. See :data:`FrameMasks`."""
+        return None
 
     def positions(self, v: int, shape: tuple[int, int]) -> Any:
         """The position scheme (``scheme(input_ids, start) -> (position_ids, next)``) for frames of ``shape``

@@ -99,6 +99,11 @@ class Qwen25VL(VLMAdapter):
         return {"v_placeholder": token("image_token_id"), "frame_prefix": token("vision_start_token_id"),
                 "frame_suffix": token("vision_end_token_id"), "chat_format": "template"}
 
+    def default_resolution(self, hf_config: Any) -> int:
+        """Qwen reads images at any multiple of 28 (dynamic resolution): 224 px, 8×8 = 64 tokens per frame (a 2 fps
+        budget of 128 tokens a second)."""
+        return 224
+
     def frame_grid(self, hf_config: Any, resolution: int) -> tuple[int, int]:
         vision = hf_config.vision_config
         unit = vision.patch_size * vision.spatial_merge_size

@@ -5,7 +5,8 @@
 * :func:`family_config`: the family's adapter and the Hugging Face config (read from the model's directory, or built
   from ``vlm.random_init`` with the tokenizer's ids).
 * :func:`derive`: the config with what the model fixes filled in: ``stream.v_placeholder`` (and the frame's prefix,
-  suffix and chat format), ``vlm.frame_tokens``, ``vlm.family``. A value set by hand must agree.
+  suffix and chat format), ``vlm.frame_tokens``, ``vlm.family`` (and ``vlm.frame_resolution``, when it is left at its
+  default and the family has its own image size). A value set by hand must agree.
 * :func:`build_vlm_parts`: the VLM built (random) or loaded (pretrained, strictly) and split into the frame encoder,
   the text LM and the position scheme.
 * :func:`is_vlm_dir`, :func:`dir_config`: a Hugging Face VLM directory (``--model DIR``) and the config livecue makes
@@ -73,12 +74,15 @@ def family_config(cfg: VLMConfig, tokenizer: Any) -> tuple[VLMAdapter, Any]:
 
 
 def derive(cfg: LiveConfig, tokenizer: Any, adapter: VLMAdapter, hf_config: Any) -> LiveConfig:
-    """``cfg`` with the values the model fixes filled in (``stream.*`` strings, ``vlm.frame_tokens``, ``vlm.family``).
+    """``cfg`` with the values the model fixes filled in (``stream.*`` strings, ``vlm.frame_tokens``, ``vlm.family``;
+    ``vlm.frame_resolution`` 0 becomes the family's own frame size).
 
     A field still at its default is filled; one set to another value than the model's is refused (ValueError naming
     it), so a saved config always describes its model.
     """
     defaults = StreamConfig()
+    if not cfg.vlm.frame_resolution:  # 0: the family's own frame size
+        cfg = cfg.with_overrides({"vlm.frame_resolution": adapter.default_resolution(hf_config)})
     stream = adapter.stream_fields(tokenizer, hf_config)
     layout = frame_layout(cfg.vlm, adapter, hf_config)
     updates: dict[str, Any] = {"vlm.family": adapter.name, "vlm.frame_tokens": layout.num_tokens}
@@ -117,6 +121,7 @@ def build_vlm_parts(cfg: LiveConfig, adapter: VLMAdapter, hf_config: Any, v: int
     if vlm.name_or_path is None:
         hf_config._attn_implementation = vlm.attn_implementation
         model = adapter.model_class().from_config(hf_config, dtype=dtype)
+        adapter.init_random(model)
         mean, std = adapter.mean, adapter.std
     else:
         path = source_dir(vlm)
@@ -125,7 +130,7 @@ def build_vlm_parts(cfg: LiveConfig, adapter: VLMAdapter, hf_config: Any, v: int
         mean, std = preprocessor_mean_std(str(path))
         mean, std = mean or adapter.mean, std or adapter.std
     parts = adapter.parts(model)
-    lm = TextLM(parts.language_model, parts.lm_head)
+    lm = TextLM(parts.language_model, parts.lm_head, frame_masks=adapter.frame_masks())
     layout = frame_layout(vlm, adapter, hf_config)
     encoder = VLMFrameEncoder(adapter, parts.vision, parts.projector, vlm, layout, lm_api.hidden_size(lm), mean, std)
     return VLMBuild(encoder, lm, adapter.positions(v, layout.shape))

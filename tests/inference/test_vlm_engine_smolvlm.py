@@ -1,0 +1,189 @@
+"""The streaming engine on a SmolVLM2 base (tiny random SmolVLMConfig, 1-D RoPE counted from the cache): what it
+feeds is the rendered template in SmolVLM's chat format (each frame the processor's global image), its decisions and
+replies equal one teacher-forced forward, batched/continuous stepping equals sequential, bounded memory equals
+unbounded until the window fills and, after an eviction (keys re-rotated by the evicted token count), equals a fresh
+forward over the kept tokens (1-layer model)."""
+
+import pytest
+import torch
+
+from livecue.config import preset
+from livecue.data.labels import tokenize_conversation
+from livecue.inference.decide import decide
+from livecue.inference.engine import StreamEngine
+from livecue.inference.events import Answer, Reply, Silence
+from livecue.inference.memory import SinkWindow, Unbounded
+from livecue.model.build import build_model
+
+PRESET = "tiny_smolvlm"
+SYS = "You narrate."
+OPENING = "<|im_start|>System: You narrate.<end_of_utterance>\nUser: <fake_token_around_image><global-img><image>"
+
+
+def _engine(**over) -> StreamEngine:
+    return StreamEngine(*build_model(preset(PRESET, {"stream.max_reply_tokens": 4, **over})))
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return _engine()
+
+
+def feats(engine, n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, engine.model.frame_num_tokens, engine.model.vision.hidden_size, generator=g)
+
+
+def decisions(engine, ids):
+    """The positions of each frame's closing token (the frame prefix opens with the same token)."""
+    m = engine.markers
+    return [i for i, x in enumerate(ids) if x == m.frame_end and i and ids[i - 1] == m.v]
+
+
+def wordy(engine: StreamEngine) -> StreamEngine:
+    """The engine's model with a head biased towards whole-word tokens (``Ġ`` + letters): SmolVLM's generation
+    prompt is ``Assistant:`` and a reply starts with a space-prefixed word (the template writes ``Assistant: `` +
+    content), so that the replies of a random model decode and render back to the same ids."""
+    head, tok = engine.model.lm.lm_head, engine.tokenizer
+    bias = torch.zeros(head.out_features)
+    words = [i for t, i in tok.get_vocab().items() if t.startswith("Ġ") and t[1:].isalpha() and t[1:].isascii()]
+    bias[words] = 3.0
+    biased = torch.nn.Linear(head.in_features, head.out_features)
+    biased.weight, biased.bias = head.weight, torch.nn.Parameter(bias)
+    engine.model.lm.lm_head = biased
+    return engine
+
+
+def test_stream_is_the_rendered_template_and_equals_teacher_forcing():
+    engine = wordy(_engine())
+    model, tok = engine.model, engine.tokenizer
+    assert not model.explicit_positions and engine.batched
+    f = feats(engine, 8)
+    s = engine.session(SYS, record=True)
+    s.add_query("What is there?", at=1.6)  # after frame 3's reply, before frame 4
+    events = []
+    for i in range(8):
+        s.force(i == 3, reply_tokens=3)
+        events += s.push_frame(f[i], i * 0.5)
+    assert "".join(type(e).__name__[0] for e in events) == "SSSRASSSS"
+    reply = [e for e in events if isinstance(e, Reply)][0].token_ids
+    answer = [e for e in events if isinstance(e, Answer)][0].token_ids
+    said = [{"role": "assistant", "content": tok.decode(ids).strip()} for ids in (reply, answer)]
+    messages = [{"role": "system", "content": SYS}, {"role": "stream", "num_frames": 4}, said[0],
+                {"role": "user", "content": "What is there?"}, said[1], {"role": "stream", "num_frames": 4}]
+    ids = tokenize_conversation(engine.template.render(messages), tok, engine.markers, engine.template).input_ids
+    assert s.history == ids[:len(s.history)] and len(ids) - len(s.history) == 2  # the open turn's eou + "\n"
+    assert tok.decode(s.history).startswith(OPENING)
+    assert s.next_position == len(s.history)  # 1-D positions: the cache length
+
+    with torch.inference_mode():
+        logits = model(torch.tensor([s.history]), frame_features=f).logits[0]
+    ends = decisions(engine, s.history)
+    assert len(ends) == 8
+    for e in events:
+        if isinstance(e, (Silence, Reply)):
+            p = torch.softmax(logits[ends[e.frame]].float(), dim=-1)[engine.markers.silence].item()
+            assert p == pytest.approx(e.p_silence, rel=1e-4)  # p ~ 1e-4: relative only
+    # greedy decisions at θ: the same as the teacher-forced ones
+    theta = sorted(e.p_silence for e in events if hasattr(e, "p_silence"))[3]
+    t = engine.session(SYS, threshold=theta, record=True)
+    got = [e for i in range(8) for e in t.push_frame(f[i], i * 0.5)]
+    with torch.inference_mode():
+        teacher = model(torch.tensor([t.history]), frame_features=f).logits[0]
+    ends = decisions(engine, t.history)
+    for e in got:
+        assert decide(teacher[ends[e.frame]], engine.markers.silence, theta).speak == isinstance(e, Reply)
+
+
+def test_batched_equals_sequential(engine):
+    plan = [("talker", 0, 6, 1.0, None, [("Why?", 1.0)]), ("silent", 0, 5, 0.0, None, []),
+            ("bounded", 2, 7, 1.0, SinkWindow(max_tokens=90, chunk=20), [("Where?", 0.0)])]
+    streams = {name: feats(engine, n, seed) for seed, (name, _, n, *_) in enumerate(plan)}
+
+    def sessions():
+        out = {}
+        for name, _, _, theta, memory, queries in plan:
+            out[name] = engine.session(SYS, threshold=theta, memory=memory, record=True)
+            for text, at in queries:
+                out[name].add_query(text, at=at)
+        return out
+
+    seq, bat = sessions(), sessions()
+    seq_events = {name: [e for k in range(n) for e in seq[name].push_frame(streams[name][k], k * 0.5)]
+                  for name, _, n, *_ in plan}
+    bat_events = {name: [] for name in bat}
+    for tick in range(9):
+        items = [(bat[name], streams[name][tick - start], (tick - start) * 0.5)
+                 for name, start, n, *_ in plan if start <= tick < start + n]
+        for (session, _, _), events in zip(items, engine.step(items)):
+            bat_events[next(k for k, v in bat.items() if v is session)] += events
+    for name in seq:
+        assert [type(e) for e in bat_events[name]] == [type(e) for e in seq_events[name]], name
+        for a, b in zip(bat_events[name], seq_events[name]):
+            assert getattr(a, "token_ids", None) == getattr(b, "token_ids", None)
+            assert getattr(a, "p_silence", 0) == pytest.approx(getattr(b, "p_silence", 0), rel=1e-4)
+        assert bat[name].history == seq[name].history and bat[name].next_position == seq[name].next_position
+        for la, lb in zip(bat[name].cache.layers, seq[name].cache.layers):
+            torch.testing.assert_close(la.keys, lb.keys, atol=1e-5, rtol=1e-4)
+    assert bat["bounded"].evicted_tokens > 0
+
+
+def test_bounded_equals_unbounded_until_full(engine):
+    f = feats(engine, 12, seed=4)
+    a = engine.session(SYS, threshold=0.0, memory=Unbounded())
+    b = engine.session(SYS, threshold=0.0, memory=SinkWindow(max_tokens=1000, chunk=100))
+    pa = [e.p_silence for i in range(12) for e in a.push_frame(f[i], i * 0.5)]
+    pb = [e.p_silence for i in range(12) for e in b.push_frame(f[i], i * 0.5)]
+    assert pa == pb and b.evicted_tokens == 0 and a.next_position == b.next_position
+
+
+def test_after_eviction_positions_are_rebased_and_equal_a_fresh_forward():
+    """A 1-layer model (its keys depend only on token and position): after evictions the next step's logits equal a
+    fresh forward over the kept tokens, whose positions restart after the sink (1-D RoPE: the kept keys are
+    re-rotated by the evicted token count)."""
+    engine = _engine(**{"vlm.random_init.text_config.num_hidden_layers": 1})
+    f = feats(engine, 20, seed=5)
+    s = engine.session(SYS, threshold=0.0, max_reply_tokens=3, record=True, memory=SinkWindow(max_tokens=120,
+                                                                                             chunk=30))
+    s.add_query("What is it?", at=3.2)
+    for i in range(20):
+        s.push_frame(f[i], i * 0.5)
+    assert s.evicted_tokens > 0 and s.context_length <= 120 + 13  # a frame and its interval past the bound
+
+    def one_more_step():
+        return (yield s._step(engine.encode_text("Hi")))
+
+    last = engine.run([one_more_step()])[0]
+    K = engine.model.frame_num_tokens
+    kept = f[20 - s.history.count(engine.markers.v) // K:]
+    assert s.next_position == len(s.history)  # re-based as if the evicted units had never been there
+    with torch.inference_mode():
+        fresh = engine.model(torch.tensor([s.history]), frame_features=kept).logits[0, -1]
+    torch.testing.assert_close(last, fresh, atol=1e-4, rtol=1e-4)
+    assert engine.tokenizer.decode(s.history).startswith("<|im_start|>System: You narrate.<end_of_utterance>\n")
+
+
+def test_replies_never_hold_frame_tokens():
+    """The image tokens are in the vocabulary: even a model whose favourites are the placeholder and the tokens
+    around a frame (``<fake_token_around_image>``, ``<global-img>``) never emits them in a reply."""
+    engine = _engine()
+    markers, execute = engine.markers, engine._execute
+    assert len(set(markers.frame_tokens)) == 3
+
+    def frame_tokens_first(steps):
+        out = [row.clone() for row in execute(steps)]
+        for row in out:
+            top = row.max()
+            for rank, token in enumerate(set(markers.frame_tokens)):
+                row[token] = top + 10 + rank
+        return out
+
+    engine._execute = frame_tokens_first
+    s = engine.session(SYS)
+    f = feats(engine, 3)
+    replies = []
+    for i in range(3):
+        s.force(True, reply_tokens=4)
+        replies += [e for e in s.push_frame(f[i], i * 0.5) if isinstance(e, Reply)]
+    assert len(replies) == 3 and all(len(r.token_ids) == 4 for r in replies)
+    assert not set(markers.frame_tokens) & {t for r in replies for t in r.token_ids}

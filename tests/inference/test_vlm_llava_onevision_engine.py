@@ -1,0 +1,165 @@
+"""The streaming engine on a LLaVA-OneVision base (tiny random model, Qwen2 1-D RoPE: positions counted from the
+cache): what it feeds is the rendered template in the family's ChatML format, its decisions and replies equal one
+teacher-forced forward, batched/continuous stepping equals sequential, bounded memory equals unbounded until the
+window fills and, after an eviction re-rotated by the evicted token count, equals a fresh forward over the kept tokens
+(1-layer model)."""
+
+import pytest
+import torch
+
+from livecue.config import preset
+from livecue.data.labels import tokenize_conversation
+from livecue.inference.decide import decide
+from livecue.inference.engine import StreamEngine
+from livecue.inference.events import Answer, Reply, Silence
+from livecue.inference.memory import SinkWindow, Unbounded
+from livecue.model.build import build_model
+
+PRESET = "tiny_llava_onevision"
+SYS = "You narrate."
+
+
+def _engine(**over) -> StreamEngine:
+    return StreamEngine(*build_model(preset(PRESET, {"stream.max_reply_tokens": 4, **over})))
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return _engine()
+
+
+def feats(engine, n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, engine.model.frame_num_tokens, engine.model.vision.hidden_size, generator=g)
+
+
+def test_stream_is_the_rendered_template_and_equals_teacher_forcing(engine):
+    model, tok = engine.model, engine.tokenizer
+    assert not model.explicit_positions and engine.batched
+    f = feats(engine, 8)
+    s = engine.session(SYS, record=True)
+    s.add_query("What is there?", at=1.6)  # after frame 3's reply, before frame 4
+    events = []
+    for i in range(8):
+        s.force(i == 3, reply_tokens=3)
+        events += s.push_frame(f[i], i * 0.5)
+    assert "".join(type(e).__name__[0] for e in events) == "SSSRASSSS"
+    reply = [e for e in events if isinstance(e, Reply)][0].token_ids
+    answer = [e for e in events if isinstance(e, Answer)][0].token_ids
+    said = [{"role": "assistant", "content": tok.decode(ids)} for ids in (reply, answer)]
+    messages = [{"role": "system", "content": SYS}, {"role": "stream", "num_frames": 4}, said[0],
+                {"role": "user", "content": "What is there?"}, said[1], {"role": "stream", "num_frames": 4}]
+    ids = tokenize_conversation(engine.template.render(messages), tok, engine.markers, engine.template).input_ids
+    assert s.history == ids[:len(s.history)] and len(ids) - len(s.history) == 2  # the open turn's "<|im_end|>\n"
+    assert tok.decode(s.history).startswith("<|im_start|>system\nYou narrate.<|im_end|>\n<|im_start|>user\n"
+                                            "<video><video>")
+    assert s.next_position == s.context_length == len(s.history)  # 1-D positions: the cache length
+
+    with torch.inference_mode():
+        logits = model(torch.tensor([s.history]), frame_features=f).logits[0]
+    k = engine.model.frame_num_tokens
+    ends = [i for i, x in enumerate(s.history) if x == engine.markers.frame_end][k - 1::k]  # each frame's last
+    for e in events:
+        if isinstance(e, (Silence, Reply)):
+            p = torch.softmax(logits[ends[e.frame]].float(), dim=-1)[engine.markers.silence].item()
+            assert p == pytest.approx(e.p_silence, rel=1e-4, abs=1e-6)
+    # greedy decisions at θ: the same as the teacher-forced ones
+    theta = sorted(e.p_silence for e in events if hasattr(e, "p_silence"))[3]
+    t = engine.session(SYS, threshold=theta, record=True)
+    got = [e for i in range(8) for e in t.push_frame(f[i], i * 0.5)]
+    with torch.inference_mode():
+        teacher = model(torch.tensor([t.history]), frame_features=f).logits[0]
+    ends = [i for i, x in enumerate(t.history) if x == engine.markers.frame_end][k - 1::k]
+    assert len(ends) == 8
+    for e in got:
+        assert decide(teacher[ends[e.frame]], engine.markers.silence, theta).speak == isinstance(e, Reply)
+
+
+def test_batched_equals_sequential(engine):
+    plan = [("talker", 0, 6, 1.0, None, [("Why?", 1.0)]), ("silent", 0, 5, 0.0, None, []),
+            ("bounded", 2, 7, 1.0, SinkWindow(max_tokens=90, chunk=20), [("Where?", 0.0)])]
+    streams = {name: feats(engine, n, seed) for seed, (name, _, n, *_) in enumerate(plan)}
+
+    def sessions():
+        out = {}
+        for name, _, _, theta, memory, queries in plan:
+            out[name] = engine.session(SYS, threshold=theta, memory=memory, record=True)
+            for text, at in queries:
+                out[name].add_query(text, at=at)
+        return out
+
+    seq, bat = sessions(), sessions()
+    seq_events = {name: [e for k in range(n) for e in seq[name].push_frame(streams[name][k], k * 0.5)]
+                  for name, _, n, *_ in plan}
+    bat_events = {name: [] for name in bat}
+    for tick in range(9):
+        items = [(bat[name], streams[name][tick - start], (tick - start) * 0.5)
+                 for name, start, n, *_ in plan if start <= tick < start + n]
+        for (session, _, _), events in zip(items, engine.step(items)):
+            bat_events[next(k for k, v in bat.items() if v is session)] += events
+    for name in seq:
+        assert [type(e) for e in bat_events[name]] == [type(e) for e in seq_events[name]], name
+        for a, b in zip(bat_events[name], seq_events[name]):
+            assert getattr(a, "token_ids", None) == getattr(b, "token_ids", None)
+            assert getattr(a, "p_silence", 0) == pytest.approx(getattr(b, "p_silence", 0), abs=1e-5)
+        assert bat[name].history == seq[name].history and bat[name].next_position == seq[name].next_position
+        for la, lb in zip(bat[name].cache.layers, seq[name].cache.layers):
+            torch.testing.assert_close(la.keys, lb.keys, atol=1e-5, rtol=1e-4)
+    assert bat["bounded"].evicted_tokens > 0
+
+
+def test_bounded_equals_unbounded_until_full(engine):
+    f = feats(engine, 12, seed=4)
+    a = engine.session(SYS, threshold=0.0, memory=Unbounded())
+    b = engine.session(SYS, threshold=0.0, memory=SinkWindow(max_tokens=1000, chunk=100))
+    pa = [e.p_silence for i in range(12) for e in a.push_frame(f[i], i * 0.5)]
+    pb = [e.p_silence for i in range(12) for e in b.push_frame(f[i], i * 0.5)]
+    assert pa == pb and b.evicted_tokens == 0 and a.next_position == b.next_position
+
+
+def test_after_eviction_keys_are_rerotated_and_equal_a_fresh_forward():
+    """A 1-layer model (its keys depend only on token and position): after evictions the next step's logits equal a
+    fresh forward over the kept tokens, whose positions restart after the sink (the evicted units' token count)."""
+    engine = _engine(**{"vlm.random_init.text_config.num_hidden_layers": 1})
+    f = feats(engine, 20, seed=5)
+    s = engine.session(SYS, threshold=0.0, max_reply_tokens=3, record=True, memory=SinkWindow(max_tokens=120,
+                                                                                             chunk=30))
+    s.add_query("What is it?", at=3.2)
+    for i in range(20):
+        s.push_frame(f[i], i * 0.5)
+    assert s.evicted_tokens > 0 and s.context_length <= 120 + 12
+
+    def one_more_step():
+        return (yield s._step(engine.encode_text("Hi")))
+
+    last = engine.run([one_more_step()])[0]
+    K = engine.model.frame_num_tokens
+    kept = f[20 - s.history.count(engine.markers.v) // K:]
+    assert s.next_position == s.context_length == len(s.history)  # lowered by the evicted tokens
+    with torch.inference_mode():
+        fresh = engine.model(torch.tensor([s.history]), frame_features=kept).logits[0, -1]
+    torch.testing.assert_close(last, fresh, atol=1e-4, rtol=1e-4)
+    assert engine.tokenizer.decode(s.history).startswith("<|im_start|>system\nYou narrate.<|im_end|>\n<|im_start|>")
+
+
+def test_replies_never_hold_frame_tokens():
+    """The <video> placeholder is in the vocabulary: even a model that would say nothing else never emits it in a
+    reply, so the context stays a well-formed template."""
+    engine = _engine()
+    markers, execute = engine.markers, engine._execute
+
+    def video_token_first(steps):  # the model's favourite next token is always the video token
+        out = [row.clone() for row in execute(steps)]
+        for row in out:
+            row[markers.v] = row.max() + 10
+        return out
+
+    engine._execute = video_token_first
+    s = engine.session(SYS)
+    f = feats(engine, 3)
+    replies = []
+    for i in range(3):
+        s.force(True, reply_tokens=4)
+        replies += [e for e in s.push_frame(f[i], i * 0.5) if isinstance(e, Reply)]
+    assert len(replies) == 3 and all(len(r.token_ids) == 4 for r in replies)
+    assert markers.v not in {t for r in replies for t in r.token_ids}
