@@ -194,9 +194,10 @@ class VLMConfig:
     ``qwen2_5_vl``, ``llava_onevision``, ``smolvlm``, ``idefics3``, ``gemma3``). Each frame is letterboxed to
     ``frame_resolution`` pixels square and encoded by the VLM's own vision encoder and projector into K tokens in
     its language model's embedding space (optionally pooled to ``frame_pooled``²); the language model reads them at
-    the family's image-token placeholders, with the family's positions (Qwen: M-RoPE). The adapter fills ``stream.v_placeholder`` (and the frame prefix/suffix) and
-    ``frame_tokens`` from the tokenizer and the model's config when the model is built; the model saves them. The
-    ``vision``, ``connector`` and ``lm`` sections are ignored.
+    the family's image-token placeholders, with the family's positions (Qwen: M-RoPE). The adapter fills
+    ``stream.v_placeholder`` (and the frame prefix/suffix) and ``frame_tokens`` from the tokenizer and the model's
+    config when the model is built; the model saves them. The ``vision``, ``connector`` and ``lm`` sections are
+    ignored.
     """
 
     name_or_path: str | None = None
