@@ -153,7 +153,9 @@ class FeatureCache:
         """All features of one video: (N, K, D)."""
         entry = self.index["videos"].get(key)
         if entry is None:
-            raise KeyError(f"video {key!r} is not in the feature cache {str(self.dir)!r}")
+            some = next(iter(self.index["videos"]), None)
+            raise FileNotFoundError(f"video {key!r} is not in the feature cache {str(self.dir)!r} (it holds e.g. "
+                                    f"{some!r}: encode the directory the records' video paths are relative to)")
         file = self.dir / str(entry.get("file") if isinstance(entry, dict) else "")
         try:
             return load_file(str(file))["features"]
