@@ -3,8 +3,8 @@
 A :class:`LiveConfig` describes one LIVE model completely (vision tower, connector and language model, or a
 pretrained vision-language model: ``architecture``; streaming template, LoRA, training). It is validated on
 construction, saved as ``livecue_config.json`` beside every checkpoint, and rebuilt from that file, a YAML preset
-(``live1``, ``live1_plus``, ``tiny`` and the tiny VLM bases ``tiny_qwen2_5_vl``, ``tiny_llava_onevision``,
-``tiny_smolvlm``, ``tiny_gemma3``) or a YAML path.
+(``live1``, ``live1_plus``, ``tiny`` and the tiny VLM bases ``tiny_qwen2_5_vl``, ``tiny_qwen3_vl``,
+``tiny_llava_onevision``, ``tiny_smolvlm``, ``tiny_gemma3``) or a YAML path.
 
 Every field is documented by the docstring under it (meaning, unit, range); ``livecue config --fields [SECTION]``
 prints them and ``docs/config.md`` is generated from them. The typed (de)serialisation lives in
@@ -191,7 +191,8 @@ class VLMConfig:
     """A pretrained vision-language model as the base (``architecture: vlm``): its own vision encoder and projector.
 
     Any Hugging Face image-text-to-text model of a family livecue has an adapter for (:mod:`livecue.model.vlm`:
-    ``qwen2_5_vl``, ``llava_onevision``, ``smolvlm``, ``idefics3``, ``gemma3``). Each frame is letterboxed to
+    ``qwen2_5_vl``, ``qwen3_vl``, ``qwen3_vl_moe``, ``llava_onevision``, ``smolvlm``, ``idefics3``, ``gemma3``). Each
+    frame is letterboxed to
     ``frame_resolution`` pixels square and encoded by the VLM's own vision encoder and projector into K tokens in
     its language model's embedding space (optionally pooled to ``frame_pooled``²); the language model reads them at
     the family's image-token placeholders, with the family's positions (Qwen: M-RoPE). The adapter fills
@@ -216,8 +217,9 @@ class VLMConfig:
     frame_resolution: int = 0
     """Square size in pixels (≥ 0) every frame is letterboxed to before the family's own preprocessing; it sets the
     tokens per frame. 0: the family's own size, filled in when the model is built (Qwen2.5-VL: 224 px → 8×8 = 64
-    tokens; LLaVA-OneVision, SmolVLM2/Idefics3, Gemma 3: their vision encoder's ``image_size``). Qwen2.5-VL takes
-    multiples of 28 (14-pixel patches, 2×2 merged); Gemma 3 only its ``image_size``."""
+    tokens; Qwen3-VL: 256 px → 64 tokens; LLaVA-OneVision, SmolVLM2/Idefics3, Gemma 3: their vision encoder's
+    ``image_size``). Qwen2.5-VL takes multiples of 28 (14-pixel patches, 2×2 merged), Qwen3-VL multiples of 32;
+    Gemma 3 only its ``image_size``."""
     frame_pooled: int = 0
     """k in 0..64: average-pool each frame's token grid to k×k (the live1+ style budget: k² tokens per frame); 0: the
     family's whole grid."""

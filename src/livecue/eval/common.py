@@ -84,13 +84,14 @@ def generate(model: Any, tokenizer: Any, template: Any, prompt: list[dict[str, A
     text = template.render(prompt, add_generation_prompt=True).text
     ids = torch.tensor([tokenizer(text, add_special_tokens=False).input_ids], device=model.device)
     frame_embeds = model.project(features) if features.shape[0] else None
-    embeds = model.embed(ids, frame_embeds)  # (1, T, H)
+    embeds, levels = model.embed_frames(ids, frame_embeds)  # (1, T, H); Qwen3-VL: the frames' DeepStack levels
     end = Markers.from_template(tokenizer, template).eos  # the template's end of a reply (Gemma: <end_of_turn>)
     if model.explicit_positions or not hasattr(model.lm, "generate"):  # a VLM base: its positions are livecue's
         if num_beams != 1 or num_return_sequences != 1:
             raise ValueError(f"beam search ({num_beams} beams) is not available for a {model.cfg.architecture} "
                              f"base yet: evaluate with 1 beam")
-        return [tokenizer.decode(greedy(model, ids, embeds, end, max_new_tokens), skip_special_tokens=True).strip()]
+        return [tokenizer.decode(greedy(model, ids, embeds, end, max_new_tokens, frame_levels=levels),
+                                 skip_special_tokens=True).strip()]
     out = model.lm.generate(inputs_embeds=embeds, attention_mask=torch.ones_like(ids), do_sample=False,
                             max_new_tokens=max_new_tokens, num_beams=num_beams,
                             num_return_sequences=num_return_sequences, eos_token_id=end,
@@ -99,10 +100,12 @@ def generate(model: Any, tokenizer: Any, template: Any, prompt: list[dict[str, A
 
 
 @torch.inference_mode()
-def greedy(model: Any, ids: torch.Tensor, embeds: torch.Tensor, end: int, max_new_tokens: int) -> list[int]:
+def greedy(model: Any, ids: torch.Tensor, embeds: torch.Tensor, end: int, max_new_tokens: int,
+           frame_levels: lm_api.FrameLevels | None = None) -> list[int]:
     """Greedy decoding through the KV cache with the model's own positions (what ``generate`` does for plain LMs).
 
-    Shape: ids (1, T) the prompt's tokens, embeds (1, T, H) their embeddings (frames spliced in).
+    Shape: ids (1, T) the prompt's tokens, embeds (1, T, H) their embeddings (frames spliced in); frame_levels: the
+    prompt's frames' DeepStack levels (:meth:`~livecue.model.live.LiveModel.embed_frames`).
     """
     def placed(positions: torch.Tensor | None) -> torch.Tensor | None:
         return None if positions is None else positions.to(model.device)
@@ -110,7 +113,7 @@ def greedy(model: Any, ids: torch.Tensor, embeds: torch.Tensor, end: int, max_ne
     positions, after = model.positions(ids.cpu(), 0)
     blocks = model.frame_blocks(ids)  # Gemma 3: a frame's tokens see each other, as in training and streaming
     logits, cache = lm_api.lm_forward(model.lm, embeds, position_ids=placed(positions), use_cache=True,
-                                      logits_to_keep=1, frame_blocks=placed(blocks))
+                                      logits_to_keep=1, frame_blocks=placed(blocks), frame_levels=frame_levels)
     out: list[int] = []
     while len(out) < max_new_tokens:
         token = int(logits[0, -1].argmax())

@@ -9,7 +9,9 @@ The same composition holds a pretrained VLM (``architecture: vlm``, :mod:`livecu
 ends with the VLM's own projector, the connector is the identity, the placeholder is the family's image token and the
 LM is the VLM's language model. Such a model may need explicit positions (Qwen's M-RoPE): :meth:`LiveModel.positions`
 computes them from the ids, and every forward that continues a KV cache must be given them (the streaming engine
-keeps each stream's next position).
+keeps each stream's next position). Its frame features may carry per-level features after the tokens (Qwen3-VL's
+DeepStack): :meth:`LiveModel.embed_frames` splices the tokens in and hands the levels to the LM, in every forward
+that feeds frames (training, streaming steps, ragged batches).
 """
 
 from __future__ import annotations
@@ -90,8 +92,8 @@ class LiveModel(nn.Module):
     @property
     def feature_width(self) -> int:
         """D: the width of the frame features the model takes (its vision encoder's output)."""
-        if isinstance(self.connector, nn.Identity):
-            return lm_api.hidden_size(self.lm)
+        if isinstance(self.connector, nn.Identity):  # a VLM's tokens (and their DeepStack levels, if any)
+            return lm_api.hidden_size(self.lm) * (1 + lm_api.deepstack_levels(self.lm))
         return self.connector[0].in_features
 
     @property
@@ -182,10 +184,30 @@ class LiveModel(nn.Module):
         if n_v != n_frames:
             raise ValueError(f"the input holds {n_v} <v> positions but {n_frames} frame tokens were given "
                              f"({self.frame_num_tokens} per frame)")
+        if n_v and frame_embeds.shape[-1] != embeds.shape[-1]:
+            raise ValueError(f"frame tokens are {frame_embeds.shape[-1]} wide but the LM's embeddings "
+                             f"{embeds.shape[-1]} (frames with DeepStack levels: embed_frames)")
         if n_v:
             flat = frame_embeds.reshape(-1, embeds.shape[-1]).to(embeds.dtype)  # (F*K, H)
             embeds = embeds.masked_scatter(is_v[..., None], flat)
         return embeds
+
+    def embed_frames(self, input_ids: torch.Tensor, frame_embeds: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, lm_api.FrameLevels | None]:
+        """:meth:`embed`, for frame tokens that may carry the per-level features the LM adds after its first layers
+        (Qwen3-VL's DeepStack: :func:`livecue.model.lm.deepstack_levels` = L): the tokens are spliced in, the levels
+        come back for :func:`livecue.model.lm.lm_forward`. None when the LM has no levels or no frame is fed.
+
+        Shape: frame_embeds (F, K, (1 + L) * H) -> embeddings (B, T, H) and levels (L, F*K, H) at the ``<v>``
+        positions.
+        """
+        levels = lm_api.deepstack_levels(self.lm)
+        if not levels or frame_embeds is None:
+            return self.embed(input_ids, frame_embeds), None
+        tokens = frame_embeds.reshape(-1, 1 + levels, frame_embeds.shape[-1] // (1 + levels))  # (F*K, 1 + L, H)
+        embeds = self.embed(input_ids, tokens[:, 0])
+        mask = input_ids.to(embeds.device) == self.v_token_id
+        return embeds, lm_api.FrameLevels(mask, tokens[:, 1:].transpose(0, 1).to(embeds.dtype))
 
     # ---- forward ------------------------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, *, frames: torch.Tensor | None = None,
@@ -206,7 +228,7 @@ class LiveModel(nn.Module):
         ``position_ids``: None counts positions from the cache (1-D RoPE LMs); a model with explicit positions
         (:attr:`explicit_positions`) then computes each row's from 0, and refuses to continue a cache without them.
         """
-        embeds = self.embed(input_ids, self.frame_embeddings(frames, frame_features))
+        embeds, levels = self.embed_frames(input_ids, self.frame_embeddings(frames, frame_features))
         if position_ids is None and self.explicit_positions:
             if lm_api.cache_length(cache):
                 raise ValueError("this model's positions are not the cache length: continuing a KV cache needs "
@@ -221,7 +243,8 @@ class LiveModel(nn.Module):
             keep = (labels != IGNORE).any(dim=0).nonzero().flatten().to(embeds.device)  # (T',)
         logits, cache = lm_api.lm_forward(self.lm, embeds, cache=cache, attention_mask=attention_mask,
                                           position_ids=position_ids, use_cache=use_cache or cache is not None,
-                                          logits_to_keep=keep, frame_blocks=self.frame_blocks(input_ids))
+                                          logits_to_keep=keep, frame_blocks=self.frame_blocks(input_ids),
+                                          frame_levels=levels)
         loss = None
         if labels is not None:
             if logits_to_keep:
@@ -248,5 +271,5 @@ class LiveModel(nn.Module):
         if lm_api.bidirectional_frames(self.lm):
             raise ValueError("this model's frames attend to each other, which ragged forwards do not mask: forward "
                              "one stream at a time (lm.supports_ragged is False)")
-        embeds = self.embed(input_ids, self.frame_embeddings(frame_features=frame_features))
-        return lm_api.ragged_forward(self.lm, embeds, caches, lengths, positions=positions)
+        embeds, levels = self.embed_frames(input_ids, self.frame_embeddings(frame_features=frame_features))
+        return lm_api.ragged_forward(self.lm, embeds, caches, lengths, positions=positions, frame_levels=levels)

@@ -10,12 +10,27 @@ from __future__ import annotations
 
 import functools
 import inspect
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 Cache = object  # opaque to the rest of livecue
+
+
+@dataclass(frozen=True)
+class FrameLevels:
+    """Per-level features of the frame tokens that an LM adds to the hidden states of the frame positions after its
+    first decoder layers (Qwen3-VL's DeepStack: level l after layer l; :func:`deepstack_levels`).
+
+    Attributes:
+        mask: (B, T) bool, the frame positions of the forward's tokens.
+        levels: (L, N, H), level l's feature of each of the N frame positions, in row-major (batch, then time) order.
+    """
+
+    mask: torch.Tensor
+    levels: torch.Tensor
 
 
 @functools.cache
@@ -148,13 +163,16 @@ def crop_cache(cache: Cache, length: int) -> None:
 def lm_forward(lm: nn.Module, inputs_embeds: torch.Tensor, *, cache: Cache | None = None,
                attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                use_cache: bool = False, logits_to_keep: int | torch.Tensor = 0,
-               frame_blocks: torch.Tensor | None = None) -> tuple[torch.Tensor, Cache | None]:
+               frame_blocks: torch.Tensor | None = None,
+               frame_levels: FrameLevels | None = None) -> tuple[torch.Tensor, Cache | None]:
     """One causal-LM forward on embeddings.
 
     Shape:
         inputs_embeds: (B, T, H); returns logits (B, T', V): all T positions, the last ``logits_to_keep`` ones,
         or the positions listed by a 1-D index tensor. frame_blocks: (B, T), each token's frame (-1: none), for an
         LM whose frames attend to each other (:func:`bidirectional_frames`; passed on only when given).
+        frame_levels: the frames' per-level features, for an LM that adds them after its first layers
+        (:func:`deepstack_levels`; passed on only when given).
 
     Returns:
         ``(logits, cache)``; ``cache`` is the updated cache when ``use_cache`` (created if ``None``).
@@ -164,6 +182,8 @@ def lm_forward(lm: nn.Module, inputs_embeds: torch.Tensor, *, cache: Cache | Non
     kwargs = {_cache_kwarg(type(lm).forward): cache if use_cache else None}
     if frame_blocks is not None:
         kwargs["frame_blocks"] = frame_blocks
+    if frame_levels is not None:
+        kwargs["frame_levels"] = frame_levels
     out = lm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
              use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs)
     return out.logits, (cache if use_cache else None)
@@ -173,6 +193,13 @@ def bidirectional_frames(lm: nn.Module) -> bool:
     """Whether the tokens of one frame attend to each other in ``lm`` (a VLM trained that way, e.g. Gemma 3:
     :class:`livecue.model.vlm.TextLM`); every forward then takes the frames' blocks and feeds each frame whole."""
     return bool(getattr(lm, "bidirectional_frames", False))
+
+
+def deepstack_levels(lm: nn.Module) -> int:
+    """How many per-level frame features ``lm`` adds to the frame positions after its first decoder layers (Qwen3-VL's
+    DeepStack: :class:`FrameLevels`); 0 for every other LM. Frame features are then ``(1 + L) * H`` wide: the tokens
+    spliced into the embeddings, then the L levels."""
+    return int(getattr(lm, "deepstack_levels", 0))
 
 
 def input_embeddings(lm: nn.Module) -> nn.Module:
@@ -318,13 +345,16 @@ def ragged_attention(module: nn.Module, query: torch.Tensor, ragged: _RaggedCach
 
 
 def ragged_forward(lm: nn.Module, inputs_embeds: torch.Tensor, caches: list[Cache | None],
-                   lengths: list[int], positions: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[Cache]]:
+                   lengths: list[int], positions: list[torch.Tensor] | None = None,
+                   frame_levels: FrameLevels | None = None) -> tuple[torch.Tensor, list[Cache]]:
     """One LM forward for N streams: stream i's ``lengths[i]`` new tokens (in order, side by side in
     ``inputs_embeds``) continue stream i's cache at its own positions; the projections and MLPs run once for all.
     Needs an LM whose attention is livecue's (:func:`livecue.model.attention.use_stream_attention`).
 
     ``positions``: each stream's explicit position ids (``(C, 1, lengths[i])``, e.g. C = 3 for M-RoPE), for models
     whose positions are not the cache length counted on; None: counted from each stream's cache.
+    ``frame_levels``: the frames' per-level features over the ``(1, Σq)`` row (an LM with :func:`deepstack_levels`);
+    they are added position by position, so streams side by side get exactly their own.
 
     Shape: inputs_embeds (1, Σq, H) -> logits (N, V) at each stream's last new token; caches updated in place
     (``None`` ones created). Each stream's result equals its own :func:`lm_forward` up to float rounding.
@@ -350,6 +380,8 @@ def ragged_forward(lm: nn.Module, inputs_embeds: torch.Tensor, caches: list[Cach
     last = torch.tensor([b - 1 for _, b in bounds], device=device)
     dummy_mask = torch.ones(1, 1, start, 1, dtype=torch.bool, device=device)  # 4-D: transformers builds no mask
     kwargs = {_cache_kwarg(type(lm).forward): ragged}
+    if frame_levels is not None:
+        kwargs["frame_levels"] = frame_levels
     out = lm(inputs_embeds=inputs_embeds, attention_mask=dummy_mask, position_ids=position_ids.to(device),
              use_cache=True, logits_to_keep=last, livecue_ragged=ragged, **kwargs)
     return out.logits[0], caches

@@ -137,14 +137,19 @@ class TextLM(nn.Module):
     Args:
         model: the decoder stack (a Hugging Face ``*TextModel``: ``.layers``, ``.embed_tokens``, rotary embedding).
         lm_head: the output projection.
+        frame_masks: the family's :meth:`VLMAdapter.frame_masks`.
+        deepstack_levels: the family's :meth:`VLMAdapter.deepstack_levels` (Qwen3-VL: the decoder takes
+            ``visual_pos_masks`` and ``deepstack_visual_embeds``).
     """
 
-    def __init__(self, model: nn.Module, lm_head: nn.Module, frame_masks: FrameMasks | None = None) -> None:
+    def __init__(self, model: nn.Module, lm_head: nn.Module, frame_masks: FrameMasks | None = None,
+                 deepstack_levels: int = 0) -> None:
         super().__init__()
         self.model = model
         self.lm_head = lm_head
         self.config = model.config  # the text config (hidden size, layers, attention implementation)
         self.frame_masks = frame_masks
+        self.deepstack_levels = deepstack_levels
 
     @property
     def bidirectional_frames(self) -> bool:
@@ -168,10 +173,16 @@ class TextLM(nn.Module):
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache: Any = None, use_cache: bool = False,
                 logits_to_keep: int | torch.Tensor = 0, frame_blocks: torch.Tensor | None = None,
-                **kwargs: Any) -> TextLMOutput:
+                frame_levels: lm_api.FrameLevels | None = None, **kwargs: Any) -> TextLMOutput:
         """Shape: inputs_embeds (B, T, H); position_ids (B, T) or the family's (3, B, T); frame_blocks (B, T): each
-        token's frame in this forward (-1: not a frame token), read when :attr:`bidirectional_frames`; logits
+        token's frame in this forward (-1: not a frame token), read when :attr:`bidirectional_frames`;
+        frame_levels: the frames' DeepStack features (None: this forward has no frame tokens); logits
         (B, T', V) for all positions, the last ``logits_to_keep`` ones or those a 1-D index tensor lists."""
+        if frame_levels is not None:
+            if frame_levels.levels.shape[0] != self.deepstack_levels:
+                raise ValueError(f"{frame_levels.levels.shape[0]} frame feature levels given, this LM adds "
+                                 f"{self.deepstack_levels}")
+            kwargs.update(visual_pos_masks=frame_levels.mask, deepstack_visual_embeds=list(frame_levels.levels))
         if self.frame_masks is not None and frame_blocks is not None and bool((frame_blocks >= 0).any()):
             attention_mask = self.frame_masks(self.config, inputs_embeds, attention_mask, cache, position_ids,
                                               frame_blocks)  # (text alone: the decoder's own causal masks)
@@ -186,22 +197,29 @@ class TextLM(nn.Module):
 class VLMFrameEncoder(nn.Module):
     """``(F, 3, H, W)`` uint8 frames -> ``(F, K, H_lm)`` frame tokens in the LM's embedding space.
 
+    A family whose LM adds per-level frame features after its first layers (Qwen3-VL's DeepStack,
+    :meth:`VLMAdapter.deepstack_levels` = L) gives ``(F, K, (1 + L) * H_lm)``: the tokens, then the L levels, so the
+    feature cache and every frame path carry them unchanged (:meth:`livecue.model.live.LiveModel.embed_frames` splits
+    them). Pooling to k×k averages each level like the tokens.
+
     Args:
         adapter: the family's adapter (patch layout and encoder call).
         tower: the VLM's vision model, projector included (its weights are what a random-init checkpoint saves).
-        projector: the projector's name in ``tower`` (Qwen: ``merger``).
+        projector: the projector's name in ``tower`` (Qwen: ``merger``), or the names of its parts (Qwen3-VL:
+            ``merger`` and ``deepstack_merger_list``).
         cfg: the ``vlm`` config section.
         layout: the frame's token grid and pooling.
-        hidden_size: the LM's width (the tokens' width).
+        hidden_size: the width of the features: the LM's width, times 1 + L with DeepStack levels.
         mean, std: the per-channel normalisation of pixels scaled to [0, 1].
     """
 
-    def __init__(self, adapter: VLMAdapter, tower: nn.Module, projector: str, cfg: VLMConfig,
+    def __init__(self, adapter: VLMAdapter, tower: nn.Module, projector: str | tuple[str, ...], cfg: VLMConfig,
                  layout: FrameLayout, hidden_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
         self.adapter = adapter
         self.tower = tower
-        self.projector_name = projector
+        self.projector_names = (projector,) if isinstance(projector, str) else tuple(projector)
+        self.projector_name = " + ".join(self.projector_names)
         self.cfg = cfg
         self.layout = layout
         self.hidden_size = hidden_size
@@ -215,8 +233,10 @@ class VLMFrameEncoder(nn.Module):
 
     @property
     def projector(self) -> nn.Module:
-        """The VLM's projector (a submodule of :attr:`tower`, registered there only)."""
-        return self.tower.get_submodule(self.projector_name)
+        """The VLM's projector (a submodule of :attr:`tower`, registered there only; several parts: a ModuleList
+        of them, made on each access)."""
+        parts = [self.tower.get_submodule(name) for name in self.projector_names]
+        return parts[0] if len(parts) == 1 else nn.ModuleList(parts)
 
     @property
     def trains(self) -> bool:
@@ -232,9 +252,9 @@ class VLMFrameEncoder(nn.Module):
 
     def trained_state(self) -> dict[str, torch.Tensor]:
         """The weights that train (``tower.``-relative names): what a checkpoint over a pretrained VLM saves."""
-        prefix = self.projector_name + "."
+        prefixes = tuple(name + "." for name in self.projector_names)
         return {name: p for name, p in self.tower.named_parameters()
-                if (self.cfg.train_projector if name.startswith(prefix) else self.cfg.train_vision)}
+                if (self.cfg.train_projector if name.startswith(prefixes) else self.cfg.train_vision)}
 
     def train(self, mode: bool = True) -> VLMFrameEncoder:
         super().train(mode)
@@ -264,7 +284,7 @@ class VLMParts:
     language_model: nn.Module
     lm_head: nn.Module
     vision: nn.Module
-    projector: str  # the projector's name in ``vision``
+    projector: str | tuple[str, ...]  # the projector's name in ``vision`` (or the names of its parts)
 
 
 class VLMAdapter:
@@ -321,9 +341,14 @@ class VLMAdapter:
     def encode(self, tower: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
         """Normalised frames through the vision model and projector, one image each.
 
-        Shape: (F, 3, R, R) -> (F, rows, cols, H).
+        Shape: (F, 3, R, R) -> (F, rows, cols, H), or (F, rows, cols, (1 + L) * H) with :meth:`deepstack_levels`.
         """
         raise NotImplementedError
+
+    def deepstack_levels(self, hf_config: Any) -> int:
+        """L: how many per-level frame features the LM adds to the frame positions after its first L decoder layers
+        (Qwen3-VL's DeepStack); :meth:`encode` then gives them after the tokens, ``(1 + L) * H`` wide. Default: 0."""
+        return 0
 
     def frame_masks(self) -> FrameMasks | None:
         """The masks that let the tokens of one frame attend to each other, as the family was trained (Gemma 3), or

@@ -130,9 +130,11 @@ def build_vlm_parts(cfg: LiveConfig, adapter: VLMAdapter, hf_config: Any, v: int
         mean, std = preprocessor_mean_std(str(path))
         mean, std = mean or adapter.mean, std or adapter.std
     parts = adapter.parts(model)
-    lm = TextLM(parts.language_model, parts.lm_head, frame_masks=adapter.frame_masks())
+    levels = adapter.deepstack_levels(hf_config)
+    lm = TextLM(parts.language_model, parts.lm_head, frame_masks=adapter.frame_masks(), deepstack_levels=levels)
     layout = frame_layout(vlm, adapter, hf_config)
-    encoder = VLMFrameEncoder(adapter, parts.vision, parts.projector, vlm, layout, lm_api.hidden_size(lm), mean, std)
+    width = lm_api.hidden_size(lm) * (1 + levels)  # the tokens, then their DeepStack levels
+    encoder = VLMFrameEncoder(adapter, parts.vision, parts.projector, vlm, layout, width, mean, std)
     return VLMBuild(encoder, lm, adapter.positions(v, layout.shape))
 
 
