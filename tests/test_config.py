@@ -71,6 +71,18 @@ def test_overrides_are_typed():
     assert cfg.lm.random_init == {"model_type": "qwen2", "hidden_size": 32}
 
 
+def test_yaml_booleans_words_on_the_command_line(tmp_path):
+    """--train.mixed_precision=no is the string "no" (YAML 1.1 would read False); a bool field reads yes/no/on/off;
+    a YAML file's unquoted `no` for a string field is refused saying to quote it."""
+    cfg = preset("tiny", ["train.mixed_precision=no", "vision.frozen=no", "lora.dropout=0"])
+    assert cfg.train.mixed_precision == "no" and cfg.vision.frozen is False
+    assert preset("tiny", ["vision.frozen=On"]).vision.frozen is True
+    file = tmp_path / "c.yaml"
+    file.write_text("train:\n  mixed_precision: no\n")
+    with pytest.raises(ValueError, match="'train.mixed_precision' must be a string, got False .*quote the value"):
+        LiveConfig.load(file)
+
+
 @pytest.mark.parametrize("override,match", [
     ("stream.thresold=0.5", "unknown config key.*'stream.thresold'"),
     ("nosection.x=1", "unknown config key.*'nosection'"),

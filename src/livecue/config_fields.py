@@ -77,6 +77,8 @@ def _coerce(tp: Any, value: Any, where: str, ignore: frozenset[str]) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:  # a command line's yes/no/on/off
+            return _BOOL_WORDS[value.strip().lower()]
         raise ValueError(f"config key {where!r} must be true or false, got {value!r}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -89,6 +91,9 @@ def _coerce(tp: Any, value: Any, where: str, ignore: frozenset[str]) -> Any:
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
+        if isinstance(value, bool):
+            raise ValueError(f"config key {where!r} must be a string, got {value!r} (YAML reads yes/no/on/off as "
+                             f"booleans: quote the value, e.g. \"no\")")
         raise ValueError(f"config key {where!r} must be a string, got {value!r}")
     return value
 
@@ -110,6 +115,9 @@ def _float(value: Any, where: str) -> float:
     raise ValueError(f"config key {where!r} must be a number, got {value!r}")
 
 
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
 def split_override(text: str) -> tuple[str, Any]:
     """``"--stream.threshold=0.8"`` → ``("stream.threshold", 0.8)``: the value is read as YAML (``3e-3`` too)."""
     text = text[2:] if text.startswith("--") else text
@@ -120,6 +128,8 @@ def split_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+        value = raw.strip()  # "no", "on", ...: a string for a string field (a bool field reads the word too)
     if isinstance(value, str):  # YAML 1.1 reads "3e-3" as a string
         try:
             value = float(value)

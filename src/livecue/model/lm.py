@@ -202,6 +202,16 @@ def deepstack_levels(lm: nn.Module) -> int:
     return int(getattr(lm, "deepstack_levels", 0))
 
 
+def enable_activation_checkpointing(lm: nn.Module) -> None:
+    """Recompute each decoder layer's activations in the backward (non-reentrant ``torch.utils.checkpoint``): what
+    transformers 5.24 calls ``activation_checkpointing_enable``, earlier 5.x ``gradient_checkpointing_enable``."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(lm, "activation_checkpointing_enable"):
+        lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def input_embeddings(lm: nn.Module) -> nn.Module:
     """The LM's token embedding table."""
     return lm.get_input_embeddings()

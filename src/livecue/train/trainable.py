@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..config import LiveConfig
+from ..model import lm as lm_api
 from ..model.build import build_model
 from ..model.load import load_model
 from ..model.lora import apply_lora, has_lora, set_trainable
@@ -43,7 +44,7 @@ def setup_model(cfg: LiveConfig) -> tuple[Any, Any]:
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()  # master copies of what trains stay in fp32
     if tc.gradient_checkpointing:
-        model.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        lm_api.enable_activation_checkpointing(model.lm)
         model.lm.config.use_cache = False
     model.train()
     return model, tok

@@ -167,8 +167,9 @@ class TextLM(nn.Module):
         """Switch the decoder's attention (the vision encoder keeps its own)."""
         self.model.set_attn_implementation(name)
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None) -> None:
-        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+    def activation_checkpointing_enable(self, **_: Any) -> None:
+        """Checkpoint the decoder layers, non-reentrant (:func:`livecue.model.lm.enable_activation_checkpointing`)."""
+        lm_api.enable_activation_checkpointing(self.model)
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache: Any = None, use_cache: bool = False,
