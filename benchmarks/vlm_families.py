@@ -110,13 +110,14 @@ def main() -> int:
     if args.only:
         print(json.dumps(measure(args.only, args.marks, args.tokens, args.threads)))
         return 0
-    rows = []
+    rows, failed = [], []
     for preset in ["tiny", *vlm_presets()]:
         cmd = [sys.executable, __file__, "--only", preset, "--frames", args.frames, "--tokens", str(args.tokens),
                "--threads", str(args.threads)]
         out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         if out.returncode:
             print(f"{preset}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+            failed.append(preset)
             continue
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"{preset}: {rows[-1]['fps']:.1f} frames/s", flush=True)
@@ -125,8 +126,8 @@ def main() -> int:
                                                        ("--tokens", args.tokens, 2),
                                                        ("--threads", args.threads, 1)) if value != default)
     Path(args.out).write_text(report(rows, args, command))
-    print(f"wrote {args.out}")
-    return 0
+    print(f"wrote {args.out}" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

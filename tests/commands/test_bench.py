@@ -150,6 +150,18 @@ def test_gpu_config_has_real_sizes():
     assert model.vision.hidden_size == 1024 and model.cfg.vision.resolution == 384
 
 
+def test_qwen2_5_vl_7b_config_has_real_sizes():
+    """The Qwen2.5-VL-7B-shaped benchmark config (a VLM base) builds on the meta device with the real model's
+    parameter counts (7.62 B language model with its untied head, 0.68 B vision model) and 64 tokens a frame."""
+    from livecue.bench import load_bench_model
+
+    model, _ = load_bench_model(str(ROOT / "configs/bench/qwen2_5_vl_7b_random.yaml"), device="meta")
+    assert model.cfg.is_vlm and model.dtype == torch.bfloat16 and model.frame_num_tokens == 64
+    assert sum(p.numel() for p in model.lm.parameters()) == 7_615_616_512
+    assert sum(p.numel() for p in model.vision.parameters()) == 676_550_144
+    assert model.lm.config.num_key_value_heads == 4 and model.vocab_size == 152064 and model.explicit_positions
+
+
 @pytest.mark.parametrize("mode", ["continuous", "batched", "sequential"])
 def test_multi_stream_bench_runs_every_frame(mode):
     from livecue.bench import run_streams
