@@ -231,6 +231,15 @@ class VLMConfig:
     train_projector: bool = False
     """Train the VLM's projector (Qwen: the patch merger) in full; false: frozen. A feature cache holds the
     projector's outputs, so neither this nor ``train_vision`` can train from one."""
+    lora_vision: bool = False
+    """LoRA (the ``lora`` section's r, alpha and dropout) on every linear layer of the VLM's vision encoder, its
+    projector aside; the encoder's own weights stay frozen. Not with ``train_vision``, nor from a feature cache. The
+    adapter weights are saved in the checkpoint's weights file (``vision.tower.*.lora_A/B.weight``) and merged into
+    the encoder when the checkpoint is loaded for inference."""
+    lora_projector: bool = False
+    """LoRA as ``lora_vision``, on the linear layers of the VLM's projector (Qwen: the patch merger; Qwen3-VL: also
+    the DeepStack mergers). Not with ``train_projector``, nor from a feature cache; a family whose projector has no
+    linear layer (Gemma 3's is a matrix) refuses it."""
     dtype: str = "bfloat16"
     """Parameter dtype: ``float32``, ``bfloat16`` or ``float16``. (Training keeps the weights it trains in float32
     whatever this says.)"""
@@ -250,6 +259,10 @@ class VLMConfig:
         _check(not self.frame_pooled or self.frame_tokens in (0, self.frame_pooled**2),
                f"vlm.frame_tokens {self.frame_tokens} differs from frame_pooled² = {self.frame_pooled**2}")
         _check(self.dtype in DTYPES, f"vlm.dtype must be one of {DTYPES}, got {self.dtype!r}")
+        _check(not (self.train_vision and self.lora_vision),
+               "vlm.train_vision trains the vision encoder in full and vlm.lora_vision through LoRA: choose one")
+        _check(not (self.train_projector and self.lora_projector),
+               "vlm.train_projector trains the projector in full and vlm.lora_projector through LoRA: choose one")
 
     def check_source(self) -> None:
         """Refuse a VLM section that names no model (what ``architecture: vlm`` needs)."""
@@ -481,9 +494,11 @@ class LiveConfig:
                f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
         if self.is_vlm:
             self.vlm.check_source()
-            _check(not (self.train.feature_cache and (self.vlm.train_vision or self.vlm.train_projector)),
-                   "train.feature_cache holds the VLM projector's outputs: vlm.train_vision and vlm.train_projector "
-                   "need the frames decoded (set train.feature_cache to null)")
+            trained = [f"vlm.{name}" for name in ("train_vision", "train_projector", "lora_vision", "lora_projector")
+                       if getattr(self.vlm, name)]
+            _check(not (self.train.feature_cache and trained),
+                   f"train.feature_cache holds the VLM projector's outputs: {' and '.join(trained)} need the frames "
+                   "decoded (set train.feature_cache to null)")
 
     @property
     def is_vlm(self) -> bool:

@@ -45,6 +45,10 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _how(full: bool, lora: bool) -> str:
+    return "trained" if full else "LoRA-tuned" if lora else "frozen"
+
+
 def _vlm_parts(model, count) -> None:
     """The parts of a VLM base: its vision encoder and projector, its language model, the frame layout."""
     cfg, vision = model.cfg, model.vision
@@ -52,9 +56,9 @@ def _vlm_parts(model, count) -> None:
     projector = count(vision.projector)
     print(f"vlm          {cfg.vlm.family} {source}  (the vision, connector and lm sections are not used)")
     print(f"vision       {type(vision.tower).__name__}  {count(vision.tower) - projector:,} params, "
-          f"{cfg.vlm.frame_resolution}px, {'trained' if cfg.vlm.train_vision else 'frozen'}")
+          f"{cfg.vlm.frame_resolution}px, {_how(cfg.vlm.train_vision, cfg.vlm.lora_vision)}")
     print(f"projector    {vision.projector_name}  {projector:,} params, "
-          f"{'trained' if cfg.vlm.train_projector else 'frozen'}")
+          f"{_how(cfg.vlm.train_projector, cfg.vlm.lora_projector)}")
     print(f"lm           {type(model.lm.model).__name__}  {count(model.lm):,} params, {model.dtype}")
     rows, cols = vision.layout.grid
     pooled = f", pooled to {cfg.vlm.frame_pooled}x{cfg.vlm.frame_pooled}" if cfg.vlm.frame_pooled else ""

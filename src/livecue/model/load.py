@@ -28,7 +28,17 @@ from ..pretrained import local_dir
 from . import upstream, verify, vlm
 from .build import DTYPE_NAMES, build_model, load_tokenizer
 from .live import LiveModel
-from .lora import ADAPTER_CONFIG, ADAPTER_FILE, has_lora, load_adapter, merge_lora, read_adapter_config, save_adapter
+from .lora import (
+    ADAPTER_CONFIG,
+    ADAPTER_FILE,
+    apply_vision_lora,
+    has_lora,
+    load_adapter,
+    merge_lora,
+    read_adapter_config,
+    save_adapter,
+    wants_vision_lora,
+)
 from .verify import WEIGHTS_FILE, weights_metadata
 from .vision import build_frame_encoder
 
@@ -69,7 +79,10 @@ def checkpoint_state(model: LiveModel, *, lora: bool) -> dict[str, torch.Tensor]
                 state[f"lm.{k.replace('.base_layer.', '.')}"] = v
     if model.vision is not None:
         random = (cfg.vlm if cfg.is_vlm else cfg.vision).name_or_path is None
-        tower = model.vision.tower.state_dict() if random else model.vision.trained_state() if cfg.is_vlm else {}
+        if cfg.is_vlm:  # names as without LoRA, plus the vision LoRA layers (vlm.lora_vision / lora_projector)
+            tower = vlm.plain_state(model.vision.tower) if random else model.vision.trained_state()
+        else:
+            tower = model.vision.tower.state_dict() if random else {}
         state.update({f"vision.tower.{k}": v for k, v in tower.items()})
     return state
 
@@ -220,12 +233,14 @@ def _load_checkpoint(path: Path, *, device: str | torch.device | None, dtype: st
     cfg = cfg.with_overrides(overrides) if overrides else cfg
     tokenizer = load_tokenizer(path, saved=True)
     model, tokenizer = build_model(cfg, device=device, dtype=dtype, tokenizer=tokenizer)
+    if wants_vision_lora(cfg):  # its LoRA layers are in the weights file: inject them first
+        apply_vision_lora(model)
     adapter = (path / ADAPTER_FILE).is_file()
     _load_weights(model, path / WEIGHTS_FILE, lora=adapter)
     if adapter:
         load_adapter(model, path)
-        if merge:
-            merge_lora(model)
+    if merge:
+        merge_lora(model)
     return model, tokenizer
 
 
@@ -238,5 +253,7 @@ def _load_weights(model: LiveModel, file: Path, *, lora: bool) -> None:
         parts["vision.tower."] = model.vision.tower
     for prefix, module in parts.items():
         own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if own:  # a VLM's trained vision parts are a subset of its tower (the names were checked above)
-            module.load_state_dict(own, strict=not (model.cfg.is_vlm and prefix == "vision.tower."))
+        if own and model.cfg.is_vlm and prefix == "vision.tower.":  # its trained parts: a subset (names checked)
+            vlm.load_plain_state(module, own, strict=False)
+        elif own:
+            module.load_state_dict(own, strict=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..config import CONFIG_FILE, LoraConfig
+from ..config import CONFIG_FILE, LiveConfig, LoraConfig
 from . import verify
 from .live import LiveModel
 
@@ -53,6 +53,40 @@ def apply_lora(model: LiveModel) -> LiveModel:
     if has_lora(model):
         raise ValueError("this model already has LoRA adapters")
     inject_adapter_in_model(peft_config(model.cfg.lora, base_name(model)), model.lm)
+    model.train(model.training)
+    set_trainable(model)
+    return model
+
+
+def wants_vision_lora(cfg: LiveConfig) -> bool:
+    """Whether the config puts LoRA into a VLM's vision encoder or projector (``vlm.lora_vision`` /
+    ``vlm.lora_projector``)."""
+    return cfg.is_vlm and (cfg.vlm.lora_vision or cfg.vlm.lora_projector)
+
+
+def has_vision_lora(model: LiveModel) -> bool:
+    return model.vision is not None and any("lora_A" in name for name, _ in model.vision.tower.named_parameters())
+
+
+def apply_vision_lora(model: LiveModel) -> LiveModel:
+    """Inject LoRA (the ``lora`` section's r, alpha, dropout) into the linear layers of a VLM's vision encoder and/or
+    projector that ``vlm.lora_vision`` / ``vlm.lora_projector`` name, in place; they train, the rest as before.
+    Their weights are saved in ``livecue_model.safetensors`` (``vision.tower.<layer>.lora_A.weight``)."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import inject_adapter_in_model
+
+    if not wants_vision_lora(model.cfg):
+        raise ValueError("vision LoRA needs architecture: vlm and vlm.lora_vision or vlm.lora_projector")
+    if has_vision_lora(model):
+        raise ValueError("this model's vision encoder already has LoRA adapters")
+    targets = model.vision.lora_targets()
+    if not targets or model.cfg.vlm.lora_projector and not any(model.vision._in_projector(t) for t in targets):
+        raise ValueError(f"vlm.lora_projector: the {model.cfg.vlm.family} projector "
+                         f"({model.vision.projector_name}) has no linear layer for LoRA: train it in full with "
+                         "vlm.train_projector")
+    lora = model.cfg.lora
+    inject_adapter_in_model(PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                           target_modules=targets), model.vision.tower)
     model.train(model.training)
     set_trainable(model)
     return model
@@ -175,7 +209,8 @@ def load_lora_tensors(model: LiveModel, tensors: dict[str, torch.Tensor], file: 
 
 @torch.no_grad()
 def merge_lora(model: LiveModel) -> None:
-    """Fold the adapters into the base weights for inference (no LoRA cost per step); irreversible here.
+    """Fold the adapters (the LM's, and a VLM vision encoder's) into the base weights for inference (no LoRA cost per
+    step); irreversible here.
 
     A layer whose weight is shared with the input embeddings (``lm_head`` of a model with tied embeddings, e.g.
     SmolLM2) stays unmerged: merging would change the embedding table too.
@@ -183,7 +218,8 @@ def merge_lora(model: LiveModel) -> None:
     from peft.tuners.lora import LoraLayer
 
     embedding = model.lm.get_input_embeddings().weight
-    for module in model.lm.modules():
+    vision = list(model.vision.tower.modules()) if has_vision_lora(model) else []
+    for module in [*model.lm.modules(), *vision]:
         if isinstance(module, LoraLayer):
             base = module.get_base_layer().weight
             if base.data_ptr() == embedding.data_ptr():

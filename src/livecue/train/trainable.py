@@ -1,7 +1,8 @@
 """The model as training sees it: built (or continued from a checkpoint), LoRA applied, the right weights trainable.
 
 * :func:`setup_model`: a fresh model from the config, or ``train.init_from``'s checkpoint (its LoRA and connector);
-  LoRA on the LM; the connector trainable, the vision tower frozen; what trains kept in float32.
+  LoRA on the LM (and a VLM's vision encoder / projector: ``vlm.lora_vision`` / ``lora_projector``); the connector
+  trainable, the vision tower frozen unless the config trains it; what trains kept in float32.
 * :func:`adopt_colour_bins`: continue a checkpoint with another ``vision.frame_colour_bins``.
 * :func:`param_groups`: the optimizer's parameter groups (the connector in its own when it has its own lr).
 """
@@ -18,7 +19,7 @@ from ..config import LiveConfig
 from ..model import lm as lm_api
 from ..model.build import build_model
 from ..model.load import load_model
-from ..model.lora import apply_lora, has_lora, set_trainable
+from ..model.lora import apply_lora, apply_vision_lora, has_lora, has_vision_lora, set_trainable, wants_vision_lora
 from ..model.vision import FrameEncoder
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ def setup_model(cfg: LiveConfig) -> tuple[Any, Any]:
         model, tok = build_model(cfg, seed=tc.seed)
     if cfg.lora.enabled and not has_lora(model):
         apply_lora(model)
+    if wants_vision_lora(cfg) and not has_vision_lora(model):
+        apply_vision_lora(model)
     set_trainable(model)
     for p in model.parameters():
         if p.requires_grad and p.dtype != torch.float32:

@@ -9,7 +9,18 @@ registers its family (:func:`register`): adding a family is adding one file here
 import importlib
 import pkgutil
 
-from .base import FAMILIES, FrameLayout, MRopePositions, TextLM, VLMAdapter, VLMFrameEncoder, adapter_for, register
+from .base import (
+    FAMILIES,
+    FrameLayout,
+    MRopePositions,
+    TextLM,
+    VLMAdapter,
+    VLMFrameEncoder,
+    adapter_for,
+    load_plain_state,
+    plain_state,
+    register,
+)
 from .source import (
     build_vlm_parts,
     derive,
@@ -25,4 +36,5 @@ for _module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["FAMILIES", "FrameLayout", "MRopePositions", "TextLM", "VLMAdapter", "VLMFrameEncoder", "adapter_for",
-           "register", "build_vlm_parts", "derive", "dir_config", "family_config", "is_vlm_dir", "load_vlm_tokenizer"]
+           "register", "plain_state", "load_plain_state", "build_vlm_parts", "derive", "dir_config", "family_config",
+           "is_vlm_dir", "load_vlm_tokenizer"]

@@ -241,21 +241,35 @@ class VLMFrameEncoder(nn.Module):
 
     @property
     def trains(self) -> bool:
-        """Whether any of its weights train (``vlm.train_vision`` / ``vlm.train_projector``)."""
-        return self.cfg.train_vision or self.cfg.train_projector
+        """Whether any of its weights train (``vlm.train_vision`` / ``train_projector`` / ``lora_vision`` /
+        ``lora_projector``)."""
+        cfg = self.cfg
+        return cfg.train_vision or cfg.train_projector or cfg.lora_vision or cfg.lora_projector
+
+    def _in_projector(self, name: str) -> bool:
+        return name.startswith(tuple(p + "." for p in self.projector_names))
+
+    def lora_targets(self) -> list[str]:
+        """The (``tower.``-relative) names of the linear layers that get LoRA: the vision encoder's with
+        ``vlm.lora_vision``, the projector's with ``vlm.lora_projector``."""
+        return [name for name, module in self.tower.named_modules() if isinstance(module, nn.Linear)
+                and (self.cfg.lora_projector if self._in_projector(name) else self.cfg.lora_vision)]
 
     def set_trainable(self) -> None:
-        """The vision encoder trains iff ``vlm.train_vision``, the projector iff ``vlm.train_projector``."""
-        self.tower.requires_grad_(self.cfg.train_vision)
-        self.projector.requires_grad_(self.cfg.train_projector)
+        """The vision encoder trains iff ``vlm.train_vision``, the projector iff ``vlm.train_projector``, the LoRA
+        layers injected into either (:func:`livecue.model.lora.apply_vision_lora`) always."""
+        for name, p in self.tower.named_parameters():
+            full = self.cfg.train_projector if self._in_projector(name) else self.cfg.train_vision
+            p.requires_grad_(full or "lora_" in name)
         if not self.trains:
             self.tower.eval()
 
     def trained_state(self) -> dict[str, torch.Tensor]:
-        """The weights that train (``tower.``-relative names): what a checkpoint over a pretrained VLM saves."""
-        prefixes = tuple(name + "." for name in self.projector_names)
-        return {name: p for name, p in self.tower.named_parameters()
-                if (self.cfg.train_projector if name.startswith(prefixes) else self.cfg.train_vision)}
+        """The weights that train (``tower.``-relative, :func:`plain_state` names): what a checkpoint over a
+        pretrained VLM saves: the parts trained in full and the LoRA layers."""
+        return {name: p for name, p in plain_state(self.tower, params=True).items()
+                if "lora_" in name or (self.cfg.train_projector if self._in_projector(name)
+                                       else self.cfg.train_vision)}
 
     def train(self, mode: bool = True) -> VLMFrameEncoder:
         super().train(mode)
@@ -275,6 +289,28 @@ class VLMFrameEncoder(nn.Module):
             pooled = F.adaptive_avg_pool2d(grid.permute(0, 3, 1, 2), self.layout.pooled)  # (F, H, k, k)
             return pooled.flatten(2).transpose(1, 2)  # (F, k*k, H), row-major
         return grid.flatten(1, 2)
+
+
+def plain_name(name: str) -> str:
+    """A parameter's name as the module without LoRA has it (``qkv.base_layer.weight`` -> ``qkv.weight``), or a LoRA
+    weight's without peft's adapter name (``qkv.lora_A.default.weight`` -> ``qkv.lora_A.weight``): how checkpoints
+    store a vision model whatever LoRA was injected into it."""
+    return name.replace(".base_layer.", ".").replace(".default.", ".")
+
+
+def plain_state(module: nn.Module, params: bool = False) -> dict[str, torch.Tensor]:
+    """``module``'s state dict (its parameters only with ``params``) under :func:`plain_name` names."""
+    items = module.named_parameters() if params else module.state_dict().items()
+    return {plain_name(name): value for name, value in items}
+
+
+def load_plain_state(module: nn.Module, state: dict[str, torch.Tensor], strict: bool) -> None:
+    """Load :func:`plain_state` names into ``module`` (with or without LoRA injected); ``strict``: every tensor."""
+    names = {plain_name(name): name for name in module.state_dict()}
+    unknown = sorted(set(state) - set(names))
+    if unknown:  # the caller checked the names against the config; this guards the mapping itself
+        raise ValueError(f"no tensor named {unknown[0]!r} in {type(module).__name__}")
+    module.load_state_dict({names[k]: v for k, v in state.items()}, strict=strict)
 
 
 # ---- adapters -------------------------------------------------------------------------------------------------------

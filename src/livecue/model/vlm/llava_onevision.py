@@ -76,6 +76,8 @@ class OnevisionTower(nn.Module):
         config: the whole model's ``LlavaOnevisionConfig`` (feature layer, select strategy, vision config).
     """
 
+    base_model_prefix = ""  # what peft's LoRA injection reads of a root module (vlm.lora_vision), as of a HF model
+
     def __init__(self, vision_tower: nn.Module, projector: nn.Module, config: Any) -> None:
         super().__init__()
         self.vision_tower = vision_tower
