@@ -8,10 +8,13 @@ Pixels are normalised with the model's ``preprocessor_config.json`` mean/std (CL
 letterbox (bilinear, antialiased) where Qwen's processor resizes bicubically.
 
 Positions: M-RoPE (:class:`~livecue.model.vlm.base.MRopePositions`), each frame laid out as one image between text.
-The documented choice: a frame is an image, not a slice of a video. Its temporal component is its start position, so
-the order of the frames is carried by the sequence (every frame starts after everything before it), as in a
-multi-image prompt; Qwen's video path (``second_per_grid_ts`` temporal ids) would need the whole clip up front, which
-a live stream does not have.
+The documented choice: a frame is an image, not a slice of a video. Qwen's video path puts a clip's frames in one
+block, temporal ids ``t · second_per_grid_t · tokens_per_second`` inside it and the text after it at max + 1; a live
+stream interleaves a decision token (and sometimes a reply or a question) after every frame, so every frame is its own
+block and its temporal id is its start position: monotonic in stream time, one frame K + 2 + 1 positions after the
+previous one when nothing was said, as in a multi-image prompt (and exactly what get_rope_index gives such a prompt,
+tested). Time itself is the frame index at the stream's fps, as in LIVE: the decision after every frame carries the
+timing.
 
 Template strings come from the tokenizer and the config, never written down: the placeholder is the token of
 ``image_token_id`` (``<|image_pad|>``), the frame is wrapped in the tokens of ``vision_start_token_id`` /
