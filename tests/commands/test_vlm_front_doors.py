@@ -1,5 +1,5 @@
 """Every front door takes a VLM base: demo, serve (a real server and client), encode + train from the feature
-cache, and `--model DIR` for a VLM directory as transformers saves it (tiny random Qwen2.5-VL)."""
+cache, and `--model DIR` for a VLM directory as transformers saves it (tiny random Qwen2.5-VL; serve: every family)."""
 
 from __future__ import annotations
 
@@ -26,14 +26,15 @@ def test_demo_takes_a_vlm(capsys):
     assert summary.startswith("4 frames (") and int(said[1]) + int(said[2]) == 4  # θ = 1: every frame speaks
 
 
-def test_serve_streams_a_vlm():
+@pytest.mark.parametrize("name", [PRESET, "tiny_qwen3_vl", "tiny_llava_onevision", "tiny_smolvlm", "tiny_gemma3"])
+def test_serve_streams_a_vlm(name):
     import uvicorn
 
     from livecue.client import SyncLiveClient
     from livecue.commands.serve import bind
     from livecue.serve.app import create_app
 
-    model, tok = build_model(preset(PRESET))
+    model, tok = build_model(preset(name))
     app = create_app(model, tok, max_sessions=2)
     sock = bind("127.0.0.1", 0)
     srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
