@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("livecue.commands.bench", "benchmark streaming speed and memory vs stream length (forced replies)"),
     "info": ("livecue.commands.info", "build a model and print its parts, frame layout and marker token ids"),
     "render": ("livecue.commands.render", "render a conversation (JSON) with the LIVE template and show its labels"),
+    "push": ("livecue.commands.push", "publish a checkpoint (weights, tokenizer, model card) to the Hugging Face Hub"),
 }
 
 
