@@ -18,4 +18,5 @@ for name in ("adapter_model.safetensors", "livecue_model.safetensors"):
     tensors = {k: v.to(torch.float16).contiguous() for k, v in load_file(f"{src}/{name}").items()}
     save_file(tensors, f"{dst}/{name}", metadata={"format": "pt"})
 PY
+.venv/bin/python scripts/default_model_card.py "$DST"  # the model card (README.md), from the files just written
 du -sh "$DST"

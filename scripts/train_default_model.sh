@@ -30,7 +30,8 @@ stage() {  # stage NAME CACHE TRAIN_DATA [overrides...]
   local name="$1" cache="$2" data="$3"
   shift 3
   "$LIVECUE" train configs/default_model.yaml --train.train_data="$data" --train.eval_data="$W/val.jsonl" \
-      --train.feature_cache="$cache" --train.output_dir="$RUN/$name" ${STEPS:+--train.max_steps=$STEPS} "$@"
+      --train.feature_cache="$cache" --train.output_dir="$RUN/$name" ${STEPS:+--train.max_steps=$STEPS} \
+      --name=livecue-default "$@"
 }
 # 1: LoRA + connector from scratch, lr 1e-3, 1.5 epochs; 2: 2 more epochs at 5e-4; 3: all 300 streams, 2 epochs at
 # 3e-4; 4: every frame token also carries its region's colour histogram (vision.frame_colour_bins=3; the

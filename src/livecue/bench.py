@@ -8,7 +8,11 @@ session's public hook (:meth:`~livecue.inference.session.StreamSession.force`; s
 Per stream, in windows of frames ending at each mark: frames/s, silent and speaking frame latency p50/p99, cached
 tokens, memory (RSS on CPU, allocated accelerator memory otherwise). :func:`measure_overhead` compares the engine's
 end-to-end time with exactly the same LM forwards (ids, features, cache growth, evictions) called through
-``model(...)``."""
+``model(...)``.
+
+Every runner takes an optional ``progress`` (a :class:`livecue.progress.Progress`, made by the caller, which owns the
+display): it counts the frames streamed, outside the timed calls (in :func:`run_streams`' continuous mode, whose
+whole loop is timed, once a round: a negligible cost)."""
 
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,7 +35,11 @@ from .inference.options import check_option
 from .model import lm as lm_api
 from .model.load import load_model
 
+if TYPE_CHECKING:
+    from .progress import Progress
+
 log = logging.getLogger(__name__)
+WARMUP = 5  # frames per stream left out of run_streams' latency percentiles
 
 
 # ---- configuration --------------------------------------------------------------------------------------------------
@@ -224,10 +232,11 @@ def _pct(values: np.ndarray, q: float) -> float | None:
     return float(np.percentile(values, q) * 1e3) if len(values) else None
 
 
-def run_stream(engine: StreamEngine, cfg: BenchConfig,
-               trace: Trace | None = None) -> tuple[StreamResult, StreamSession]:
+def run_stream(engine: StreamEngine, cfg: BenchConfig, trace: Trace | None = None,
+               progress: Progress | None = None) -> tuple[StreamResult, StreamSession]:
     """Stream up to the largest mark with the forced schedule and collect statistics at every mark (the session's
-    forwards and evictions go into ``trace`` when given)."""
+    forwards and evictions go into ``trace`` when given; ``progress`` counts the frames, with the last mark's
+    window latency and cached tokens)."""
     device, fps, n = engine.model.device, engine.model.cfg.stream.fps, cfg.marks[-1]
     speak = speak_schedule(n, fps, cfg.speak_every)
     pool = frame_pool(engine, cfg.pixels, cfg.seed)
@@ -249,8 +258,13 @@ def run_stream(engine: StreamEngine, cfg: BenchConfig,
         done = i + 1
         if done in cfg.marks:
             memory[done] = memory_mb(device)
-            log.info("%s: frame %d, %.1f ms/frame in the last window, %d cached tokens", cfg.memory, done,
-                     latency[max(0, done - cfg.window):done].mean() * 1e3, tokens[i, 0])
+            ms = latency[max(0, done - cfg.window):done].mean() * 1e3
+            log.info("%s: frame %d, %.1f ms/frame in the last window, %d cached tokens", cfg.memory, done, ms,
+                     tokens[i, 0])
+            if progress is not None:
+                progress.update(0, ms_per_frame=float(ms), cached=int(tokens[i, 0]))
+        if progress is not None:
+            progress.update(1)
         if cfg.time_budget is not None and time.perf_counter() - started > cfg.time_budget:
             log.warning("time budget of %.0f s spent after %d frames", cfg.time_budget, done)
             break
@@ -329,16 +343,18 @@ class OverheadResult:
         return asdict(self)
 
 
-def measure_overhead(engine: StreamEngine, cfg: BenchConfig, frames: int, repeats: int = 3) -> OverheadResult:
+def measure_overhead(engine: StreamEngine, cfg: BenchConfig, frames: int, repeats: int = 3,
+                     progress: Progress | None = None) -> OverheadResult:
     """Stream ``frames`` frames (features, not pixels: vision is not part of the LM replay) ``repeats`` times; after
     every frame, replay that frame's forwards (and evictions) directly on a second cache, so that both sides see the
-    same machine load. Only ``push_frame`` and the replayed calls are timed."""
+    same machine load. Only ``push_frame`` and the replayed calls are timed (``progress`` counts ``frames`` x
+    ``repeats`` frames, with the repeat)."""
     fps = engine.model.cfg.stream.fps
     device = engine.model.device
     speak = speak_schedule(frames, fps, cfg.speak_every)
     pool = frame_pool(engine, False, cfg.seed)
     engine_s, pure_s, engine_cpu, pure_cpu, forwards = [], [], [], [], 0
-    for _ in range(repeats):
+    for repeat in range(repeats):
         trace: Trace = []
         session = forced_session(engine, cfg.reply_tokens, parse_memory(cfg.memory), trace)
         replayer = _Replayer(engine.model)
@@ -354,6 +370,8 @@ def measure_overhead(engine: StreamEngine, cfg: BenchConfig, frames: int, repeat
             trace.clear()
             forwards += sum(1 for kind, _, _ in entries if kind == "forward")
             totals[2:] += replayer.run(entries)
+            if progress is not None:
+                progress.update(1, repeat=f"{repeat + 1}/{repeats}")
         engine_s.append(float(totals[0]))
         engine_cpu.append(float(totals[1]))
         pure_s.append(float(totals[2]))
@@ -390,7 +408,7 @@ class MultiStreamResult:
 
 
 def run_streams(engine: StreamEngine, cfg: BenchConfig, streams: int, frames: int, mode: str = "batched",
-                warmup: int = 5) -> MultiStreamResult:
+                warmup: int = WARMUP, progress: Progress | None = None) -> MultiStreamResult:
     """``streams`` forced sessions (each on its own random frames, speak schedules staggered by one frame per
     stream so that replies do not all fall on the same tick), ``frames`` frames each, stepped
 
@@ -403,7 +421,7 @@ def run_streams(engine: StreamEngine, cfg: BenchConfig, streams: int, frames: in
     Frame latency is a frame's own time from the start of its tick (lockstep) or from joining the batch
     (continuous; vision encoding of the frames that join together is one batch and is included) to its events; the
     first ``warmup`` frames of each stream are left out of the latency percentiles
-    (not out of the throughput)."""
+    (not out of the throughput). ``progress`` counts the ``streams`` x (``frames`` + ``warmup``) frames."""
     if mode not in ("batched", "continuous", "sequential"):
         raise ValueError(f"mode must be batched, continuous or sequential, got {mode!r}")
     device, fps = engine.model.device, engine.model.cfg.stream.fps
@@ -439,9 +457,12 @@ def run_streams(engine: StreamEngine, cfg: BenchConfig, streams: int, frames: in
                 batch.add_frame(session, f, t, key=(i, nxt[i]))
                 began[i] = now
                 nxt[i] += 1
-            for (i, k), events in batch.round():
+            done = batch.round()
+            for (i, k), events in done:
                 sync(device)
                 record(i, k, events, time.perf_counter() - began[i])
+            if progress is not None:  # once a round: a negligible cost inside the timed loop
+                progress.update(len(done))
         timed = time.perf_counter() - t_start
     else:
         for k in range(total):
@@ -460,6 +481,8 @@ def run_streams(engine: StreamEngine, cfg: BenchConfig, streams: int, frames: in
             for i, events in enumerate(results):
                 record(i, k, events, finished[i])
             timed += finished[-1]
+            if progress is not None:
+                progress.update(streams)
     lat = np.array(latencies)
     agg = streams * total / timed
     return MultiStreamResult(streams=streams, mode=mode, frames=frames, seconds=timed, fps=agg,
@@ -468,7 +491,7 @@ def run_streams(engine: StreamEngine, cfg: BenchConfig, streams: int, frames: in
                              peak_mem_mb=memory_mb(device)[1], memory_kind="allocated" if _is_accel(device) else "rss")
 
 
-__all__ = ["BenchConfig", "MultiStreamResult", "run_streams", "forced_session", "MarkStats", "OverheadResult",
+__all__ = ["WARMUP", "BenchConfig", "MultiStreamResult", "run_streams", "forced_session", "MarkStats", "OverheadResult",
            "StreamResult", "environment",
            "load_bench_model", "measure_overhead", "memory_mb", "parse_memory", "replay", "run_stream",
            "speak_schedule"]

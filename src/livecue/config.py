@@ -40,6 +40,7 @@ VISION_KINDS = ("siglip", "clip", "dinov2", "hf", "efficientnet_lite0")
 DTYPES = ("float32", "bfloat16", "float16")
 ARCHITECTURES = ("composed", "vlm")
 CHAT_FORMATS = ("live", "template")  # stream.chat_format
+TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow")  # train.report_to: accelerate's experiment trackers
 
 # Keys that older livecue versions wrote into livecue_config.json and nothing reads any more: accepted and dropped
 # on load, so their checkpoints keep loading (and resuming: see livecue.train.checkpoint.config_differences).
@@ -427,6 +428,13 @@ class TrainConfig:
     """DataLoader worker processes (≥ 0; 0: load in the training process)."""
     save_total_limit: int = 2
     """Keep the newest this many checkpoints, removing older ones (0 or less: keep all)."""
+    report_to: str = "tensorboard"
+    """The experiment trackers (accelerate's) that get the run config and the values of ``log.jsonl`` (loss, lr,
+    tokens/s, evaluation metrics): ``tensorboard`` (event files in ``output_dir/tensorboard``), ``wandb``,
+    ``trackio``, ``mlflow``, several joined by commas (``tensorboard,wandb``), ``all`` (every one installed) or
+    ``none``. ``log.jsonl`` is written whatever this says. A tracker that is not installed stops the run before it
+    starts, naming its package (tensorboard comes with the ``[train]`` extra). The default writes local files only:
+    nothing leaves the machine unless you name an online tracker (docs/training.md). May change on resume."""
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0, f"train.epochs must be positive, got {self.epochs}")
@@ -451,6 +459,24 @@ class TrainConfig:
         _check(0 <= self.seed < 2**32, f"train.seed must be in [0, 2^32), got {self.seed}")
         _check(self.num_workers >= 0, f"train.num_workers must be >= 0, got {self.num_workers}")
         _check(self.eval_max_samples > 0, f"train.eval_max_samples must be positive, got {self.eval_max_samples}")
+        tracker_names(self.report_to)
+
+    @property
+    def trackers(self) -> tuple[str, ...]:
+        """``report_to`` as tracker names: ``()`` for ``none``, ``("all",)`` for ``all``."""
+        return tracker_names(self.report_to)
+
+
+def tracker_names(report_to: str) -> tuple[str, ...]:
+    """``train.report_to`` (``"tensorboard,wandb"``, ``"all"``, ``"none"``) as a tuple of names, validated: ``()``
+    for ``none``, ``("all",)`` for ``all``."""
+    names = tuple(n.strip() for n in str(report_to).split(",") if n.strip())
+    _check(bool(names) and all(n in (*TRACKERS, "all", "none") for n in names),
+           f"train.report_to must be {', '.join(TRACKERS)} (several joined by commas), all or none; got "
+           f"{report_to!r}")
+    _check(len(names) == 1 or not {"all", "none"} & set(names),
+           f"train.report_to: all and none stand alone, got {report_to!r}")
+    return () if names == ("none",) else tuple(dict.fromkeys(names))
 
 
 @dataclass
@@ -464,7 +490,9 @@ class LiveConfig:
     """
 
     name: str = "live1_plus"
-    """A name for the model (informational: shown by ``livecue info``, not used to find anything)."""
+    """A name for the model (informational: shown by ``livecue info`` and its model card, not used to find anything).
+    A training run that continues a checkpoint is renamed after its output directory unless ``--name`` is given
+    (docs/training.md)."""
     architecture: str = "composed"
     """What the model is built from: ``composed`` (the paper's: a vision tower, a connector trained from scratch and
     a language model; sections ``vision``, ``connector``, ``lm``) or ``vlm`` (a pretrained vision-language model used

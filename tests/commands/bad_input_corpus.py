@@ -439,11 +439,12 @@ def _encode_cases() -> list[Case]:
         _case("encode-batch-0", "encode {d}/one_video --out {d}/enc0 --batch-size 0", 2, "argument --batch-size"),
         _case("encode-missing-dir", "encode {d}/nope --out {d}/enc1", 1, "video directory not found: '{d}/nope'"),
         _case("encode-no-videos", "encode {d}/no_images --out {d}/enc1", 1, "no video files in '{d}/no_images'"),
-        _case("encode-every-video-fails", "encode {d}/videos --out {d}/enc2", 1,
+        _case("encode-every-video-fails", "encode {d}/videos --out {d}/enc2 --model tiny", 1,
               "every video failed to encode (4 of 4 in '{d}/videos'); the first: empty.mp4: video file is empty "
               "(0 bytes)"),
-        _case("encode-bad-npy", "encode {d}/npy_bad --out {d}/enc3", 1, "every video failed to encode (2 of 2"),
-        _case("encode-corrupt-index", "encode {d}/one_video --out {d}/enc_out_bad_index", 1,
+        _case("encode-bad-npy", "encode {d}/npy_bad --out {d}/enc3 --model tiny", 1,
+              "every video failed to encode (2 of 2"),
+        _case("encode-corrupt-index", "encode {d}/one_video --out {d}/enc_out_bad_index --model tiny", 1,
               "the cache index '{d}/enc_out_bad_index/index.json' is not valid JSON (line 1, column 2)"),
     ]
 

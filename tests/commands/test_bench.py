@@ -131,7 +131,7 @@ def test_cli(tmp_path, capsys):
     from livecue.cli import main
 
     out = tmp_path / "bench.json"
-    assert main(["bench", "--frames", "8,16", "--reply-tokens", "2", "--memory", "unbounded,sink:64",
+    assert main(["bench", "--model", "tiny", "--frames", "8,16", "--reply-tokens", "2", "--memory", "unbounded,sink:64",
                  "--overhead-frames", "8", "--overhead-repeats", "1", "--threads", "1", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert [s["memory"] for s in data["streams"]] == ["unbounded", "sink:64"]

@@ -213,7 +213,7 @@ def test_watch_source_failing_midway_is_summarised(tmp_path, monkeypatch, capsys
 
     monkeypatch.setattr(sources, "open_source", lambda spec, fps, **kw: Flaky())
     out = tmp_path / "e.jsonl"
-    rc = cli.main(["watch", "anything", "--model", "tiny", "--threshold", "0", "--jsonl", str(out), "--quiet"])
+    rc = cli.main(["watch", str(tmp_path), "--model", "tiny", "--threshold", "0", "--jsonl", str(out), "--quiet"])
     captured = capsys.readouterr()
     assert rc == 1 and "stream lost at frame 3" in captured.err and "3 frames" in captured.out
     last = json.loads(out.read_text().splitlines()[-1])

@@ -290,8 +290,9 @@ def test_livecue_eval_free_coin_lta(data, tmp_path, capsys):
 
 
 def test_eval_argument_errors(data, capsys):
-    assert cli.main(["eval", "--data", str(data / "coin.jsonl"), "--task", "coin-step", "--calibrate"]) == 1
-    assert cli.main(["eval", "--data", str(data / "narration.jsonl"), "--save-threshold"]) == 1
+    tiny = ["eval", "--model", "tiny"]
+    assert cli.main([*tiny, "--data", str(data / "coin.jsonl"), "--task", "coin-step", "--calibrate"]) == 1
+    assert cli.main([*tiny, "--data", str(data / "narration.jsonl"), "--save-threshold"]) == 1
     err = capsys.readouterr().err
     assert "--calibrate" in err and "--save-threshold" in err
     for bad, message in ((["--threshold", "1.5"], "argument --threshold: must be a finite number in [0, 1], got '1.5'"),
@@ -303,12 +304,12 @@ def test_eval_argument_errors(data, capsys):
                          (["--task", "free", "--memory", "sink"], "argument --memory: memory must be 'unbounded', "
                                                                   "'sink:MAX_TOKENS'")):
         with pytest.raises(SystemExit) as e:
-            cli.main(["eval", "--data", str(data / "narration.jsonl"), *bad])
+            cli.main([*tiny, "--data", str(data / "narration.jsonl"), *bad])
         last = capsys.readouterr().err.strip().splitlines()[-1]
         assert e.value.code == 2 and last.startswith("livecue eval: error: ") and message in last, (bad, last)
-    assert cli.main(["eval", "--data", str(data / "narration.jsonl"), "--calibrate", "--grid", "0.2,nan"]) == 1
+    assert cli.main([*tiny, "--data", str(data / "narration.jsonl"), "--calibrate", "--grid", "0.2,nan"]) == 1
     assert "--grid must be comma-separated θ values in [0, 1], got '0.2,nan'" in capsys.readouterr().err
-    assert cli.main(["eval", "--data", str(data / "narration.jsonl"), "--memory", "sink:64"]) == 1
+    assert cli.main([*tiny, "--data", str(data / "narration.jsonl"), "--memory", "sink:64"]) == 1
     assert "apply to the free-running task, not narration" in capsys.readouterr().err
 
 

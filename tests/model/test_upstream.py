@@ -180,6 +180,8 @@ def test_convert_both_ways_is_bit_exact(upstream, tmp_path):
     out = tmp_path / "livecue"
     assert cli.main(["convert", str(root / "adapter"), "--out", str(out), "--vision", str(root / "vision")]) == 0
     assert (out / "livecue_config.json").exists()
+    card = (out / "README.md").read_text()  # a model card naming where the adapter came from
+    assert card.startswith("---\n") and str(root / "adapter") in card
     converted = {**load_file(str(out / "adapter_model.safetensors")),
                  **{"base_model.model." + k: v for k, v in load_file(str(out / "livecue_model.safetensors")).items()}}
     assert converted.keys() == tensors.keys()

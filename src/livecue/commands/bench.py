@@ -1,4 +1,7 @@
-"""``livecue bench``: streaming speed and memory versus stream length, with a forced speak schedule (issue 10)."""
+"""``livecue bench``: streaming speed and memory versus stream length, with a forced speak schedule (issue 10).
+
+Results (markdown tables, the summary lines) go to stdout and ``--json``; progress (frames streamed per memory policy,
+the overhead repeats, the ``--streams`` runs) goes to stderr through :mod:`livecue.progress`."""
 
 from __future__ import annotations
 
@@ -10,7 +13,17 @@ import time
 from pathlib import Path
 
 from ..inference.options import OPTIONS
-from ._common import SEED, nonnegative_float, nonnegative_int, parser, positive_int, split_overrides
+from ..progress import Progress
+from ._common import (
+    SEED,
+    announce_random,
+    check_device,
+    nonnegative_float,
+    nonnegative_int,
+    parser,
+    positive_int,
+    split_overrides,
+)
 
 log = logging.getLogger(__name__)
 MAX_FRAMES = 100_000_000  # a frame mark (about 1.6 years of stream at 2 fps)
@@ -108,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ticks of each --streams run, >= 1 (default: 120)")
     p.add_argument("--seed", type=SEED, default=0, help=f"seed of the random frames, in {SEED.range}")
     p.add_argument("--json", default=None, help="write all results to this JSON file")
-    p.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also log each mark's window latency and cached tokens as it is reached")
     return p
 
 
@@ -117,12 +131,20 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.json and Path(args.json).is_dir():
         raise ValueError(f"--json must be a file, got the directory {args.json!r}")
-    memories = args.memory
+    args.device = check_device(args.device or "cpu")  # a device this machine lacks: one line, before the model
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
+    with logging_redirect_tqdm():  # log lines (-v, the time budget) go above a terminal's progress bar
+        return _run(args, argv, overrides)
+
+
+def _run(args: argparse.Namespace, argv: list[str], overrides: list[str]) -> int:
+    """The benchmark itself: results to stdout (and ``--json``), progress to stderr."""
     import torch
 
     from ..bench import (
+        WARMUP,
         BenchConfig,
         environment,
         load_bench_model,
@@ -132,10 +154,12 @@ def main(argv: list[str]) -> int:
     )
     from ..inference.engine import StreamEngine
 
+    memories = args.memory
     if args.threads:
         torch.set_num_threads(args.threads)
     began = time.time()
-    model, tokenizer = load_bench_model(args.model, args.device, args.dtype, overrides)
+    with announce_random("livecue bench", args.model):
+        model, tokenizer = load_bench_model(args.model, args.device, args.dtype, overrides)
     print(f"model built in {time.time() - began:.1f} s")
     engine = StreamEngine(model, tokenizer)
     env = environment(model, model.device)
@@ -148,7 +172,8 @@ def main(argv: list[str]) -> int:
                           memory=memory, pixels=args.pixels, window=args.window, seed=args.seed,
                           time_budget=args.time_budget)
         load = os.getloadavg()
-        result, _ = run_stream(engine, cfg)
+        with Progress(cfg.marks[-1], desc=f"bench stream (memory {memory})", unit="frame") as bar:
+            result, _ = run_stream(engine, cfg, progress=bar)
         print(f"\n### memory {memory}: {result.frames:,} frames in {result.seconds:.1f} s = {result.fps:.1f} "
               f"frames/s, {result.replies} replies of {result.reply_tokens} tokens, peak {result.memory_kind} "
               f"{result.peak_mem_mb:,.0f} MiB (load average {load[0]:.2f} before, {os.getloadavg()[0]:.2f} after)\n")
@@ -159,7 +184,8 @@ def main(argv: list[str]) -> int:
         cfg = BenchConfig(marks=[args.overhead_frames], speak_every=args.speak_every,
                           reply_tokens=args.reply_tokens, memory=memories[0], seed=args.seed)
         load = os.getloadavg()
-        over = measure_overhead(engine, cfg, args.overhead_frames, args.overhead_repeats)
+        with Progress(args.overhead_frames * args.overhead_repeats, desc="bench overhead", unit="frame") as bar:
+            over = measure_overhead(engine, cfg, args.overhead_frames, args.overhead_repeats, progress=bar)
         print(f"\n### engine overhead ({over.frames:,} frames, {over.forwards:,} forwards, memory {cfg.memory}, "
               f"{args.overhead_repeats} repeats): end-to-end / pure model time = {over.ratio:.3f} (median wall), "
               f"{over.ratio_min:.3f} (min wall), {over.ratio_cpu:.3f} (median CPU time); engine wall s "
@@ -172,18 +198,21 @@ def main(argv: list[str]) -> int:
         rows = []
         out["multi_stream"] = []
         modes = ("continuous", "batched", "sequential")
-        for n in args.streams:
-            res = {}
-            for mode in modes:
-                load = os.getloadavg()
-                res[mode] = run_streams(engine, cfg, n, args.streams_frames, mode=mode)
-                out["multi_stream"].append({**res[mode].to_dict(), "loadavg_before": list(load)})
-            c, b, q = (res[m] for m in modes)
-            rows.append(f"| {n} | {c.fps:.1f} | {b.fps:.1f} | {q.fps:.1f} | {c.fps / q.fps:.2f}x | "
-                        f"{c.realtime_streams:.1f} | {c.frame_p50_ms:.1f} / {c.frame_p99_ms:.1f} | "
-                        f"{b.frame_p50_ms:.1f} / {b.frame_p99_ms:.1f} | {q.frame_p50_ms:.1f} / {q.frame_p99_ms:.1f} | "
-                        f"{c.peak_mem_mb:,.0f} |")
-            log.info("streams %d done", n)
+        total = len(modes) * sum(args.streams) * (args.streams_frames + WARMUP)  # frames over every run
+        with Progress(total, desc="bench streams", unit="frame") as bar:
+            for n in args.streams:
+                res = {}
+                for mode in modes:
+                    bar.update(0, streams=n, mode=mode)
+                    load = os.getloadavg()
+                    res[mode] = run_streams(engine, cfg, n, args.streams_frames, mode=mode, progress=bar)
+                    out["multi_stream"].append({**res[mode].to_dict(), "loadavg_before": list(load)})
+                c, b, q = (res[m] for m in modes)
+                rows.append(f"| {n} | {c.fps:.1f} | {b.fps:.1f} | {q.fps:.1f} | {c.fps / q.fps:.2f}x | "
+                            f"{c.realtime_streams:.1f} | {c.frame_p50_ms:.1f} / {c.frame_p99_ms:.1f} | "
+                            f"{b.frame_p50_ms:.1f} / {b.frame_p99_ms:.1f} | {q.frame_p50_ms:.1f} / "
+                            f"{q.frame_p99_ms:.1f} | {c.peak_mem_mb:,.0f} |")
+                log.info("streams %d done", n)
         print(f"\n### {len(args.streams)} concurrency levels, {args.streams_frames} frames per stream, a "
               f"{args.reply_tokens}-token reply every {args.speak_every:g} s per stream (staggered), memory "
               f"{cfg.memory}\n")

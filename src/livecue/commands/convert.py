@@ -23,6 +23,6 @@ def main(argv: list[str]) -> int:
     else:
         source = upstream.ALIASES[args.source].adapter if args.source in upstream.ALIASES else args.source
         out = upstream.convert_to_livecue(upstream.local_dir(source, "VideoLLM-online adapter"), args.out,
-                                          base=args.base, vision=args.vision)
+                                          base=args.base, vision=args.vision, origin=source)
     print(f"wrote {out}")
     return 0

@@ -3,7 +3,8 @@
 With no arguments it renders a stream of the built-in world (test split, never seen in training), plays it through
 the packaged default model on the wall clock, prints each narration as it happens next to what really happened,
 and asks one scripted question. ``--source`` takes any file, URL or webcam instead; ``--save out.mp4`` writes the
-video with the replies burned in as captions.
+video with the replies burned in as captions (with progress on stderr), and the same captions as ``out.srt`` and
+``out.vtt`` subtitles beside it.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--at", type=STREAM_TIME, default=None, help=f"when to ask it (seconds, in {STREAM_TIME.range})")
     StreamOptions.add_arguments(p)
     p.add_argument("--fast", action="store_true", help="process as fast as possible instead of in real time")
-    p.add_argument("--save", default=None, metavar="OUT.mp4", help="write the video with captions burned in")
+    p.add_argument("--save", default=None, metavar="OUT.mp4",
+                   help="write the video with captions burned in, and OUT.srt / OUT.vtt subtitles beside it")
     p.add_argument("--max-frames", type=positive_int(), default=None, help="stop after this many frames (>= 1)")
     return p
 
@@ -90,6 +92,7 @@ def main(argv: list[str]) -> int:
         source = open_source(resolve(args.source), fps, max_frames=args.max_frames)
     if args.save:
         source = _Recorder(source, captured)
+    from ..data.subtitles import caption_text
     from ..data.world import INSTRUCTION
 
     session = StreamEngine(model, tokenizer, options).session()  # unset: the model's stream.*
@@ -106,20 +109,26 @@ def main(argv: list[str]) -> int:
             line = format_event(event)
             if line:
                 print(line, flush=True)
-            if event.type == "reply":
-                captions.append((event.t, event.text))
-            elif event.type == "answer":
-                captions.append((event.t, f"Q: {event.query} A: {event.text}"))
+            if event.type in ("reply", "answer"):
+                captions.append((event.t, caption_text(event.type, event.text, getattr(event, "query", None))))
     except KeyboardInterrupt:
         pipeline.stop()
         print("interrupted", file=sys.stderr)
     print(format_summary(pipeline.stats, replies="narrations"))
     if args.save:
-        from ..data.captions import write_captioned
-
-        write_captioned(args.save, captured, captions, fps)
-        print(f"wrote {args.save}")
+        _save(Path(args.save), captured, captions, fps)
     return 0
+
+
+def _save(path: Path, frames: list[tuple[float, object]], captions: list[tuple[float, str]], fps: float) -> None:
+    """Write the captioned video (progress on stderr) and its ``.srt``/``.vtt`` subtitles with the same cues."""
+    from ..data.captions import HOLD_SECONDS, write_captioned
+    from ..data.subtitles import cues_from_captions, write_sidecars
+    from ..progress import track
+
+    write_captioned(path, track(frames, desc="save", unit="frame"), captions, fps)
+    srt, vtt = write_sidecars(path, cues_from_captions(captions, hold=HOLD_SECONDS))
+    print(f"wrote {path} (subtitles: {srt.name}, {vtt.name})")
 
 
 class _Recorder:

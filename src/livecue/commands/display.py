@@ -12,9 +12,11 @@ so an event reads the same whichever door it came through::
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 import time
-from typing import Any
+from typing import IO, Any
 
 from ..inference.events import Event
 from ..inference.stats import StreamStats
@@ -63,27 +65,43 @@ def format_summary(stats: StreamStats, *, interrupted: bool = False, sent: int |
 
 
 class Progress:
-    """A one-line progress display on stderr (terminals only), refreshed at most 5 times a second."""
+    """``watch``'s live status line on stderr (frames, stream time, speed, drops, replies), redrawn in place at most 5
+    times a second between the event lines, cleared before each of them.
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
+    A status line, not a bar (a live stream has no total; finite work uses :mod:`livecue.progress`): it is drawn only
+    on a terminal, so a pipe or a log file never gets carriage returns or escape codes, and not at all with
+    ``enabled=False`` (``--quiet``) or ``LIVECUE_PROGRESS=0``.
+
+    Args:
+        enabled: False shows nothing.
+        file: where the line goes (default ``sys.stderr``, read when the line is made).
+    """
+
+    def __init__(self, enabled: bool = True, file: IO[str] | None = None) -> None:
+        self.file = file if file is not None else sys.stderr
+        self.enabled = (enabled and os.environ.get("LIVECUE_PROGRESS", "1") != "0"
+                        and bool(getattr(self.file, "isatty", lambda: False)()))
         self._last = 0.0
         self._shown = False
 
     def show(self, stats: StreamStats) -> None:
+        """Redraw the line with ``stats`` (at most every 0.2 s), cut to the terminal's width so it never wraps."""
         now = time.monotonic()
         if not self.enabled or now - self._last < 0.2:
             return
         self._last = now
-        sys.stderr.write(f"\r  frames {stats.frames}  t {stats.last_t:.1f}s  {stats.fps:.1f} FPS  "
-                         f"dropped {stats.dropped}  replies {stats.replies}\x1b[K")
-        sys.stderr.flush()
+        line = (f"  frames {stats.frames}  t {stats.last_t:.1f}s  {stats.fps:.1f} FPS  dropped {stats.dropped}  "
+                f"replies {stats.replies}")
+        width = shutil.get_terminal_size().columns - 1
+        self.file.write(f"\r{line[:width]}\x1b[K")
+        self.file.flush()
         self._shown = True
 
     def clear(self) -> None:
+        """Erase the line (before an event line is printed, and at the end)."""
         if self._shown:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
+            self.file.write("\r\x1b[K")
+            self.file.flush()
             self._shown = False
 
 

@@ -12,7 +12,19 @@ import sys
 import time
 from pathlib import Path
 
-from ._common import FPS, parser, positive_int, split_overrides
+from ..progress import Progress
+from ._common import (
+    DEFAULT_DEVICE,
+    DEFAULT_MODEL,
+    FPS,
+    announce_random,
+    check_device,
+    check_model_source,
+    parser,
+    positive_int,
+    source_random_parts,
+    split_overrides,
+)
 
 log = logging.getLogger(__name__)
 
@@ -22,15 +34,25 @@ def main(argv: list[str]) -> int:
     p = parser("encode", "Pre-encode videos with the model's frozen vision tower into a feature cache.")
     p.add_argument("video_dir", help="directory of video files (searched recursively; .npy frame arrays too)")
     p.add_argument("--out", required=True, help="cache directory")
-    p.add_argument("--model", default="tiny", help="checkpoint directory, config file or preset (its vision tower "
-                                                   "is used); default: %(default)s")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint directory, config file or preset (its vision "
+                                                          "tower is used); default: %(default)s (the packaged "
+                                                          "default model)")
     p.add_argument("--fps", type=FPS, default=None,
                    help=f"frames per second, in {FPS.range} (default: the model's stream fps)")
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16",
                    help="storage dtype of the features (default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int(4096), default=32, help="frames per vision batch, in [1, 4096]")
-    p.add_argument("--device", default=None, help="torch device (default: the process's accelerate device or cpu)")
+    p.add_argument("--device", default=DEFAULT_DEVICE,
+                   help="torch device: auto (under accelerate: each process's own; else cuda, else mps, else cpu), "
+                        "cpu, cuda, cuda:N or mps (default: %(default)s)")
     args = p.parse_args(argv)
+    # cheap checks first (a typo never costs a model load): the inputs exist, the device is there
+    if not Path(args.video_dir).is_dir():
+        raise FileNotFoundError(f"video directory not found: {args.video_dir!r}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise FileExistsError(f"--out {args.out!r} is a file, not a cache directory")
+    check_model_source(args.model)
+    args.device = None if args.device == "auto" and _has_accelerate() else check_device(args.device)
 
     import torch
 
@@ -41,7 +63,9 @@ def main(argv: list[str]) -> int:
     videos = list_videos(args.video_dir)
     if not videos:
         raise ValueError(f"no video files in {args.video_dir!r}")
-    encoder, cfg = load_frame_encoder(args.model, device=device, overrides=overrides or None)
+    tower = [part for part in source_random_parts(args.model, overrides) if part in ("vision", "vlm")]
+    with announce_random("livecue encode", str(args.model), tower):
+        encoder, cfg = load_frame_encoder(args.model, device=device, overrides=overrides or None)
     fps = cfg.stream.fps if args.fps is None else args.fps
     out = Path(args.out)
     vision = cfg.to_dict()["vlm" if cfg.is_vlm else "vision"]  # what made the features
@@ -50,27 +74,39 @@ def main(argv: list[str]) -> int:
     _check_compatible(out / INDEX, header)
 
     mine = videos[rank::world]
-    done = failed = skipped = 0
+    todo = [key for key in mine if not feature_file(out, key).exists()]
+    skipped, done, failed, frames = len(mine) - len(todo), 0, 0, 0
     first_error = ""
+    tag = f"[{rank}] " if world > 1 else ""
+    if skipped:  # a resumed run: say what is kept (on stderr, with the progress)
+        print(f"{tag}{skipped} of {len(mine)} videos already encoded in {str(out)!r}: resuming with the other "
+              f"{len(todo)}", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    for i, key in enumerate(mine):
-        file = feature_file(out, key)
-        if file.exists():
-            skipped += 1
-            continue
-        try:
-            with torch.inference_mode():
-                feats = encode_video(Path(args.video_dir) / key, fps, encoder, args.batch_size, DTYPES[args.dtype])
-        except (ValueError, OSError) as e:
-            failed += 1
-            reason = " ".join(str(e).split())
-            first_error = first_error or f"{key}: {reason}"
-            print(f"[{rank}] skipped {key}: {reason}", file=sys.stderr, flush=True)
-            continue
-        save_features(file, feats, {"source": key, "fps": str(fps), "num_frames": str(feats.shape[0]),
-                                    "duration": str((feats.shape[0] - 1) / fps)})
-        done += 1
-        print(f"[{rank}] {i + 1}/{len(mine)} {key}: {feats.shape[0]} frames", flush=True)
+    # one display for all processes (accelerate's convention): the main process shows its own share
+    with Progress(len(todo), desc=f"{tag}encode", unit="video", enabled=None if is_main else False) as bar:
+
+        def encoded(n: int) -> None:  # frames encoded so far, batch by batch (a long video shows it moving)
+            nonlocal frames
+            frames += n
+            bar.update(0, frames=frames)
+
+        for key in todo:
+            try:
+                with torch.inference_mode():
+                    feats = encode_video(Path(args.video_dir) / key, fps, encoder, args.batch_size,
+                                         DTYPES[args.dtype], on_batch=encoded)
+            except (ValueError, OSError) as e:
+                failed += 1
+                reason = " ".join(str(e).split())
+                first_error = first_error or f"{key}: {reason}"
+                bar.write(f"{tag}skipped {key}: {reason}")
+                bar.update(1, failed=failed)
+                continue
+            save_features(feature_file(out, key), feats, {"source": key, "fps": str(fps),
+                                                          "num_frames": str(feats.shape[0]),
+                                                          "duration": str((feats.shape[0] - 1) / fps)})
+            done += 1
+            bar.update(1)
     wait()
     if world == 1 and failed and not done and not skipped:
         raise ValueError(f"every video failed to encode ({failed} of {len(mine)} in {args.video_dir!r}); the first: "
@@ -80,6 +116,13 @@ def main(argv: list[str]) -> int:
         print(f"cache {out}: {len(index['videos'])} videos indexed ({done} encoded here, {skipped} already done, "
               f"{failed} failed) in {time.perf_counter() - start:.1f} s")
     return 1 if failed else 0
+
+
+def _has_accelerate() -> bool:
+    """Whether accelerate is installed: its state then gives each process its device (``--device auto``)."""
+    import importlib.util
+
+    return importlib.util.find_spec("accelerate") is not None
 
 
 def _distributed(device: str | None):

@@ -2,18 +2,27 @@
 
 Prints a table, writes ``OUT/eval-<task>.json`` (means, per-sample results, notes, calibration) and PNG plots:
 ``narration`` → ``OUT/narration-timing.png``; ``free`` → ``OUT/free-timeline.png``; ``lta`` → ``OUT/lta-ed.png``;
-``--calibrate`` → ``OUT/calibration.png``.
+``--calibrate`` → ``OUT/calibration.png``. Progress (per record, stream or sample; the θ sweep per run) goes to
+stderr (:mod:`livecue.progress`), results to stdout.
+
+The θ recommendation states what it rests on (streams, decisions, reference replies) and how stable it is (a
+bootstrap over streams; :mod:`livecue.eval.calibrate`). ``--save-threshold`` writes θ into the checkpoint's config
+and records the run (metrics, the command, the recommendation's basis) in the checkpoint's model card facts
+(``livecue_card.json``, :func:`livecue.model.card_files.record_evaluation`), which refreshes its ``README.md``.
 """
 
 from __future__ import annotations
 
 import json
-import sys
+import shlex
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 from ..inference.options import OPTIONS, StreamOptions, check_option
-from ._common import add_model_argument, nonnegative_int, parser, positive_int, split_overrides
+from ..progress import Progress
+from ._common import add_model_argument, load_from_args, nonnegative_int, parser, positive_int, split_overrides
 
 TASKS = ("narration", "free", "coin-step", "coin-next", "coin-task", "coin-procedure", "coin-taskprocedure", "lta")
 
@@ -42,7 +51,8 @@ def build_parser():
     p.add_argument("--free-samples", type=nonnegative_int(), default=8,
                    help="records for the free-running part of --calibrate (one run per θ each; 0 skips it; >= 0)")
     p.add_argument("--save-threshold", action="store_true",
-                   help="write the recommended θ into the checkpoint's livecue_config.json (needs --calibrate)")
+                   help="write the recommended θ into the checkpoint's livecue_config.json and record the run in its "
+                        "model card (needs --calibrate)")
     p.add_argument("--max-new-tokens", type=positive_int(8192), default=512,
                    help="generation cap for COIN/LTA answers, in [1, 8192]")
     p.add_argument("--beams", type=positive_int(64), default=5, help="LTA: K beams (returned sequences), in [1, 64]")
@@ -52,22 +62,24 @@ def build_parser():
 
 
 def main(argv: list[str]) -> int:
+    command = shlex.join(["livecue", "eval", *argv])
     argv, overrides = split_overrides(argv)
     args = build_parser().parse_args(argv)
     _check_args(args)
 
-    from ..model.load import load_model
-
-    model, tok = load_model(args.model, device=args.device, dtype=args.dtype, overrides=overrides or None)
+    model, tok = load_from_args(args, overrides)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"task": args.task, "model": str(args.model), "data": str(args.data), "notes": []}
+    report: dict[str, Any] = {"task": args.task, "model": str(args.adapter or args.model), "data": str(args.data),
+                              "command": command, "notes": []}
     plots: list[tuple[str, Any]] = []
     if args.task in ("narration", "free"):
         metrics = _stream_task(args, model, tok, report, plots)
     else:
         metrics = _benchmark_task(args, model, tok, report, plots)
     report["metrics"] = metrics
+    if args.save_threshold:
+        _save_threshold(args.model, report)
     written = []
     for name, draw in plots:
         try:
@@ -79,10 +91,7 @@ def main(argv: list[str]) -> int:
     path.write_text(json.dumps(report, indent=1, ensure_ascii=False, default=_jsonable))
     print(format_table(f"livecue eval: {args.task} ({len(report.get('samples', []))} samples)", metrics))
     if "calibration" in report:
-        cal = report["calibration"]
-        print(f"recommended θ = {cal['recommended']:.2f} (current {cal['current']:.3f}; rule: {cal['rule']})")
-        if cal.get("saved_to"):
-            print(f"saved θ to {cal['saved_to']}")
+        print(format_calibration(report["calibration"]))
     for note in report["notes"]:
         print(f"note: {note}")
     print(f"wrote {path}" + (f" and {len(written)} plot(s)" if written else ""))
@@ -100,6 +109,18 @@ def _check_args(args: Any) -> None:
         raise ValueError(f"--memory and --max-frames apply to the free-running task, not {args.task}")
     if not Path(args.data).is_file():
         raise FileNotFoundError(f"records file not found: {args.data!r}")
+    if args.feature_cache:
+        from ..data.features import FeatureCache
+
+        FeatureCache(args.feature_cache)  # its index is read and checked before the model loads
+    if args.categories and not Path(args.categories).is_file():
+        raise FileNotFoundError(f"category list not found: {args.categories!r}")
+    if args.save_threshold:
+        if args.adapter:
+            raise ValueError("--save-threshold writes into a livecue checkpoint: it cannot update an --adapter")
+        from ..eval.calibrate import check_checkpoint
+
+        check_checkpoint(args.model)  # before the model loads and the sweep runs
 
 
 def _grid(text: str | None) -> tuple[float, ...]:
@@ -123,9 +144,17 @@ def _grid(text: str | None) -> tuple[float, ...]:
     return grid
 
 
-def _progress(n: int, total: int) -> None:
-    if sys.stderr.isatty():
-        print(f"\r  {n}/{total}", end="\n" if n == total else "", file=sys.stderr, flush=True)
+@contextmanager
+def _progress(desc: str, unit: str) -> Iterator[Callable[..., None]]:
+    """A :class:`~livecue.progress.Progress` on stderr, driven by the evaluators' ``progress(done, total, **postfix)``
+    callback."""
+    with Progress(desc=desc, unit=unit) as bar:
+        def callback(done: int, total: int, **postfix: Any) -> None:
+            if bar.total != total:
+                bar.set_total(total)
+            bar.update(done - bar.n, **postfix)
+
+        yield callback
 
 
 def _stream_task(args: Any, model: Any, tok: Any, report: dict[str, Any], plots: list) -> dict[str, Any]:
@@ -139,7 +168,9 @@ def _stream_task(args: Any, model: Any, tok: Any, report: dict[str, Any], plots:
     scores = None
     if args.task == "narration" or args.calibrate:
         dataset = make_dataset(model, tok, args.data, max_samples=args.max_samples, feature_cache=args.feature_cache)
-        scores = score_records(model, tok, dataset, [theta, *grid], batch_size=args.batch_size, progress=_progress)
+        with _progress("eval narration" if args.task == "narration" else "score θ grid", "record") as progress:
+            scores = score_records(model, tok, dataset, [theta, *grid], batch_size=args.batch_size,
+                                   progress=progress)
     if args.task == "narration":
         result = narration_metrics(scores, theta)
         report["samples"] = result.samples
@@ -151,26 +182,47 @@ def _stream_task(args: Any, model: Any, tok: Any, report: dict[str, Any], plots:
         from ..eval.free import evaluate_free
 
         options = StreamOptions.from_args(args)
-        free = evaluate_free(model, tok, args.data, threshold=theta, tolerance=args.tolerance,
-                             max_samples=args.max_samples, feature_cache=args.feature_cache,
-                             similarity=not args.no_similarity, progress=_progress,
-                             memory=options.memory_policy(), max_frames=args.max_frames)
+        with _progress("eval free", "stream") as progress:
+            free = evaluate_free(model, tok, args.data, threshold=theta, tolerance=args.tolerance,
+                                 max_samples=args.max_samples, feature_cache=args.feature_cache,
+                                 similarity=not args.no_similarity, progress=progress,
+                                 memory=options.memory_policy(), max_frames=args.max_frames)
         report["memory"] = options.memory or "unbounded"
         report["samples"] = free.samples
         report["notes"] += free.notes
         metrics = dict(free.means, tolerance_frames=args.tolerance)
         plots.append(("free-timeline.png", lambda p: plot_mod.plot_timelines(free.samples, p)))
     if args.calibrate:
-        cal = cal_mod.calibrate(model, tok, args.data, grid=grid, max_samples=args.max_samples,
-                                free_samples=args.free_samples, tolerance=args.tolerance,
-                                feature_cache=args.feature_cache, scores=scores)
+        sweep = _progress("θ sweep", "run") if args.free_samples else nullcontext()  # θ values × free streams
+        with sweep as progress:
+            cal = cal_mod.calibrate(model, tok, args.data, grid=grid, max_samples=args.max_samples,
+                                    free_samples=args.free_samples, tolerance=args.tolerance,
+                                    feature_cache=args.feature_cache, scores=scores, progress=progress)
         report["calibration"] = {"rows": cal.rows, "recommended": cal.recommended, "current": cal.current,
-                                 "rule": cal.rule}
+                                 "rule": cal.rule, **(cal.confidence.to_dict() if cal.confidence else {})}
+        if cal.confidence is not None:
+            report["calibration"]["summary"] = cal.confidence.summary()
         metrics["recommended_threshold"] = cal.recommended
-        plots.append(("calibration.png", lambda p: plot_mod.plot_calibration(cal.rows, cal.recommended, p)))
-        if args.save_threshold:
-            report["calibration"]["saved_to"] = str(cal_mod.save_threshold(args.model, cal.recommended))
+        plots.append(("calibration.png",
+                      lambda p: plot_mod.plot_calibration(cal.rows, cal.recommended, p, current=cal.current)))
     return metrics
+
+
+def _save_threshold(checkpoint: str, report: dict[str, Any]) -> None:
+    """Write the recommended θ into the checkpoint and record this run (title, command, metrics, the θ's basis) in
+    its model card facts (:func:`livecue.model.card_files.record_evaluation`), which refreshes its card."""
+    from ..eval.calibrate import save_threshold
+    from ..model.card import Evaluation
+    from ..model.card_files import record_evaluation
+
+    cal = report["calibration"]
+    cal["saved_to"] = str(save_threshold(checkpoint, cal["recommended"]))
+    metrics = {k: v for k, v in report["metrics"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    notes = [f"θ = {cal['recommended']:.2f} saved (was {cal['current']:.3g}); {cal.get('summary', '')}".rstrip("; "),
+             *([cal["note"]] if cal.get("note") else []), *report["notes"]]
+    evaluation = Evaluation(title=f"{report['task']} on {report['data']}", command=report["command"],
+                            metrics=metrics, notes=notes)
+    cal["recorded_in"] = str(record_evaluation(checkpoint, evaluation))
 
 
 def _benchmark_task(args: Any, model: Any, tok: Any, report: dict[str, Any], plots: list) -> dict[str, Any]:
@@ -178,14 +230,17 @@ def _benchmark_task(args: Any, model: Any, tok: Any, report: dict[str, Any], plo
     from ..eval.benchmarks import evaluate_coin, evaluate_lta, read_list
 
     if args.task == "lta":
-        res = evaluate_lta(model, tok, args.data, beams=args.beams, z=args.z, max_new_tokens=args.max_new_tokens,
-                           max_samples=args.max_samples, feature_cache=args.feature_cache, progress=_progress)
+        with _progress("eval lta", "sample") as progress:
+            res = evaluate_lta(model, tok, args.data, beams=args.beams, z=args.z, max_new_tokens=args.max_new_tokens,
+                               max_samples=args.max_samples, feature_cache=args.feature_cache, progress=progress)
         report["curves"] = res.curves
         plots.append(("lta-ed.png", lambda p: plot_mod.plot_ed_curves(res.curves, p)))
     else:
         cats = read_list(args.categories) if args.categories else None
-        res = evaluate_coin(model, tok, args.data, args.task, categories=cats, max_new_tokens=args.max_new_tokens,
-                            max_samples=args.max_samples, feature_cache=args.feature_cache, progress=_progress)
+        with _progress(f"eval {args.task}", "sample") as progress:
+            res = evaluate_coin(model, tok, args.data, args.task, categories=cats,
+                                max_new_tokens=args.max_new_tokens, max_samples=args.max_samples,
+                                feature_cache=args.feature_cache, progress=progress)
     report["samples"] = res.samples
     report["notes"] += res.notes
     return dict(res.means)
@@ -199,6 +254,18 @@ def format_table(title: str, metrics: dict[str, Any]) -> str:
     line = "-" * (width + vwidth + 3)
     body = "\n".join(f"{k:<{width}}   {v:>{vwidth}}" for k, v in rows)
     return f"{title}\n{line}\n{'metric':<{width}}   {'value':>{vwidth}}\n{line}\n{body}\n{line}"
+
+
+def format_calibration(cal: dict[str, Any]) -> str:
+    """The recommendation as printed: θ, the current θ and the rule; what it rests on; the confidence note."""
+    lines = [f"recommended θ = {cal['recommended']:.2f} (current {cal['current']:.3g}; rule: {cal['rule']})"]
+    if cal.get("summary"):
+        lines.append(f"  {cal['summary']}")
+    if cal.get("note"):
+        lines.append(f"  note: {cal['note']}")
+    if cal.get("saved_to"):
+        lines.append(f"saved θ to {cal['saved_to']} (the run is recorded in {cal['recorded_in']})")
+    return "\n".join(lines)
 
 
 def _jsonable(value: Any) -> Any:

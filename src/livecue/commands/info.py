@@ -1,6 +1,9 @@
-"""``livecue info``: build a model and describe it (parts, parameters, frame layout, marker ids)."""
+"""``livecue info``: build a model and describe it (parts, parameters, frame layout, marker ids) and, when its
+directory has a model card (``README.md``), summarise the card (base models, license, training data, metrics)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from ._common import add_model_argument, load_from_args, parser, split_overrides
 
@@ -42,7 +45,33 @@ def main(argv: list[str]) -> int:
           f"({token(markers.frame_end)})  silence={markers.silence} ({token(markers.silence)})  "
           f"speak={list(markers.speak)} ({speak})  eos={markers.eos} ({token(markers.eos)})")
     print(f"decision     silent iff p(silence) >= threshold {cfg.stream.threshold}")
+    directory = model_directory(args.adapter or args.model)
+    if directory is not None:
+        from ..model.card_files import card_summary
+
+        for label, text in card_summary(directory):
+            print(f"{label:<12} {text}")
     return 0
+
+
+def model_directory(source: str) -> Path | None:
+    """The local directory a model source names (a checkpoint directory, the packaged default model, a hub id
+    already in the hub cache), or None (a preset, a config file)."""
+    from ..model.load import DEFAULT_ALIAS, DEFAULT_MODEL_DIR
+
+    path = Path(source)
+    if path.is_dir():
+        return path
+    if source == DEFAULT_ALIAS:
+        return DEFAULT_MODEL_DIR
+    if source.count("/") == 1 and not path.exists():
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(source, local_files_only=True))  # loaded above: cached
+        except Exception:  # noqa: BLE001 - not a hub model (an upstream alias...): no card to show
+            return None
+    return None
 
 
 def _how(full: bool, lora: bool) -> str:

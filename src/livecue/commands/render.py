@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ._common import add_model_argument, parser, split_overrides
+from ._common import DEFAULT_MODEL, add_model_argument, check_model_source, parser, split_overrides
 
 
 def main(argv: list[str]) -> int:
@@ -16,6 +16,7 @@ def main(argv: list[str]) -> int:
     add_model_argument(p)
     p.add_argument("--text-only", action="store_true", help="print only the rendered text")
     args = p.parse_args(argv)
+    check_model_source(args.model)  # a missing checkpoint / config is one line before anything loads
 
     path = Path(args.conversation)
     if not path.is_file():
@@ -34,8 +35,10 @@ def main(argv: list[str]) -> int:
     from ..data.labels import IGNORE, tokenize_conversation
     from ..data.template import Template
     from ..model.build import build_tokenizer, model_markers, resolve_config
+    from ..model.load import DEFAULT_MODEL_DIR
 
-    cfg = LiveConfig.load(args.model)
+    model = DEFAULT_MODEL_DIR if args.model == DEFAULT_MODEL and not Path(args.model).exists() else args.model
+    cfg = LiveConfig.load(model)  # only the config and tokenizer: no weights are loaded
     cfg = cfg.with_overrides(overrides) if overrides else cfg
     tok = build_tokenizer(cfg)
     cfg = resolve_config(cfg, tok)  # a VLM base: its family's placeholder, frame layout and chat format

@@ -30,6 +30,7 @@ from ..serve.security import check_origin, redact_logs
 from ._common import (
     MAX_INT,
     add_model_argument,
+    check_model_args,
     int_range,
     load_from_args,
     parser,
@@ -182,6 +183,7 @@ def main(argv: list[str]) -> int:
         p.error(f"{OPTIONS[name].flag} {message}")  # one line, exit 2, as argparse's own
     memory_from_args(args)  # the deprecated --max-context-tokens becomes --memory (with a warning)
     options = StreamOptions.from_args(args)
+    check_model_args(args)  # --model path exists, --device available (auto resolved): before the model loads
     try:
         import uvicorn
     except ImportError:
@@ -194,7 +196,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import torch
 
-    if args.threads or str(args.device or "cpu").startswith("cpu"):
+    if args.threads or args.device.startswith("cpu"):
         torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 2) - 1))
     sock = bind(args.host, args.port)
     model, tokenizer = load_from_args(args, overrides)

@@ -17,6 +17,8 @@ from ..inference.options import MAX_QUERY_CHARS, StreamOptions
 from ._common import (
     STREAM_TIME,
     add_model_argument,
+    announce_random,
+    check_model_args,
     load_from_args,
     parser,
     positive_float,
@@ -62,19 +64,22 @@ def main(argv: list[str]) -> int:
     if args.server and options.memory is not None:
         raise ValueError("--memory is the server's with --server: the server bounds each session itself "
                          "(livecue serve --memory)")
+    source_spec = check_source(args.source)  # cheap checks first: a typo never costs a model load
+    if not args.server:
+        check_model_args(args)
     jsonl = open_jsonl(args.jsonl)
     if args.server:
         return watch_remote(args, options, jsonl)
 
-    from ..data.samples import resolve as resolve_sample
     from ..inference.engine import StreamEngine
     from ..inference.pipeline import Pipeline
     from ..inference.sources import open_source
 
     try:
-        model, tokenizer = load_from_args(args, overrides)
-        fps = options.fps or model.cfg.stream.fps
-        source = open_source(resolve_sample(args.source), fps, max_frames=args.max_frames)
+        with announce_random(args.command, args.adapter or args.model):  # said once the source opened
+            model, tokenizer = load_from_args(args, overrides, announce=False)
+            fps = options.fps or model.cfg.stream.fps
+            source = open_source(source_spec, fps, max_frames=args.max_frames)
     except BaseException:
         if jsonl is not None:
             jsonl.close()
@@ -116,6 +121,23 @@ def main(argv: list[str]) -> int:
         print(f"livecue watch: error: {failure}", file=sys.stderr)
         return 1
     return 130 if interrupted else 0
+
+
+def check_source(spec: str) -> str:
+    """The source to open (``sample:NAME`` resolved to its file), refused in one line now if it names a file or
+    folder that does not exist, before the model loads. Cameras, URLs and camera indices pass as they are (opening
+    them says what is wrong). The messages are :func:`~livecue.inference.sources.open_source`'s."""
+    from ..data.samples import resolve as resolve_sample
+    from ..data.video import is_url
+
+    text = resolve_sample(spec)
+    path = text[len("file://"):] if text.lower().startswith("file://") else text
+    if path == "webcam" or path.startswith(("webcam:", "/dev/video")) or is_url(path) or path.isdigit() or \
+            Path(path).expanduser().exists():
+        return text
+    if Path(path).suffix:
+        raise FileNotFoundError(f"video file not found: {path!r}")
+    raise FileNotFoundError(f"not found (no such file or directory, and not a URL or camera): {path!r}")
 
 
 def open_jsonl(path: str | None) -> TextIO | None:

@@ -67,20 +67,29 @@ def iter_video_frames(path: Path, fps: float) -> Iterable[np.ndarray]:
 
 
 def encode_video(path: Path, fps: float, encode: Callable[[torch.Tensor], torch.Tensor], batch_size: int = 32,
-                 dtype: torch.dtype = torch.float16) -> torch.Tensor:
-    """Encode every frame of a video at ``fps`` in batches. Returns (N, K, D) on CPU in ``dtype``."""
-    chunks, batch = [], []
+                 dtype: torch.dtype = torch.float16, on_batch: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Encode every frame of a video at ``fps`` in batches. Returns (N, K, D) on CPU in ``dtype``.
+
+    ``on_batch(n)``, when given, is called after each batch with its number of frames (for progress displays).
+    """
+    chunks: list[torch.Tensor] = []
+    batch: list[torch.Tensor] = []
+
+    def flush() -> None:
+        chunks.append(encode(torch.stack(batch)).to("cpu", dtype))
+        if on_batch is not None:
+            on_batch(len(batch))
+        batch.clear()
+
     for frame in iter_video_frames(path, fps):
         tensor = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)
         if batch and tensor.shape != batch[0].shape:  # the frame size changed mid-video: encode what came before
-            chunks.append(encode(torch.stack(batch)).to("cpu", dtype))
-            batch = []
+            flush()
         batch.append(tensor)
         if len(batch) == batch_size:
-            chunks.append(encode(torch.stack(batch)).to("cpu", dtype))
-            batch = []
+            flush()
     if batch:
-        chunks.append(encode(torch.stack(batch)).to("cpu", dtype))
+        flush()
     if not chunks:
         raise ValueError(f"no frames decoded from {str(path)!r}")
     return torch.cat(chunks)

@@ -1,17 +1,17 @@
 """Pixels of the built-in streaming world: shapes as anti-aliased numpy masks, backgrounds, noise, PNG and MP4 output.
 
 Only numpy draws: every shape is a coverage mask computed on a supersampled grid inside the object's bounding box
-and alpha-blended over the background. Video files are written with PyAV (``libx264`` when available, else
-``mpeg4``), always to a temporary name that is renamed into place, so a killed run never leaves a half-written file.
+and alpha-blended over the background. PNG files are written with Pillow, video files with PyAV (``libx264`` when
+available, else ``mpeg4``), always to a temporary name that is renamed into place, so a killed run never leaves a
+half-written file.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
-import struct
-import zlib
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -142,18 +142,15 @@ def render(sprites: list[Sprite], resolution: int, bg_rgb: tuple[int, int, int],
 
 # ---- output --------------------------------------------------------------------------------------------------------
 def png_bytes(image: np.ndarray) -> bytes:
-    """Encode an ``(H, W, 3)`` uint8 RGB image as PNG (zlib only)."""
+    """Encode an ``(H, W, 3)`` uint8 RGB image as PNG (Pillow, lossless)."""
+    from PIL import Image  # Pillow: only the PNG writer needs it
+
     image = np.ascontiguousarray(image, dtype=np.uint8)
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"png_bytes needs an (H, W, 3) image, got shape {image.shape}")
-    h, w = image.shape[:2]
-    raw = np.concatenate([np.zeros((h, 1), np.uint8), image.reshape(h, w * 3)], axis=1).tobytes()
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=9)
+    return buffer.getvalue()
 
 
 def save_png(path: str | Path, image: np.ndarray) -> Path:

@@ -7,7 +7,8 @@
 * :mod:`~livecue.eval.narration` — teacher-forced narration evaluation over a records file (batched).
 * :mod:`~livecue.eval.free` — the model running free through :class:`~livecue.inference.engine.StreamEngine`.
 * :mod:`~livecue.eval.benchmarks` — COIN and LTA: generation after the prompt and the frames.
-* :mod:`~livecue.eval.calibrate` — θ sweeps, plots and the recommended θ.
+* :mod:`~livecue.eval.calibrate` — θ sweeps, the recommended θ and what it rests on (n, a bootstrap interval).
+* :mod:`~livecue.eval.plots` — the PNG plots (matplotlib).
 
 ``livecue eval`` (:mod:`livecue.commands.eval`) is the command-line front door.
 """

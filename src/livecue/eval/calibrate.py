@@ -1,4 +1,5 @@
-"""θ calibration: sweep the speak threshold, plot TimeDiff / Fluency / F1 against it, recommend one, save it.
+"""θ calibration: sweep the speak threshold, plot TimeDiff / Fluency / F1 against it, recommend one, say how far to
+trust it, save it.
 
 The teacher-forced metrics reuse one forward per record for the whole grid (:func:`~livecue.eval.narration.
 score_records` is asked for the look-aheads any θ of the grid needs). The free-running F1 needs one streaming run
@@ -7,38 +8,106 @@ per θ, so it runs on a subset of records (``free_samples``; 0 skips it); frame 
 Recommended θ (:data:`RULE`): the θ with the highest F1 — the free-running F1 when the sweep ran free, else the
 teacher-forced per-frame speak F1 — ties broken by higher Fluency, then lower TimeDiff, then the θ nearest the
 model's current one.
+
+How far to trust it (:class:`Confidence`): the number of streams, speak/silence decisions and reference replies the
+deciding F1 rests on, and a bootstrap over streams: the records are resampled with replacement (the free-running
+streams and the teacher-forced records each on their own) :data:`RESAMPLES` times, the same rule picks θ on every
+resample, and the central 90% of those picks is the interval; ``agreement`` is the share of picks equal to the
+recommendation. With fewer than :data:`FEW_STREAMS` streams the note says to treat θ as a rough guide.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..config import CONFIG_FILE, LiveConfig
 from ..data.dataset import FrameProvider
 from ..inference.options import check_option
 from .free import evaluate_free
+from .metrics import decision_counts
 from .narration import RecordScores, make_dataset, narration_metrics, score_records
+from .textmetrics import prf
 
 log = logging.getLogger(__name__)
 DEFAULT_GRID: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 .. 0.95
 RULE = ("max F1 (free-running when swept, else teacher-forced per-frame speak F1); ties: higher Fluency, then lower "
         "TimeDiff, then nearest the current θ")
+RESAMPLES = 1000   # bootstrap resamples of the streams
+LEVEL = 0.9        # the bootstrap interval's level
+FEW_STREAMS = 20   # below this many streams the recommendation is a rough guide
+
+
+@dataclass
+class SweepPart:
+    """One part of a sweep (teacher-forced or free-running).
+
+    Attributes:
+        rows: one row per θ, the pooled numbers.
+        table: per record (rows) and θ (columns), the numbers the rule pools (arrays ``(records, len(grid))``):
+            teacher-forced ``tp`` / ``fp`` / ``fn`` (speak decisions), ``fluency``, ``time_diff``; free-running
+            ``replies`` / ``references`` / ``matched``.
+        decisions: speak/silence decisions scored per θ (teacher-forced stream positions, free-running frames).
+        references: the reference replies among them (the moments the model should speak).
+    """
+
+    rows: list[dict[str, Any]]
+    table: dict[str, np.ndarray]
+    decisions: int
+    references: int
+
+    @property
+    def streams(self) -> int:
+        return len(next(iter(self.table.values())))
+
+
+@dataclass
+class Confidence:
+    """What a recommended θ rests on and how stable it is when the streams are resampled (module docstring)."""
+
+    source: str                              # "free-running" or "teacher-forced": whose F1 decided
+    streams: int
+    decisions: int
+    references: int
+    interval: tuple[float, float] | None     # None with fewer than 2 streams
+    agreement: float | None
+    resamples: int = RESAMPLES
+    level: float = LEVEL
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n": {"source": self.source, "streams": self.streams, "decisions": self.decisions,
+                      "references": self.references},
+                "interval": list(self.interval) if self.interval else None, "interval_level": self.level,
+                "agreement": self.agreement, "resamples": self.resamples, "note": "; ".join(self.notes)}
+
+    def summary(self) -> str:
+        """One line: the n, then the bootstrap interval (when there is one)."""
+        s = "" if self.streams == 1 else "s"
+        text = (f"rests on {self.streams} {self.source} stream{s} ({self.decisions} speak/silence decisions, "
+                f"{self.references} reference replies)")
+        if self.interval is not None and self.agreement is not None:
+            text += (f"; {self.level:.0%} bootstrap interval [{self.interval[0]:.2f}, {self.interval[1]:.2f}], "
+                     f"the same θ in {self.agreement:.0%} of {self.resamples} resamples")
+        return text
 
 
 @dataclass
 class Calibration:
-    """One row per θ (teacher-forced means, plus ``free_*`` when swept), the recommendation and its rule."""
+    """One row per θ (teacher-forced means, plus ``free_*`` when swept), the recommendation, its rule and basis."""
 
     rows: list[dict[str, Any]]
     recommended: float
     current: float
     rule: str = RULE
+    confidence: Confidence | None = None
 
 
 def check_grid(grid: Sequence[float]) -> list[float]:
@@ -49,26 +118,52 @@ def check_grid(grid: Sequence[float]) -> list[float]:
     return values
 
 
-def sweep_teacher_forced(scores: Sequence[RecordScores], grid: Sequence[float]) -> list[dict[str, Any]]:
-    """Teacher-forced means at each θ (pure, from :func:`score_records` output covering the grid)."""
-    return [dict(threshold=th, **narration_metrics(scores, th).means) for th in check_grid(grid)]
+def sweep_teacher_forced(scores: Sequence[RecordScores], grid: Sequence[float]) -> SweepPart:
+    """Teacher-forced means at each θ and the per-record table (pure, from :func:`score_records` output)."""
+    grid = check_grid(grid)
+    table = {k: np.zeros((len(scores), len(grid))) for k in ("tp", "fp", "fn", "fluency", "time_diff")}
+    rows = []
+    for g, th in enumerate(grid):
+        result = narration_metrics(scores, th)
+        rows.append(dict(threshold=th, **result.means))
+        for r, (rec, sample) in enumerate(zip(scores, result.samples)):
+            table["tp"][r, g], table["fp"][r, g], table["fn"][r, g] = decision_counts(rec.turns, th)
+            table["fluency"][r, g], table["time_diff"][r, g] = sample["fluency"], sample["time_diff"]
+    turns = [t for rec in scores for t in rec.turns]
+    return SweepPart(rows, table, decisions=sum(len(t.stream) for t in turns),
+                     references=sum(bool(t.stream) and t.gold_speak for t in turns))
 
 
 def sweep_free(model: Any, tokenizer: Any, data: Any, grid: Sequence[float], *, tolerance: int = 1,
                max_samples: int | None = None, feature_cache: str | Path | None = None,
-               frames: FrameProvider | None = None) -> list[dict[str, Any]]:
-    """Free-running precision / recall / F1 / TimeDiff / rate at each θ (one run per θ per record)."""
+               frames: FrameProvider | None = None, progress: Callable[..., None] | None = None) -> SweepPart:
+    """Free-running precision / recall / F1 / TimeDiff / rate at each θ (one run per θ per record).
+
+    ``progress(done, total, theta=θ)`` is called after each run (``total`` = θ values × records).
+    """
+    grid = check_grid(grid)
     features: dict[str, torch.Tensor] = {}
-    rows = []
-    for th in check_grid(grid):
+    rows, per_theta = [], []
+    for g, th in enumerate(grid):
+        step = None if progress is None else functools.partial(_sweep_step, progress, g, len(grid), th)
         res = evaluate_free(model, tokenizer, data, threshold=th, tolerance=tolerance, max_samples=max_samples,
-                            feature_cache=feature_cache, frames=frames, similarity=False, features=features)
+                            feature_cache=feature_cache, frames=frames, similarity=False, features=features,
+                            progress=step)
         m = res.means
         rows.append({"threshold": th, "free_precision": m["precision"], "free_recall": m["recall"],
                      "free_f1": m["f1"], "free_time_diff": m["time_diff"],
                      "free_replies_per_minute": m["replies_per_minute"]})
+        per_theta.append(res.samples)
         log.info("θ=%.2f free-running F1 %.3f", th, m["f1"])
-    return rows
+    table = {k: np.array([[s[k] for s in samples] for samples in per_theta], dtype=float).T
+             for k in ("replies", "references", "matched")}
+    first = per_theta[0]
+    return SweepPart(rows, table, decisions=sum(s["frames"] for s in first),
+                     references=sum(s["references"] for s in first))
+
+
+def _sweep_step(progress: Callable[..., None], g: int, thetas: int, theta: float, done: int, total: int) -> None:
+    progress(g * total + done, thetas * total, theta=theta)
 
 
 def recommend(rows: Sequence[dict[str, Any]], current: float) -> float:
@@ -85,25 +180,89 @@ def recommend(rows: Sequence[dict[str, Any]], current: float) -> float:
     return max(rows, key=key)["threshold"]
 
 
+def pooled_rows(grid: Sequence[float], tf: dict[str, np.ndarray], tf_weights: np.ndarray,
+                free: dict[str, np.ndarray] | None = None, free_weights: np.ndarray | None = None
+                ) -> list[list[dict[str, Any]]]:
+    """The rule's numbers at each θ for each row of weights (a record drawn k times has weight k).
+
+    Shape: tables (records, len(grid)); weights (B, records) -> B lists of len(grid) rows. With all weights 1 the
+    rows equal the sweep's own (speak F1 from pooled counts, Fluency and TimeDiff means over records, free F1 from
+    pooled counts).
+    """
+    sums = {k: tf_weights @ v for k, v in tf.items()}
+    count = tf_weights.sum(1, keepdims=True)
+    if free is not None and free_weights is not None:
+        sums.update({k: free_weights @ v for k, v in free.items()})
+    out = []
+    for b in range(tf_weights.shape[0]):
+        rows = []
+        for g, th in enumerate(grid):
+            tp, fp, fn = sums["tp"][b, g], sums["fp"][b, g], sums["fn"][b, g]
+            row = {"threshold": th, "speak_f1": prf(tp + fp, tp + fn, tp).f1,
+                   "fluency": sums["fluency"][b, g] / count[b, 0], "time_diff": sums["time_diff"][b, g] / count[b, 0]}
+            if free is not None:
+                row["free_f1"] = prf(sums["replies"][b, g], sums["references"][b, g], sums["matched"][b, g]).f1
+            rows.append(row)
+        out.append(rows)
+    return out
+
+
+def assess(grid: Sequence[float], tf: SweepPart, free: SweepPart | None, recommended: float, current: float, *,
+           resamples: int = RESAMPLES, level: float = LEVEL, seed: int = 0) -> Confidence:
+    """The :class:`Confidence` of ``recommended`` (see the module docstring)."""
+    grid = check_grid(grid)
+    basis = free if free is not None else tf
+    conf = Confidence("free-running" if free is not None else "teacher-forced", basis.streams, basis.decisions,
+                      basis.references, None, None, resamples, level)
+    key = "free_f1" if free is not None else "speak_f1"
+    if len({round(r[key], 9) for r in basis.rows}) == 1:
+        conf.notes.append(f"F1 is {basis.rows[0][key]:.3f} at every θ of the grid: the tie-breakers (Fluency, "
+                          f"TimeDiff, nearness to the current θ) chose it")
+    if basis.streams < 2:
+        conf.notes.append(f"rests on {basis.streams} stream: no interval; treat θ as a rough guide")
+        return conf
+    rng = np.random.default_rng(seed)
+
+    def draw(n: int) -> np.ndarray:
+        return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(float)
+
+    picks = np.array([recommend(rows, current) for rows in pooled_rows(
+        grid, tf.table, draw(tf.streams), None if free is None else free.table,
+        None if free is None else draw(free.streams))])
+    lo, hi = np.quantile(picks, [(1 - level) / 2, (1 + level) / 2], method="inverted_cdf")
+    conf.interval, conf.agreement = (float(lo), float(hi)), float(np.mean(picks == recommended))
+    if basis.streams < FEW_STREAMS:
+        conf.notes.append(f"fewer than {FEW_STREAMS} streams: the interval is itself rough; treat θ as a rough guide")
+    return conf
+
+
 def calibrate(model: Any, tokenizer: Any, data: Any, *, grid: Sequence[float] = DEFAULT_GRID, batch_size: int = 1,
               max_samples: int | None = None, free_samples: int = 0, tolerance: int = 1,
               feature_cache: str | Path | None = None, frames: FrameProvider | None = None,
-              scores: Sequence[RecordScores] | None = None) -> Calibration:
-    """Sweep θ over ``grid`` (teacher-forced on all records, free-running on the first ``free_samples``)."""
+              scores: Sequence[RecordScores] | None = None, progress: Callable[..., None] | None = None
+              ) -> Calibration:
+    """Sweep θ over ``grid`` (teacher-forced on all records, free-running on the first ``free_samples``).
+
+    ``progress``: the free-running sweep's callback (:func:`sweep_free`).
+    """
     grid = check_grid(grid)
     if scores is None:
         dataset = make_dataset(model, tokenizer, data, max_samples=max_samples, feature_cache=feature_cache,
                                frames=frames)
         scores = score_records(model, tokenizer, dataset, grid, batch_size=batch_size)
-    rows = sweep_teacher_forced(scores, grid)
+    tf = sweep_teacher_forced(scores, grid)
+    rows = tf.rows
+    free = None
     if free_samples > 0:
         free = sweep_free(model, tokenizer, data, grid, tolerance=tolerance,
                           max_samples=min(free_samples, max_samples or free_samples), feature_cache=feature_cache,
-                          frames=frames)
-        for row, extra in zip(rows, free):
+                          frames=frames, progress=progress)
+        for row, extra in zip(rows, free.rows):
             row.update(extra)
     current = model.cfg.stream.threshold
-    return Calibration(rows=rows, recommended=recommend(rows, current), current=current)
+    recommended = recommend(rows, current)
+    return Calibration(rows=rows, recommended=recommended, current=current,
+                       confidence=assess(grid, tf, free, recommended, current))
 
 
 def save_threshold(checkpoint: str | Path, threshold: float) -> Path:
@@ -112,9 +271,20 @@ def save_threshold(checkpoint: str | Path, threshold: float) -> Path:
     Raises:
         ValueError: ``checkpoint`` is not a checkpoint directory or θ is outside [0, 1].
     """
+    check_checkpoint(checkpoint)
+    cfg = LiveConfig.load(checkpoint).with_overrides({"stream.threshold": float(threshold)})
+    return cfg.save(checkpoint)
+
+
+def check_checkpoint(checkpoint: str | Path) -> Path:
+    """The checkpoint directory ``--save-threshold`` may write to (ValueError: not one, or the packaged model)."""
     path = Path(checkpoint)
     if not (path.is_dir() and (path / CONFIG_FILE).is_file()):
         raise ValueError(f"--save-threshold needs a checkpoint directory with {CONFIG_FILE}, got {str(path)!r} "
                          f"(a preset or config file has no checkpoint to update)")
-    cfg = LiveConfig.load(path).with_overrides({"stream.threshold": float(threshold)})
-    return cfg.save(path)
+    package = Path(__file__).resolve().parents[1]
+    if path.resolve().is_relative_to(package):
+        raise ValueError(f"--save-threshold would change the model installed with livecue ({path}): copy the "
+                         f"directory and pass the copy as --model")
+    return path
+

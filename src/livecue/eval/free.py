@@ -118,7 +118,7 @@ def score_run(run: FreeRun, ref: Reference, tolerance: int = 1) -> dict[str, Any
               if answer is not None and (key := (round(t, 6), text.strip())) in answered]
     minutes = run.num_frames / run.fps / 60
     return {
-        "id": run.id, "replies": len(pred), "references": len(gold), "matched": len(pairs),
+        "id": run.id, "frames": run.num_frames, "replies": len(pred), "references": len(gold), "matched": len(pairs),
         "precision": p.precision, "recall": p.recall, "f1": p.f1,
         "time_diff": sum(diffs) / len(diffs) / run.fps if diffs else None,
         "time_diffs_s": [d / run.fps for d in diffs], "minutes": minutes,

@@ -1,4 +1,4 @@
-"""Pure text and timing metrics: Levenshtein matching, COIN, Procedure, Ego4D LTA (SPEC §7), free-running timing.
+"""Pure text and timing metrics: Levenshtein (rapidfuzz), COIN, Procedure, Ego4D LTA (SPEC §7), free-running timing.
 
 COIN (SPEC §7): ``pred = lower(text).rstrip('.')``; correct if it equals the label or if the nearest category by
 Levenshtein distance equals the label (ties: the first category in list order, as upstream). Labels and categories
@@ -27,40 +27,36 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from rapidfuzz import process
+from rapidfuzz.distance import Levenshtein
 
 LTA_LINE = re.compile(r"(?:\d+\.|[^\s]+\s\d+\.)\s*(.*)")
 
 
-# ---- Levenshtein -----------------------------------------------------------------------------------------------------
+# ---- Levenshtein ---------------------------------------------------------------------------------------------------
 def levenshtein(a: Sequence[Hashable], b: Sequence[Hashable]) -> int:
-    """Edit distance (insert / delete / substitute, each 1) between two strings or sequences."""
-    if len(a) < len(b):
-        a, b = b, a
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i]
-        for j, y in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
-        prev = cur
-    return prev[-1]
+    """Edit distance (insert / delete / substitute, each 1) between two strings or sequences (rapidfuzz).
+
+    Sequences of other symbols (ints, (verb, noun) pairs) are first numbered by equality, so the distance is exact
+    whatever their hashes.
+    """
+    if isinstance(a, str) and isinstance(b, str):
+        return Levenshtein.distance(a, b)
+    codes: dict[Hashable, int] = {}
+    return Levenshtein.distance([codes.setdefault(x, len(codes)) for x in a],
+                                [codes.setdefault(x, len(codes)) for x in b])
 
 
 class NearestMatcher:
-    """Levenshtein distances from one query to many candidate strings, vectorised over the candidates (numpy).
+    """Levenshtein distances from one query to many candidate strings (rapidfuzz's ``cdist``), and the nearest one.
 
-    Row i of the dynamic programme is computed for all candidates at once; the insertion chain along a row is a
-    running minimum (``D[j] = j + min_{k≤j}(tmp[k] − k)``), so each query character costs a few array operations.
+    Distances are cached per query (LTA maps the same unknown action many times).
     """
 
     def __init__(self, candidates: Sequence[str]) -> None:
         if not candidates:
             raise ValueError("no candidates to match against")
         self.candidates = list(candidates)
-        self.lengths = np.array([len(c) for c in self.candidates], dtype=np.int64)
-        width = int(self.lengths.max())
-        self.codes = np.full((len(self.candidates), width), -1, dtype=np.int64)
-        for n, c in enumerate(self.candidates):
-            self.codes[n, :len(c)] = [ord(ch) for ch in c]
         self._cache: dict[str, np.ndarray] = {}
 
     def distances(self, query: str) -> np.ndarray:
@@ -68,15 +64,8 @@ class NearestMatcher:
         hit = self._cache.get(query)
         if hit is not None:
             return hit
-        n, width = self.codes.shape
-        ar = np.arange(width + 1)
-        row = np.broadcast_to(ar, (n, width + 1)).copy()  # D_0[j] = j
-        for i, ch in enumerate(query, 1):
-            tmp = np.empty_like(row)
-            tmp[:, 0] = i
-            tmp[:, 1:] = np.minimum(row[:, 1:] + 1, row[:, :-1] + (self.codes != ord(ch)))
-            row = np.minimum.accumulate(tmp - ar, axis=1) + ar
-        out = row[np.arange(n), self.lengths]
+        out = process.cdist([query], self.candidates, scorer=Levenshtein.distance, processor=None,
+                            dtype=np.int64)[0]
         if len(self._cache) < 100_000:
             self._cache[query] = out
         return out

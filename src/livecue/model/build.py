@@ -4,12 +4,18 @@
 as ``smollm2-135m-instruct``, :mod:`livecue.pretrained`) or randomly initialised (``random_init``, e.g. the ``tiny``
 preset). Loading a saved model (a checkpoint directory, a preset name, a config file) is :mod:`livecue.model.load`.
 
+A model with randomly initialised parts is for tests and benchmarks: ``build_model`` says so with one ``logging``
+warning (logger ``livecue.model.build``) naming them (:func:`random_parts`), unless the caller loads their weights
+next (``warn_random=False``: a checkpoint). The commands turn that warning into one line of their own
+(:func:`livecue.commands._common.announce_random`).
+
 transformers is imported inside the functions that build from it: importing it costs seconds, and the rest of
 livecue (configs, data, the CLI's help) must not pay for it.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -25,6 +31,35 @@ from .tokenizer import load_tokenizer, prepare_tokenizer
 from .vision import build_frame_encoder
 
 DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: every part of a composed model / of a VLM base, as :func:`random_parts` names them
+COMPOSED_PARTS, VLM_PARTS = ("vision", "connector", "lm"), ("vlm",)
+#: the ``extra`` key of build_model's random-weights warning: the list of random parts (for the commands)
+RANDOM_PARTS_KEY = "livecue_random_parts"
+
+log = logging.getLogger(__name__)
+
+
+def random_parts(cfg: LiveConfig) -> list[str]:
+    """The parts :func:`build_model` initialises randomly for ``cfg``: those with no pretrained source.
+
+    A composed model's connector is always random when built (a checkpoint stores it); its vision tower and LM are
+    random when their ``name_or_path`` is null (``random_init``, e.g. the ``tiny`` preset). A VLM base (``vlm``) is
+    random when ``vlm.name_or_path`` is null (the ``tiny_<family>`` presets). ``[]``: every part is pretrained.
+
+    Returns:
+        Names from :data:`COMPOSED_PARTS` / :data:`VLM_PARTS`, in that order, e.g. ``["vision", "connector", "lm"]``
+        for ``tiny``, ``["connector"]`` for ``live1_plus``.
+    """
+    if cfg.is_vlm:
+        return [] if cfg.vlm.name_or_path is not None else ["vlm"]
+    random = {"vision": cfg.vision.name_or_path is None, "connector": True, "lm": cfg.lm.name_or_path is None}
+    return [part for part in COMPOSED_PARTS if random[part]]
+
+
+def describe_random(parts: list[str]) -> str:
+    """``random weights`` for a wholly random model, ``random weights (connector)`` when only some parts are."""
+    whole = set(parts) in (set(COMPOSED_PARTS), set(VLM_PARTS))
+    return "random weights" if whole else f"random weights ({', '.join(parts)})"
 
 
 def build_tokenizer(cfg: LiveConfig) -> Any:
@@ -72,8 +107,12 @@ def resolve_config(cfg: LiveConfig, tokenizer: Any = None) -> LiveConfig:
 
 
 def build_model(cfg: LiveConfig, *, device: str | torch.device | None = None, dtype: str | None = None,
-                seed: int | None = 0, tokenizer: Any = None) -> tuple[LiveModel, Any]:
+                seed: int | None = 0, tokenizer: Any = None, warn_random: bool = True) -> tuple[LiveModel, Any]:
     """Assemble ``(LiveModel, tokenizer)`` from a config.
+
+    Parts without a pretrained source are randomly initialised (:func:`random_parts`); one ``logging`` warning says
+    so, e.g. ``tiny: random weights, for tests and benchmarks (load_model("default") is the trained default
+    model)``, unless ``warn_random`` is False.
 
     Args:
         cfg: the model config (a VLM's is resolved first: :func:`resolve_config`; ``model.cfg`` is the result).
@@ -81,6 +120,7 @@ def build_model(cfg: LiveConfig, *, device: str | torch.device | None = None, dt
         dtype: override ``cfg.lm.dtype`` (a VLM's ``cfg.vlm.dtype``): ``float32``, ``bfloat16``, ``float16``.
         seed: seed for randomly initialised parts (reproducible random models); ``None`` leaves the RNG alone.
         tokenizer: reuse an already built tokenizer.
+        warn_random: warn when parts are random; False when the caller loads their weights next (a checkpoint).
     """
     dtype_name = dtype or (cfg.vlm.dtype if cfg.is_vlm else cfg.lm.dtype)
     if dtype_name not in DTYPE_NAMES:
@@ -103,6 +143,9 @@ def build_model(cfg: LiveConfig, *, device: str | torch.device | None = None, dt
             model = LiveModel(vision, lm, cfg, markers.v, frame_end_id=markers.frame_end)
     model.to(device or "cpu")
     model.eval()
+    if warn_random and (parts := random_parts(cfg)):
+        log.warning("%s: %s, for tests and benchmarks (load_model(%r) is the trained default model)", cfg.name,
+                    describe_random(parts), "default", extra={RANDOM_PARTS_KEY: parts})
     return model, tokenizer
 
 

@@ -4,11 +4,12 @@
 model or the paper's released adapter (:mod:`livecue.model.upstream`); building a model from a config is
 :mod:`livecue.model.build`.
 
-A livecue checkpoint directory holds ``livecue_config.json``, the tokenizer files (with ``<v>``) and
-``livecue_model.safetensors`` with the weights that cannot be rebuilt from pretrained sources: always the connector,
-plus every randomly initialised part (keys prefixed ``connector.``, ``lm.``, ``vision.``). Over a pretrained VLM
-(``architecture: vlm``) that is the LoRA adapter beside it and the vision encoder / projector weights it trained
-(``vision.tower.*``); a random VLM saves everything, as a composed model's random parts.
+A livecue checkpoint directory holds ``livecue_config.json``, the tokenizer files (with ``<v>``), a model card
+(``README.md``, :mod:`livecue.model.card`) and ``livecue_model.safetensors`` with the weights that cannot be rebuilt
+from pretrained sources: always the connector, plus every randomly initialised part (keys prefixed ``connector.``,
+``lm.``, ``vision.``). Over a pretrained VLM (``architecture: vlm``) that is the LoRA adapter beside it and the
+vision encoder / projector weights it trained (``vision.tower.*``); a random VLM saves everything, as a composed
+model's random parts.
 
 Loading is strict and checked before any weight is used (``verify``): the weights file must hold exactly the tensors
 the config builds, in the config's shapes, all finite; a missing file, a corrupt one, an invalid config or missing
@@ -27,6 +28,7 @@ from ..config import CONFIG_FILE, LiveConfig, list_presets, preset
 from ..pretrained import local_dir
 from . import upstream, verify, vlm
 from .build import DTYPE_NAMES, build_model, load_tokenizer
+from .card_files import refresh_card
 from .live import LiveModel
 from .lora import (
     ADAPTER_CONFIG,
@@ -47,12 +49,16 @@ __all__ = ["save_checkpoint", "checkpoint_state", "load_model", "load_frame_enco
 
 
 # ---- saving -----------------------------------------------------------------------------------------------------
-def save_checkpoint(model: LiveModel, tokenizer: Any, directory: str | Path) -> Path:
-    """Write config, tokenizer, the LoRA adapter (if any) and the weights not rebuildable from pretrained sources.
+def save_checkpoint(model: LiveModel, tokenizer: Any, directory: str | Path, *, card: bool = True) -> Path:
+    """Write config, tokenizer, the LoRA adapter (if any), the weights not rebuildable from pretrained sources and
+    the model card.
 
     ``livecue_model.safetensors`` holds the connector, plus the base LM when it was randomly initialised or trained
     without LoRA, plus the vision tower when it was randomly initialised (a VLM's: the parts it trains). Adapter
-    weights go to ``adapter_model.safetensors`` (PEFT layout).
+    weights go to ``adapter_model.safetensors`` (PEFT layout). ``README.md`` is the model card
+    (:mod:`livecue.model.card`: base parts, configuration, intended use and limitations; a training run's checkpoint
+    adds its training data and metrics; a hand-written card is kept): ``card=False`` leaves it to the caller
+    (training writes it after the manifest it reads).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -64,6 +70,8 @@ def save_checkpoint(model: LiveModel, tokenizer: Any, directory: str | Path) -> 
               metadata=weights_metadata(lora))
     if lora:
         save_adapter(model, directory)
+    if card:
+        refresh_card(directory)  # a hand-written card (without livecue's marker line) is kept
     return directory
 
 
@@ -232,7 +240,8 @@ def _load_checkpoint(path: Path, *, device: str | torch.device | None, dtype: st
     cfg = check_checkpoint_files(path, full=False)
     cfg = cfg.with_overrides(overrides) if overrides else cfg
     tokenizer = load_tokenizer(path, saved=True)
-    model, tokenizer = build_model(cfg, device=device, dtype=dtype, tokenizer=tokenizer)
+    model, tokenizer = build_model(cfg, device=device, dtype=dtype, tokenizer=tokenizer,
+                                   warn_random=False)  # its weights are the checkpoint's
     if wants_vision_lora(cfg):  # its LoRA layers are in the weights file: inject them first
         apply_vision_lora(model)
     adapter = (path / ADAPTER_FILE).is_file()

@@ -34,6 +34,8 @@ from ..config import CONFIG_FILE, LiveConfig, preset
 from ..pretrained import local_dir
 from . import verify
 from .build import build_model, load_tokenizer, prepare_tokenizer
+from .card import CardFacts
+from .card_files import save_facts, write_card
 from .live import LiveModel
 from .lora import ADAPTER_CONFIG, ADAPTER_FILE, PREFIX, apply_lora, load_lora_tensors, merge_lora, read_adapter_config
 from .verify import WEIGHTS_FILE, weights_metadata
@@ -111,7 +113,8 @@ def load_upstream(adapter: str, *, base: str | None = None, vision: str | None =
                           if base else None, vision)
     saved = any((adapter_dir / name).is_file() for name in TOKENIZER_FILES)  # upstream saves it with the adapter
     tokenizer = prepare_tokenizer(load_tokenizer(adapter_dir if saved else cfg.lm.name_or_path, saved=saved), cfg)
-    model, tokenizer = build_model(cfg, device=device, dtype=dtype, tokenizer=tokenizer)
+    model, tokenizer = build_model(cfg, device=device, dtype=dtype, tokenizer=tokenizer,
+                                   warn_random=False)  # the connector comes from the adapter
     apply_lora(model)
     load_upstream_tensors(model, tensors, adapter_dir / ADAPTER_FILE)
     if merge:
@@ -134,8 +137,9 @@ def load_upstream_tensors(model: LiveModel, tensors: dict[str, torch.Tensor], fi
 
 # ---- conversion ----------------------------------------------------------------------------------------------------
 def convert_to_livecue(adapter_dir: str | Path, out: str | Path, *, base: str | None = None,
-                       vision: str | None = None) -> Path:
-    """Upstream adapter directory -> livecue checkpoint directory; every tensor is copied bit for bit."""
+                       vision: str | None = None, origin: str | None = None) -> Path:
+    """Upstream adapter directory -> livecue checkpoint directory; every tensor is copied bit for bit. The directory
+    gets a model card naming ``origin`` (the hub id or directory the adapter came from)."""
     adapter_dir, out = Path(adapter_dir), Path(out)
     _check_out(adapter_dir, out)
     config, tensors = read_adapter(adapter_dir)
@@ -150,6 +154,8 @@ def convert_to_livecue(adapter_dir: str | Path, out: str | Path, *, base: str | 
     adapter_config = dict(config, modules_to_save=None)
     (out / ADAPTER_CONFIG).write_text(json.dumps(adapter_config, indent=2))
     _copy_tokenizer(adapter_dir, out)
+    save_facts(out, CardFacts(origin=origin or str(adapter_dir)))
+    write_card(out)
     return out
 
 

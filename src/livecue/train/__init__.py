@@ -5,5 +5,5 @@
 * :mod:`.trainable`: the model as training sees it (LoRA, what trains, parameter groups);
 * :mod:`.checkpoint`: checkpoints written atomically with a manifest, and choosing the one to resume from;
 * :mod:`.verify`: the checks a checkpoint passes before a resume uses it; :mod:`.manifest`: what it records;
-* :mod:`.logging`: ``log.jsonl``, TensorBoard and the progress line.
+* :mod:`.logging`: ``log.jsonl``, the experiment trackers (``train.report_to``), the run header and progress.
 """

@@ -16,6 +16,13 @@ falls back to the previous one with a warning naming the checkpoint and the reas
 the checkpoint's is refused, naming the fields (keys the config no longer has, ``livecue.config.LEGACY_KEYS``, are
 not differences). The format constants and the config hash live in :mod:`livecue.train.manifest`, shared with the
 verifier.
+
+Every checkpoint and the final model carry a model card (``README.md``, :mod:`livecue.model.card`) rendered from
+the directory's own files after the manifest: the config, and the manifest's run record (the training records'
+path, count and sha256, steps, epochs, and under ``log`` the last training loss and validation metrics of
+``log.jsonl`` up to the saved step). The card and its facts file (``livecue_card.json``) are documentation, not part
+of the checkpoint's integrity: the manifest does not list them, so refreshing a card later (``livecue push``,
+``livecue eval`` recording results) never invalidates a resume.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ from typing import Any
 import torch
 
 from ..config import LEGACY_KEYS
+from ..model.card import CARD_FILE
+from ..model.card_files import FACTS_FILE, write_card
 from ..model.load import save_checkpoint
 from .manifest import (  # noqa: F401 - also this module's interface (MANIFEST, file_sha256, STATE_FILE ...)
     CHECKPOINT_FORMAT,
@@ -53,6 +62,9 @@ from .verify import verify_against_run, verify_checkpoint
 log = logging.getLogger(__name__)
 
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+LOG_FILE = "log.jsonl"  # the run's log in output_dir (livecue.train.logging)
+_TRAINING_KEYS = frozenset({"loss", "lr", "tokens_per_s", "epoch", "grad_norm"})  # not validation metrics
+UNLISTED = frozenset({CARD_FILE, FACTS_FILE})  # documentation a manifest does not cover (see the module docstring)
 _LEFTOVER = re.compile(r"\.(checkpoint-\d+|final)\.(tmp|old)-[0-9a-f]+")
 
 # ---- the run a checkpoint belongs to -------------------------------------------------------------------------------
@@ -137,11 +149,13 @@ def _fsync_dir(path: Path) -> None:
 
 
 def write_manifest(directory: Path, info: dict[str, Any]) -> dict[str, Any]:
-    """Hash (and fsync) every file under ``directory``, then write the manifest last."""
+    """Hash (and fsync) every file under ``directory`` but the model card and its facts (:data:`UNLISTED`), then
+    write the manifest last."""
     files = {}
     for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST):
-        files[path.relative_to(directory).as_posix()] = {"size": path.stat().st_size,
-                                                         "sha256": file_sha256(path, sync=True)}
+        rel = path.relative_to(directory).as_posix()
+        if rel not in UNLISTED:
+            files[rel] = {"size": path.stat().st_size, "sha256": file_sha256(path, sync=True)}
     manifest = {**info, "files": files}
     with open(directory / MANIFEST, "w", encoding="utf-8") as f:
         f.write(json.dumps(manifest, indent=1) + "\n")
@@ -182,14 +196,13 @@ def save_training_checkpoint(acc: Any, model: Any, tok: Any, out: Path, run: Run
     acc.save_state(str(tmp / STATE_DIR))  # every process: its RNG state; the main process: the rest
     acc.wait_for_everyone()
     if acc.is_main_process:
-        save_checkpoint(acc.unwrap_model(model), tok, tmp)
+        save_checkpoint(acc.unwrap_model(model), tok, tmp, card=False)
         (tmp / STATE_FILE).write_text(json.dumps({"step": step, "epoch": epoch, "micro": micro}))
         write_manifest(tmp, {
             "format": CHECKPOINT_FORMAT, "format_version": FORMAT_VERSION, "step": step, "epoch": epoch,
             "micro": micro, "micro_total": epoch * run.batches_per_epoch + micro, "seed": run.config["train"]["seed"],
-            "num_processes": run.num_processes, "batches_per_epoch": run.batches_per_epoch,
-            "total_steps": run.total_steps, "gradient_accumulation_steps": run.gradient_accumulation_steps,
-            "data": run.data, "config_sha256": run.config_sha256, "config": run.config})
+            **run_record(run, out, step)})
+        write_card(tmp, model_ref=str(final))
         publish(tmp, final, run.nonce)
         if keep > 0:  # checkpoints past this step belong to an abandoned future (a resume fell back past them)
             mine = sorted((p for p in list_checkpoints(out) if step_of(p) <= step), key=step_of)
@@ -204,10 +217,41 @@ def save_final_model(model: Any, tok: Any, out: Path, run: RunInfo, step: int) -
     final = out / "final"
     tmp = out / f".final.tmp-{run.nonce}"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_checkpoint(model, tok, tmp)
+    save_checkpoint(model, tok, tmp, card=False)
     write_manifest(tmp, {"format": MODEL_FORMAT, "format_version": FORMAT_VERSION, "step": step,
-                         "config_sha256": run.config_sha256, "config": run.config})
+                         **run_record(run, out, step)})
+    write_card(tmp, model_ref=str(final))
     return publish(tmp, final, run.nonce)
+
+
+def run_record(run: RunInfo, out: Path, step: int) -> dict[str, Any]:
+    """What a manifest records about the run at ``step``: its size, data, config and, under ``log``, the last
+    training loss and validation metrics (the model card shows them)."""
+    return {"num_processes": run.num_processes, "batches_per_epoch": run.batches_per_epoch,
+            "total_steps": run.total_steps, "gradient_accumulation_steps": run.gradient_accumulation_steps,
+            "data": run.data, "log": last_logged(out / LOG_FILE, step), "config_sha256": run.config_sha256,
+            "config": run.config}
+
+
+def last_logged(path: Path, step: int) -> dict[str, Any]:
+    """The last training loss and the last validation metrics ``log.jsonl`` holds up to ``step``:
+    ``{"train": {"step", "loss"}, "validation": {"step", "eval_loss", ...}}`` (either absent when never logged)."""
+    found: dict[str, Any] = {}
+    if not path.is_file():
+        return found
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a torn last line
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int) or record["step"] > step:
+            continue
+        numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if "loss" in numbers:
+            found["train"] = {"step": record["step"], "loss": numbers["loss"]}
+        if "eval_loss" in numbers:
+            found["validation"] = {k: v for k, v in numbers.items() if k not in _TRAINING_KEYS}
+    return found
 
 
 # ---- finding -------------------------------------------------------------------------------------------------------

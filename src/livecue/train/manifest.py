@@ -19,12 +19,24 @@ CHECKPOINT_FORMAT = "livecue-training-checkpoint"
 MODEL_FORMAT = "livecue-model"       # output_dir/final
 FORMAT_VERSION = 1
 
-# Fields of the run config that may change when resuming: where and how often the run logs, evaluates and saves,
-# and memory/speed knobs. Everything else (model, LoRA, data, optimisation, schedule, seed) must equal the
-# checkpoint's. ``train.train_data`` may move to another path when the records it names are byte-identical.
+# Fields of the run config that may change when resuming: the run's name, where and how often the run logs,
+# evaluates and saves, the experiment trackers, and memory/speed knobs. Everything else (model, LoRA, data,
+# optimisation, schedule, seed) must equal the checkpoint's. ``train.train_data`` may move to another path when the
+# records it names are byte-identical.
 RESUMABLE_CHANGES = frozenset({
+    "name", "train.output_dir", "train.eval_data", "train.eval_steps", "train.eval_max_samples", "train.log_steps",
+    "train.save_steps", "train.save_total_limit", "train.num_workers", "train.gradient_checkpointing",
+    "train.report_to",
+})
+
+# The fields config_sha256 leaves out: those of format 1, fixed, so that the manifests written before a field became
+# resumable still verify (the hash checks that a manifest's config is intact; RESUMABLE_CHANGES alone decides what a
+# resume may change). A field that is new to the config (train.report_to) is absent from older manifests, so hashing
+# it changes nothing for them.
+_UNHASHED = frozenset({
     "train.output_dir", "train.eval_data", "train.eval_steps", "train.eval_max_samples", "train.log_steps",
     "train.save_steps", "train.save_total_limit", "train.num_workers", "train.gradient_checkpointing",
+    "train.train_data",
 })
 
 
@@ -44,8 +56,9 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_sha256(config: dict[str, Any]) -> str:
-    """A hash of the part of a run config that must not change on resume."""
-    fixed = {k: v for k, v in flatten(config).items() if k not in RESUMABLE_CHANGES and k != "train.train_data"}
+    """A hash of a run config, but for where the run writes, logs and saves (:data:`_UNHASHED`): a manifest records
+    it beside the config, so that an edited or damaged config is caught."""
+    fixed = {k: v for k, v in flatten(config).items() if k not in _UNHASHED}
     return hashlib.sha256(json.dumps(fixed, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -5,19 +5,23 @@
     train(cfg) = setup → [resume_from_checkpoint] → open_logs
                  → per epoch: (train_step → [evaluate] → [save])*  → finish
 
-* :func:`setup` (every process): the accelerator, the model (:mod:`livecue.train.trainable`: LoRA on the LM through
-  peft, lm_head included as upstream; the connector trained in full; the vision tower frozen; trainable weights in
-  float32), the data (frames decoded and letterboxed on the fly, or read from ``train.feature_cache``), AdamW and a
-  cosine/linear/constant schedule with warmup. Gradient accumulation, fp32/bf16/fp16 mixed precision, gradient
-  checkpointing.
+* :func:`setup` (every process): the experiment trackers (``train.report_to``, checked first), the accelerator,
+  the model (:mod:`livecue.train.trainable`: LoRA on the LM through peft, lm_head included as upstream; the
+  connector trained in full; the vision tower frozen; trainable weights in float32), the data (frames decoded and
+  letterboxed on the fly, or read from ``train.feature_cache``), AdamW and a cosine/linear/constant schedule with
+  warmup. Gradient accumulation, fp32/bf16/fp16 mixed precision, gradient checkpointing. A run that continues a
+  checkpoint gets a name of its own (:func:`~livecue.train.trainable.own_name`).
 * :func:`resume_from_checkpoint`: continue from the newest checkpoint in ``train.output_dir`` that verifies,
   refusing a run config that differs from it (:mod:`livecue.train.checkpoint`).
+* :func:`open_logs`: the run header on stderr, ``log.jsonl`` and the trackers (:mod:`livecue.train.logging`).
 * :func:`train_step`: one micro-batch; every ``gradient_accumulation_steps`` of them make an update step, whose
-  loss is logged (:mod:`livecue.train.logging`).
-* :func:`evaluate`: loss and speak/silence decision accuracy on ``train.eval_data`` (:func:`decision_metrics`).
+  loss, learning rate and tokens/s go to the progress display, ``log.jsonl`` and the trackers.
+* :func:`evaluate`: loss and speak/silence decision accuracy on ``train.eval_data`` (:func:`decision_metrics`),
+  printed and logged.
 * :func:`save`: ``output_dir/checkpoint-STEP`` (a loadable livecue checkpoint + ``state/`` with optimizer,
   scheduler and RNG state + ``trainer_state.json`` + ``livecue_manifest.json``), written atomically.
-* :func:`finish`: the final model to ``output_dir/final``, published the same way.
+* :func:`finish`: the final model to ``output_dir/final``, published the same way; a summary line; the trackers
+  finished.
 
 The data order is a pure function of (seed, epoch): every rank, every run and every resume sees the same batches,
 so a resumed run reproduces an uninterrupted one bit for bit, and N processes train as one with N× the
@@ -52,7 +56,7 @@ from .checkpoint import (
     save_final_model,
     save_training_checkpoint,
 )
-from .logging import TrainLogger
+from .logging import TENSORBOARD_DIR, RunHeader, TrainLogger, hyperparameters, resolve_trackers
 from .trainable import param_groups, setup_model
 
 log = logging.getLogger(__name__)
@@ -95,6 +99,7 @@ class TrainState:
     sampler: SeededSampler          # this process's share of each epoch's order
     eval_set: StreamDataset | None  # train.eval_data (evaluated on the main process only)
     run: RunInfo                    # what this run's checkpoints record, and what a resumed one must match
+    header: RunHeader               # what the run is (printed at its start)
     step: int = 0                   # update steps done
     epoch: int = 0                  # the epoch in progress
     micro: int = 0                  # micro-batches done in that epoch
@@ -111,7 +116,8 @@ class TrainState:
         return Path(self.cfg.train.output_dir)
 
 
-def train(cfg: LiveConfig, *, resume: bool = False, stop_after: int | None = None) -> TrainResult:
+def train(cfg: LiveConfig, *, resume: bool = False, stop_after: int | None = None,
+          keep_name: bool = False) -> TrainResult:
     """Run the recipe described by ``cfg`` (see the module docstring).
 
     Args:
@@ -119,8 +125,10 @@ def train(cfg: LiveConfig, *, resume: bool = False, stop_after: int | None = Non
         resume: continue from the newest checkpoint in ``train.output_dir`` that verifies (none: from scratch).
         stop_after: end the run after that many update steps without the final save, exactly as if the process had
             been killed there (tests of resumption use it); the schedule still spans the whole run.
+        keep_name: keep ``cfg.name`` even when it is ``train.init_from``'s name (else the run is renamed after its
+            output directory: :func:`~livecue.train.trainable.own_name`).
     """
-    state = setup(resolve_config(cfg))  # a VLM base: its family's placeholder, frame layout and chat format
+    state = setup(resolve_config(cfg), keep_name)  # a VLM base: its family's placeholder, frame layout, chat format
     if resume:
         resume_from_checkpoint(state)
     open_logs(state, resumed=resume)
@@ -131,16 +139,21 @@ def train(cfg: LiveConfig, *, resume: bool = False, stop_after: int | None = Non
 
 
 # ---- setup ---------------------------------------------------------------------------------------------------------
-def setup(cfg: LiveConfig) -> TrainState:
-    """Every process: accelerator, model, data, optimizer and schedule, in the order that fixes the random stream
-    (a run is reproducible from ``train.seed``); then the run's identity for its checkpoints (collective)."""
-    Accelerator, set_seed = _accelerate()
+def setup(cfg: LiveConfig, keep_name: bool = False) -> TrainState:
+    """Every process: trackers, accelerator, model, data, optimizer and schedule, in the order that fixes the random
+    stream (a run is reproducible from ``train.seed``); then the run's identity for its checkpoints (collective)."""
+    Accelerator, ProjectConfiguration, set_seed = _accelerate()
     tc = cfg.train
     if not tc.train_data:
         raise ValueError("train.train_data is not set: give a records JSONL file (--train.train_data=FILE)")
-    acc = Accelerator(gradient_accumulation_steps=tc.gradient_accumulation_steps, mixed_precision=tc.mixed_precision)
+    trackers = resolve_trackers(tc.report_to)  # a missing tracker: one line, before anything loads
+    project = ProjectConfiguration(project_dir=tc.output_dir, logging_dir=str(Path(tc.output_dir) / TENSORBOARD_DIR))
+    acc = Accelerator(gradient_accumulation_steps=tc.gradient_accumulation_steps, mixed_precision=tc.mixed_precision,
+                      log_with=trackers or None, project_config=project)
     set_seed(tc.seed)
-    model, tok = setup_model(cfg)
+    model, tok = setup_model(cfg, keep_name)
+    if tc.init_from:
+        cfg = model.cfg  # the run's config, renamed when it still carries the checkpoint's name
     dataset = make_dataset(cfg, tok, tc.train_data)
     if len(dataset) == 0:  # an empty epoch would loop for ever
         raise ValueError(f"train.train_data {tc.train_data!r} holds no training records")
@@ -148,26 +161,34 @@ def setup(cfg: LiveConfig) -> TrainState:
     batches_per_epoch = math.ceil(len(sampler) / tc.per_device_batch_size)
     total_steps = count_update_steps(cfg, batches_per_epoch)
     groups = param_groups(model, cfg)
+    params = [p for g in groups for p in g["params"]]
+    header = RunHeader(cfg=cfg, records=len(dataset), total_steps=total_steps, batches_per_epoch=batches_per_epoch,
+                       num_processes=acc.num_processes, device=str(acc.device),
+                       distributed=str(getattr(acc.distributed_type, "value", acc.distributed_type)),
+                       mixed_precision=str(acc.mixed_precision), trainable=sum(p.numel() for p in params),
+                       parameters=sum(p.numel() for p in model.parameters()), trackers=trackers)
     optimizer = torch.optim.AdamW(groups, lr=tc.learning_rate, weight_decay=tc.weight_decay)
     scheduler = get_scheduler(tc.lr_scheduler, optimizer, num_warmup_steps=int(tc.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
     model, optimizer = acc.prepare(model, optimizer)
     acc.register_for_checkpointing(scheduler)
     eval_set = make_dataset(cfg, tok, tc.eval_data, tc.eval_max_samples) if tc.eval_data else None
+    header.eval_records = len(eval_set) if eval_set is not None else None
     return TrainState(cfg=cfg, acc=acc, model=model, tokenizer=tok, optimizer=optimizer, scheduler=scheduler,
-                      params=[p for g in groups for p in g["params"]], dataset=dataset,
-                      collate=Collator(tok.pad_token_id), sampler=sampler, eval_set=eval_set,
-                      run=RunInfo.create(acc, cfg, len(dataset), batches_per_epoch, total_steps))
+                      params=params, dataset=dataset, collate=Collator(tok.pad_token_id), sampler=sampler,
+                      eval_set=eval_set, run=RunInfo.create(acc, cfg, len(dataset), batches_per_epoch, total_steps),
+                      header=header)
 
 
-def _accelerate() -> tuple[Any, Any]:
-    """accelerate's ``Accelerator`` and ``set_seed`` (an optional dependency: the ``[train]`` extra)."""
+def _accelerate() -> tuple[Any, Any, Any]:
+    """accelerate's ``Accelerator``, ``ProjectConfiguration`` and ``set_seed`` (an optional dependency: the
+    ``[train]`` extra)."""
     try:
         from accelerate import Accelerator
-        from accelerate.utils import set_seed
+        from accelerate.utils import ProjectConfiguration, set_seed
     except ImportError:
         raise ImportError("training needs accelerate and peft: pip install 'livecue[train]'") from None
-    return Accelerator, set_seed
+    return Accelerator, ProjectConfiguration, set_seed
 
 
 def make_dataset(cfg: LiveConfig, tok: Any, path: str, limit: int | None = None) -> StreamDataset:
@@ -206,15 +227,17 @@ def resume_from_checkpoint(state: TrainState) -> None:
 
 
 def open_logs(state: TrainState, resumed: bool) -> None:
-    """Write the resolved config into ``output_dir`` and open the logs; a resumed run drops the records the stopped
-    run logged after its checkpoint."""
+    """Write the resolved config into ``output_dir``, print the run header and open the logs and trackers; a resumed
+    run drops the records the stopped run logged after its checkpoint."""
     acc = state.acc
     if acc.is_main_process:
         state.out.mkdir(parents=True, exist_ok=True)
         state.cfg.save(state.out)
-    state.logger = TrainLogger(state.out, state.total_steps, enabled=acc.is_main_process,
+    state.header.start_step = state.step
+    run = {"run.records": state.header.records, "run.total_steps": state.total_steps,
+           "run.num_processes": acc.num_processes, "run.effective_batch_size": state.header.effective_batch}
+    state.logger = TrainLogger(acc, state.header, state.cfg.name, hyperparameters(state.cfg.to_dict(), run),
                                resume_step=state.step if resumed else None)
-    state.logger.mark_start(state.step)
     state.result.steps = state.step
     state.window = LossWindow()
 
@@ -279,14 +302,15 @@ def train_step(state: TrainState, batch: dict[str, Any]) -> bool:
 
 def log_step(state: TrainState) -> None:
     """Record the update step just done: its loss (averaged over micro-batches and processes), learning rate and
-    tokens/s; the progress line every step, ``log.jsonl`` every ``train.log_steps`` and at the last step."""
+    tokens/s; the progress display every step, ``log.jsonl`` and the trackers every ``train.log_steps`` and at the
+    last step."""
     acc, step, window = state.acc, state.step, state.window
     mean = acc.reduce(torch.stack(window.losses).mean(), reduction="mean").item()
     tokens = int(acc.reduce(torch.tensor(window.tokens, device=acc.device), reduction="sum").item())
     tokens_per_s = tokens / max(time.perf_counter() - window.start, 1e-9)
     lr = state.scheduler.get_last_lr()[0]
     state.result.losses.append(mean)
-    state.logger.progress(step, mean, lr, tokens_per_s)
+    state.logger.step(step, mean, lr, tokens_per_s)
     if step % state.cfg.train.log_steps == 0 or step == state.total_steps:
         state.logger.log(step, {"loss": mean, "lr": lr, "tokens_per_s": tokens_per_s, "epoch": state.epoch})
     state.window = LossWindow()
@@ -306,10 +330,10 @@ def evaluation_due(state: TrainState) -> bool:
 
 
 def evaluate(state: TrainState) -> dict[str, float]:
-    """Main process: evaluate the model on the eval set, log the metrics and keep them in the result."""
+    """Main process: evaluate the model on the eval set, print and log the metrics and keep them in the result."""
     metrics = decision_metrics(state.acc.unwrap_model(state.model), state.eval_set, state.collate, state.acc.device,
                                state.cfg.stream.threshold, state.eval_set.markers.silence)
-    state.logger.log(state.step, metrics)
+    state.logger.evaluation(state.step, metrics)
     state.result.eval = metrics
     return metrics
 
@@ -366,7 +390,7 @@ def save(state: TrainState) -> Path:
 
 def finish(state: TrainState, stopped: bool) -> TrainResult:
     """Every process: the result; unless the run was ``stopped`` early, the main process publishes
-    ``output_dir/final``."""
+    ``output_dir/final``; the summary line, and the logs and trackers closed."""
     acc = state.acc
     acc.wait_for_everyone()
     result = state.result
@@ -374,8 +398,7 @@ def finish(state: TrainState, stopped: bool) -> TrainResult:
     result.model, result.tokenizer = acc.unwrap_model(state.model), state.tokenizer
     if not stopped and acc.is_main_process:
         result.final_dir = save_final_model(result.model, state.tokenizer, state.out, state.run, state.step)
-        acc.print(f"saved the final model to {result.final_dir}")
-    state.logger.close()
+    state.logger.close(state.step, result.losses, result.eval, result.final_dir)
     if not stopped:
         acc.wait_for_everyone()
     return result

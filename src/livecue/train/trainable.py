@@ -3,6 +3,7 @@
 * :func:`setup_model`: a fresh model from the config, or ``train.init_from``'s checkpoint (its LoRA and connector);
   LoRA on the LM (and a VLM's vision encoder / projector: ``vlm.lora_vision`` / ``lora_projector``); the connector
   trainable, the vision tower frozen unless the config trains it; what trains kept in float32.
+* :func:`own_name`: a run that continues a checkpoint gets a name of its own, not the checkpoint's.
 * :func:`adopt_colour_bins`: continue a checkpoint with another ``vision.frame_colour_bins``.
 * :func:`param_groups`: the optimizer's parameter groups (the connector in its own when it has its own lr).
 """
@@ -10,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,19 +27,25 @@ from ..model.vision import FrameEncoder
 log = logging.getLogger(__name__)
 
 
-def setup_model(cfg: LiveConfig) -> tuple[Any, Any]:
+def setup_model(cfg: LiveConfig, keep_name: bool = False) -> tuple[Any, Any]:
     """Build (or load ``train.init_from``) the model with LoRA and the right parameters trainable.
 
+    Args:
+        cfg: the run's config.
+        keep_name: keep ``cfg.name`` even when it is ``train.init_from``'s (the user chose it: ``--name``);
+            otherwise such a run is renamed by :func:`own_name`.
+
     Returns:
-        ``(LiveModel, tokenizer)``, the model in training mode with ``model.cfg`` = ``cfg``.
+        ``(LiveModel, tokenizer)``, the model in training mode with ``model.cfg`` = the run's config: ``cfg``, or
+        ``cfg`` renamed.
     """
     tc = cfg.train
     if tc.init_from:
         model, tok = load_model(tc.init_from, merge_lora=False)
         adopt_colour_bins(model, cfg)
-        model.cfg = cfg
+        model.cfg = cfg if keep_name else own_name(cfg, model.cfg.name)
     else:
-        model, tok = build_model(cfg, seed=tc.seed)
+        model, tok = build_model(cfg, seed=tc.seed, warn_random=False)  # training learns its random parts
     if cfg.lora.enabled and not has_lora(model):
         apply_lora(model)
     if wants_vision_lora(cfg) and not has_vision_lora(model):
@@ -51,6 +59,19 @@ def setup_model(cfg: LiveConfig) -> tuple[Any, Any]:
         model.lm.config.use_cache = False
     model.train()
     return model, tok
+
+
+def own_name(cfg: LiveConfig, inherited: str) -> LiveConfig:
+    """``cfg`` with a name of its own when it still carries ``inherited``, the name of the checkpoint it continues
+    (``livecue-default`` for ``train.init_from: default``): the run directory's name (``train.output_dir``'s last
+    part, as the Hugging Face Trainer names a model after its output directory), or ``NAME-finetuned`` when the
+    directory has the checkpoint's name. A name that differs from the checkpoint's is the user's and is kept."""
+    if cfg.name != inherited:
+        return cfg
+    name = Path(cfg.train.output_dir).resolve().name
+    if not name or name == inherited:
+        name = f"{inherited}-finetuned"
+    return cfg.with_overrides({"name": name})
 
 
 def param_groups(model: Any, cfg: LiveConfig) -> list[dict[str, Any]]:
