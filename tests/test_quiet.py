@@ -188,3 +188,25 @@ def test_help_stays_light_with_the_switch():
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import at start-up'")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+
+
+def test_torchao_import_noise_only(caplog):
+    """torchao's import lines (GPU-only kernels that cannot load here; its enums' pytree registration) are hidden;
+    another torchao warning, e.g. a kernel livecue would use, is shown."""
+    def logged(logger: str, message: str, quiet: bool) -> bool:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger=logger):
+            if quiet:
+                with quiet_third_party():
+                    logging.getLogger(logger).warning(message)
+            else:
+                logging.getLogger(logger).warning(message)
+        return any(r.getMessage() == message for r in caplog.records)
+
+    cutlass = "Failed to load /venv/site-packages/torchao/_C_cutlass_90a.abi3.so: Could not load this library"
+    mxfp8 = "Failed to load /venv/site-packages/torchao/_C_mxfp8.cpython-310-x86_64-linux-gnu.so: Could not load"
+    enum = ("<enum 'KernelPreference'> is an Enum subclass and is now natively supported by torch.compile as an "
+            "opaque value type.")
+    for logger, message in (("torchao", cutlass), ("torchao", mxfp8), ("torch.utils._pytree", enum)):
+        assert logged(logger, message, quiet=False) and not logged(logger, message, quiet=True)
+    assert logged("torchao", "Failed to load /venv/site-packages/torchao/_C.abi3.so: missing symbol", quiet=True)

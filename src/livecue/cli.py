@@ -67,6 +67,13 @@ BENIGN_LOGS: list[tuple[str, str]] = [
     # on resume (the resume tests check the run continues bit-exactly). Only heads: any other shared tensor is shown.
     ("accelerate.utils.other",
      r"(\[RANK \d+\] )?Removed shared tensor \{'[^']*lm_head[^']*'(, '[^']*lm_head[^']*')*\} while saving"),
+    # torchao (the [quant] extra), imported by peft whenever it is installed: its import registers its enums with
+    # torch's pytree, which torch 2.13 deprecates for enums (they need no registration any more); nothing to act on.
+    ("torch.utils._pytree", r"<enum '[^']*'> is an Enum subclass and is now natively supported by torch\.compile"),
+    # torchao's import also tries its GPU-only kernel libraries (CUTLASS for Hopper, sm_90a; MXFP8, built for one
+    # CPython ABI); where they cannot load (a CPU machine, another GPU or Python) they are never used: livecue's CPU
+    # int8/int4 paths do not need them. (-v shows the lines, e.g. to check an H100's FP8 kernels.)
+    ("torchao", r"Failed to load \S*/torchao/_C_(cutlass_90a|mxfp8)[^/]*\.so"),
 ]
 
 # transformers progress bars, by their description, hidden through transformers.utils.logging.set_tqdm_hook: no
