@@ -192,7 +192,7 @@ def test_legacy_lora_modules_to_save_still_loads(tmp_path):
 def test_every_config_field_is_documented():
     """Each field of every section has a docstring (meaning, unit, range), read by ``livecue config --fields``."""
     sections = describe(LiveConfig)
-    assert [s.name for s in sections] == ["", "vision", "connector", "lm", "vlm", "stream", "lora", "train"]
+    assert [s.name for s in sections] == ["", "vision", "connector", "lm", "vlm", "stream", "lora", "train", "quantize"]
     for section in sections:
         assert section.summary, section.name
         names = {f.name for f in dataclasses.fields(LiveConfig)} if not section.name else {

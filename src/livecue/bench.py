@@ -155,12 +155,13 @@ def environment(model: Any, device: torch.device) -> dict[str, Any]:
 
 
 def load_bench_model(source: str, device: str | None = None, dtype: str | None = None,
-                     overrides: list[str] | None = None) -> tuple[Any, Any]:
+                     overrides: list[str] | None = None, quantize: str | None = None) -> tuple[Any, Any]:
     """``load_model`` with every tensor created directly on ``device`` (default-device context), so a real-size
-    random model (e.g. 8B parameters) is allocated and initialised on the GPU in seconds instead of on the CPU."""
+    random model (e.g. 8B parameters) is allocated and initialised on the GPU in seconds instead of on the CPU;
+    ``quantize``: a weight-only scheme (:mod:`livecue.model.quantize`) applied after loading."""
     target = torch.device(device or "cpu")
     with torch.device(target):
-        return load_model(source, device=target, dtype=dtype, overrides=overrides or None)
+        return load_model(source, device=target, dtype=dtype, overrides=overrides or None, quantize=quantize)
 
 
 # ---- the stream -----------------------------------------------------------------------------------------------------

@@ -40,6 +40,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("livecue.commands.bench", "benchmark streaming speed and memory vs stream length (forced replies)"),
     "info": ("livecue.commands.info", "build a model and print its parts, frame layout and marker token ids"),
     "render": ("livecue.commands.render", "render a conversation (JSON) with the LIVE template and show its labels"),
+    "quantize": ("livecue.commands.quantize", "quantize a checkpoint's LM (int8/int4/fp8, torchao) and re-calibrate "
+                                              "θ for it"),
     "push": ("livecue.commands.push", "publish a checkpoint (weights, tokenizer, model card) to the Hugging Face Hub"),
 }
 
@@ -74,6 +76,9 @@ BENIGN_LOGS: list[tuple[str, str]] = [
     # CPython ABI); where they cannot load (a CPU machine, another GPU or Python) they are never used: livecue's CPU
     # int8/int4 paths do not need them. (-v shows the lines, e.g. to check an H100's FP8 kernels.)
     ("torchao", r"Failed to load \S*/torchao/_C_(cutlass_90a|mxfp8)[^/]*\.so"),
+    # torchao's int8 matmul module, on a machine without triton (every CPU machine): triton only serves GPU
+    # dynamic-activation schemes, not the weight-only schemes livecue uses.
+    ("torchao.kernel.intmm", r"Warning: Detected no triton"),
 ]
 
 # transformers progress bars, by their description, hidden through transformers.utils.logging.set_tqdm_hook: no

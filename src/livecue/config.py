@@ -363,6 +363,33 @@ class LoraConfig:
         _check(0.0 <= self.dropout < 1.0, f"lora.dropout must be in [0, 1), got {self.dropout}")
 
 
+QUANTIZE_SCHEMES = ("none", "int8", "int4", "fp8")  # quantize.scheme (livecue.model.quantize.SCHEMES, plus none)
+
+
+@dataclass
+class QuantizeConfig:
+    """Weight-only quantization applied when the model loads, with θ re-calibrated for it.
+
+    ``livecue quantize`` writes this section (docs/quantization.md); ``--quantize`` on a command overrides
+    ``scheme``."""
+
+    scheme: str = "none"
+    """``none`` (full precision), ``int8``, ``int4`` or ``fp8`` (a float8 GPU only): the LM's linear layers are
+    quantized with torchao after loading (the ``quant`` extra)."""
+    threshold: float | None = None
+    """θ in [0, 1] re-calibrated for ``scheme`` (its speak rate matched to the full-precision model's at
+    ``stream.threshold``); used instead of ``stream.threshold`` when the model loads quantized with this scheme.
+    null: not re-calibrated (``stream.threshold`` is used)."""
+
+    def __post_init__(self) -> None:
+        _check(self.scheme in QUANTIZE_SCHEMES,
+               f"quantize.scheme must be one of {', '.join(QUANTIZE_SCHEMES)}, got {self.scheme!r}")
+        if self.threshold is not None:
+            self.threshold = UNIT_INTERVAL.validate("quantize.threshold", self.threshold)
+        _check(self.threshold is None or self.scheme != "none",
+               "quantize.threshold needs quantize.scheme (the scheme it was re-calibrated for)")
+
+
 @dataclass
 class TrainConfig:
     """A training run: data, optimisation, schedule, checkpoints and logs (upstream recipe, SPEC §5).
@@ -512,6 +539,8 @@ class LiveConfig:
     """LoRA on the LM (section ``lora``)."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """The training run (section ``train``)."""
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    """Weight-only quantization at load time and its re-calibrated θ (section ``quantize``)."""
     config_version: int = CONFIG_VERSION
     """The config format this file was written in; a livecue refuses a config newer than it reads."""
 

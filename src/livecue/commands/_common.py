@@ -56,13 +56,14 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 DEFAULT_MODEL = "default"  # the packaged default model: livecue.model.load.DEFAULT_ALIAS (a test keeps them equal)
+QUANTIZE_CHOICES = ("none", "int8", "int4", "fp8")  # livecue.config.QUANTIZE_SCHEMES (a test keeps them equal)
 DEFAULT_DEVICE = "auto"  # livecue.model.devices.AUTO: cuda, else mps, else cpu
 RANDOM_HINT = f"for tests and benchmarks (pass --model {DEFAULT_MODEL} for the trained default model)"
 
 
 def add_model_argument(parser: argparse.ArgumentParser, default: str = DEFAULT_MODEL) -> None:
-    """``--model`` (default: the packaged default model), ``--adapter``/``--base``/``--vision``, ``--dtype`` and
-    ``--device`` (default ``auto``); :func:`load_from_args` loads what they name."""
+    """``--model`` (default: the packaged default model), ``--adapter``/``--base``/``--vision``, ``--dtype``,
+    ``--quantize`` and ``--device`` (default ``auto``); :func:`load_from_args` loads what they name."""
     parser.add_argument("--model", default=default,
                         help="a checkpoint directory, a config file (.yaml/.json), a preset (live1, live1_plus, "
                              "tiny: random weights, for tests), a hub id, or the paper's model "
@@ -74,6 +75,10 @@ def add_model_argument(parser: argparse.ArgumentParser, default: str = DEFAULT_M
     parser.add_argument("--vision", default=None, help="the vision tower of an upstream adapter (hub id or dir)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                         help="override the LM dtype")
+    parser.add_argument("--quantize", choices=QUANTIZE_CHOICES, default=None,
+                        help="weight-only quantization of the LM at load (torchao: pip install 'livecue[quant]'): "
+                             "int8, int4, fp8 (a float8 GPU only), none (full precision); default: the "
+                             "checkpoint's quantize.scheme (docs/quantization.md)")
     parser.add_argument("--device", default=DEFAULT_DEVICE,
                         help="torch device: auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps "
                              "(default: %(default)s)")
@@ -187,5 +192,5 @@ def load_from_args(args: argparse.Namespace, overrides: list[str] | None = None,
     source = args.adapter or args.model
     with announce_random(args.command, source) if announce else contextlib.nullcontext():
         return load_model(source, device=args.device, dtype=args.dtype, overrides=overrides or None,
-                          base=args.base, vision=args.vision)
+                          base=args.base, vision=args.vision, quantize=getattr(args, "quantize", None))
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from ..inference.options import OPTIONS
 from ..progress import Progress
 from ._common import (
+    QUANTIZE_CHOICES,
     SEED,
     announce_random,
     check_device,
@@ -94,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "llama3_8b_siglip_random.yaml) or checkpoint; default: tiny")
     p.add_argument("--device", default=None, help="torch device (default: cpu)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="override the dtype")
+    p.add_argument("--quantize", choices=QUANTIZE_CHOICES, default=None,
+                   help="weight-only quantization of the LM (torchao: pip install 'livecue[quant]'): int8, int4, "
+                        "fp8 (a float8 GPU only), none (docs/quantization.md)")
     p.add_argument("--frames", type=_int_list(MAX_FRAMES), default=[100, 1000],
                    help=f"marks, e.g. 100,1000,3600,14400 (each in [1, {MAX_FRAMES}])")
     p.add_argument("--speak-every", type=nonnegative_float(86400.0), default=3.0,
@@ -159,7 +163,7 @@ def _run(args: argparse.Namespace, argv: list[str], overrides: list[str]) -> int
         torch.set_num_threads(args.threads)
     began = time.time()
     with announce_random("livecue bench", args.model):
-        model, tokenizer = load_bench_model(args.model, args.device, args.dtype, overrides)
+        model, tokenizer = load_bench_model(args.model, args.device, args.dtype, overrides, quantize=args.quantize)
     print(f"model built in {time.time() - began:.1f} s")
     engine = StreamEngine(model, tokenizer)
     env = environment(model, model.device)

@@ -18,6 +18,7 @@ recommendation. With fewer than :data:`FEW_STREAMS` streams the note says to tre
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable, Sequence
@@ -31,8 +32,9 @@ import torch
 from ..config import CONFIG_FILE, LiveConfig
 from ..data.dataset import FrameProvider
 from ..inference.options import check_option
+from .common import frame_provider, to_features
 from .free import evaluate_free
-from .metrics import decision_counts
+from .metrics import decision_counts, speaks
 from .narration import RecordScores, make_dataset, narration_metrics, score_records
 from .textmetrics import prf
 
@@ -288,3 +290,142 @@ def check_checkpoint(checkpoint: str | Path) -> Path:
                          f"directory and pass the copy as --model")
     return path
 
+
+
+# ---- θ for a changed model (quantization): match the speak rate ------------------------------------------------
+RATE_GRID: tuple[float, ...] = tuple(round(0.001 * i, 3) for i in range(1001))  # 0.000 .. 1.000
+
+
+@dataclass
+class RateMatch:
+    """θ re-chosen for a changed model (e.g. quantized) so its speak rate matches the reference model's.
+
+    Attributes:
+        threshold: θ for the changed model.
+        reference_threshold: the reference model's θ (also the changed model's θ "before").
+        reference_rate / rate_before / rate_after: the fraction of stream positions where the reference model, the
+            changed model at the reference θ, and the changed model at ``threshold`` speak.
+        agreement_before / agreement_after: the fraction of stream positions where the changed model's decision
+            (at the reference θ / at ``threshold``) equals the reference model's.
+        f1_reference / f1_before / f1_after: teacher-forced per-frame speak F1 against the references.
+        decisions: stream positions compared.
+        records: records they come from.
+    """
+
+    threshold: float
+    reference_threshold: float
+    reference_rate: float
+    rate_before: float
+    rate_after: float
+    agreement_before: float
+    agreement_after: float
+    f1_reference: float
+    f1_before: float
+    f1_after: float
+    decisions: int
+    records: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _stream_scores(scores: Sequence[RecordScores]) -> list[Any]:
+    return [s for rec in scores for turn in rec.turns for s in turn.stream]
+
+
+def _speak_f1(scores: Sequence[RecordScores], threshold: float) -> float:
+    tp, fp, fn = (0, 0, 0)
+    for rec in scores:
+        a, b, c = decision_counts(rec.turns, threshold)
+        tp, fp, fn = tp + a, fp + b, fn + c
+    return prf(tp + fp, tp + fn, tp).f1
+
+
+def match_speak_rate(reference: Sequence[RecordScores], changed: Sequence[RecordScores], threshold: float, *,
+                     grid: Sequence[float] = RATE_GRID) -> RateMatch:
+    """Pick θ for ``changed`` minimising |its speak rate − ``reference``'s at ``threshold``|, ties to the θ nearest
+    ``threshold`` (which is always a candidate, so the rate is never further off than keeping θ).
+
+    A tie in rate is also a tie in decision agreement: the positions where a model speaks grow with θ (nested sets),
+    so two θ with the same rate speak at the same positions.
+
+    ``reference`` and ``changed`` are :func:`~livecue.eval.narration.score_records` outputs of the same records
+    (one teacher-forced forward each; no look-aheads are needed).
+
+    Raises:
+        ValueError: the two scorings do not cover the same stream positions, or there are none.
+    """
+    threshold = check_option("threshold", threshold)
+    ref, new = _stream_scores(reference), _stream_scores(changed)
+    if len(ref) != len(new) or not ref:
+        raise ValueError(f"the two scorings must cover the same stream positions (got {len(ref)} and {len(new)}; "
+                         f"pass the same calibration records to both)")
+    target = float(np.mean([speaks(s, threshold) for s in ref]))
+    new_p = np.array([s.p_silence for s in new])
+    new_arg = np.array([s.argmax_silence for s in new])
+
+    def key(th: float) -> tuple[float, float]:
+        rate = float((~new_arg | (new_p < th)).mean())  # speaks(), vectorised
+        return (-round(abs(rate - target), 12), -abs(th - threshold))
+
+    best = max(sorted({*check_grid(grid), threshold}), key=key)
+    return compare_decisions(reference, changed, threshold, float(best))
+
+
+def compare_decisions(reference: Sequence[RecordScores], changed: Sequence[RecordScores], reference_threshold: float,
+                      threshold: float) -> RateMatch:
+    """The :class:`RateMatch` numbers of ``changed`` at ``threshold`` (and at ``reference_threshold``) against
+    ``reference`` at ``reference_threshold`` (e.g. on held-out records, θ chosen on others)."""
+    ref, new = _stream_scores(reference), _stream_scores(changed)
+    if len(ref) != len(new) or not ref:
+        raise ValueError(f"the two scorings must cover the same stream positions (got {len(ref)} and {len(new)}; "
+                         f"pass the same records to both)")
+    ref_speak = np.array([speaks(s, reference_threshold) for s in ref])
+
+    def stats(th: float) -> tuple[float, float]:
+        speak = np.array([speaks(s, th) for s in new])
+        return float(speak.mean()), float(np.mean(speak == ref_speak))
+
+    (rate_before, agree_before), (rate_after, agree_after) = stats(reference_threshold), stats(threshold)
+    return RateMatch(threshold=threshold, reference_threshold=reference_threshold,
+                     reference_rate=float(ref_speak.mean()), rate_before=rate_before, rate_after=rate_after,
+                     agreement_before=agree_before, agreement_after=agree_after,
+                     f1_reference=_speak_f1(reference, reference_threshold),
+                     f1_before=_speak_f1(changed, reference_threshold), f1_after=_speak_f1(changed, threshold),
+                     decisions=len(ref), records=len(reference))
+
+
+class _EncodedOnce:
+    """A frame provider that encodes each record's pixels with ``model``'s vision tower once and keeps the features
+    (the tower is not quantized, so both scorings of :func:`recalibrate_quantized` see the same features)."""
+
+    def __init__(self, model: Any, inner: FrameProvider) -> None:
+        self.model, self.inner, self.kept = model, inner, {}
+
+    def __call__(self, record: dict[str, Any]) -> torch.Tensor:
+        key = record["id"]
+        if key not in self.kept:
+            self.kept[key] = to_features(self.model, self.inner(record))
+        return self.kept[key]
+
+
+def recalibrate_quantized(model: Any, tokenizer: Any, data: Any, scheme: str, *, max_samples: int | None = None,
+                          feature_cache: str | Path | None = None,
+                          progress: Callable[[int, int], None] | None = None) -> RateMatch:
+    """Quantize ``model`` in place with ``scheme`` (:func:`livecue.model.quantize.quantize_model`) and re-choose θ
+    for it on the records ``data`` (:func:`match_speak_rate`: one teacher-forced forward per record before and
+    after). ``model.cfg.stream.threshold`` is the full-precision θ and stays unchanged; ``progress(done, total)``
+    counts the forwards."""
+    from ..model.quantize import check_scheme, quantize_model
+
+    check_scheme(scheme)
+    frames = _EncodedOnce(model, frame_provider(model, data if isinstance(data, (str, Path)) else None,
+                                                feature_cache))
+    dataset = make_dataset(model, tokenizer, data, max_samples=max_samples, frames=frames)
+    n = len(dataset)
+    full = score_records(model, tokenizer, dataset, [],
+                         progress=None if progress is None else lambda done, _: progress(done, 2 * n))
+    quantize_model(model, scheme)
+    changed = score_records(model, tokenizer, dataset, [],
+                            progress=None if progress is None else lambda done, _: progress(n + done, 2 * n))
+    return match_speak_rate(full, changed, model.cfg.stream.threshold)

@@ -113,7 +113,29 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default
 
 def load_model(source: str | Path, *, device: str | torch.device | None = None, dtype: str | None = None,
                overrides: list[str] | None = None, merge_lora: bool = True, base: str | None = None,
-               vision: str | None = None) -> tuple[LiveModel, Any]:
+               vision: str | None = None, quantize: str | None = None) -> tuple[LiveModel, Any]:
+    """Load ``(LiveModel, tokenizer)`` (:func:`_load_any`: every source it accepts), then quantize it when
+    ``quantize`` names a scheme or, with ``quantize=None``, when its config's ``quantize.scheme`` does
+    (:func:`livecue.model.quantize.apply_config`: θ re-calibrated for that scheme replaces ``stream.threshold``).
+    ``quantize="none"`` loads at full precision whatever the config says; ``merge_lora=False`` (to train on)
+    ignores the config's scheme."""
+    model, tokenizer = _load_any(source, device=device, dtype=dtype, overrides=overrides, merge_lora=merge_lora,
+                                 base=base, vision=vision)
+    if quantize is None and not merge_lora:  # loaded to train on (or for its vision side): full precision
+        return model, tokenizer
+    scheme = model.cfg.quantize.scheme if quantize is None else quantize
+    if scheme != "none":
+        if not merge_lora:
+            raise ValueError("quantization needs the LoRA adapter merged (merge_lora=True)")
+        from .quantize import apply_config
+
+        apply_config(model, scheme, source=str(source))
+    return model, tokenizer
+
+
+def _load_any(source: str | Path, *, device: str | torch.device | None = None, dtype: str | None = None,
+              overrides: list[str] | None = None, merge_lora: bool = True, base: str | None = None,
+              vision: str | None = None) -> tuple[LiveModel, Any]:
     """Load ``(LiveModel, tokenizer)`` from a checkpoint directory, a preset name, a config file, a hub id, the
     packaged default model (``default``), the paper's released adapter (alias ``videollm-online-8b-v1plus`` or a
     directory in its layout), or a pretrained vision-language model (a Hugging Face directory or hub id of a family
@@ -144,8 +166,8 @@ def load_model(source: str | Path, *, device: str | torch.device | None = None, 
         local = local_dir(str(source), "model")
         if vlm.is_vlm_dir(local):  # the config names the hub id, not this machine's hub cache
             return build_model(vlm.dir_config(str(source), overrides), device=device, dtype=dtype)
-        return load_model(local, device=device, dtype=dtype, overrides=overrides, merge_lora=merge_lora, base=base,
-                          vision=vision)
+        return _load_any(local, device=device, dtype=dtype, overrides=overrides, merge_lora=merge_lora, base=base,
+                         vision=vision)
     raise ValueError(f"unknown model {str(source)!r}: not a checkpoint directory, a config file, a preset "
                      f"({', '.join(list_presets())}), {DEFAULT_ALIAS} or {', '.join(upstream.ALIASES)}")
 
