@@ -63,3 +63,24 @@ def test_close_at_the_end_of_a_stream_answers_the_pending_questions_then_closes_
     dropped = sum(e["count"] for e in events if e["type"] == "dropped")
     assert closed["frames"] == len(watched) and len(watched) + dropped == len(times) and closed["dropped"] == dropped
     assert closed["last_t"] == times[-1]  # the newest frame is never the one dropped
+
+
+def test_a_session_at_the_frame_limit_is_closed_saying_why(tiny):
+    """Limits.max_session_frames: after the N-th frame the client is told (error frame_limit), the session closes
+    gracefully and `closed` names the server's limit, not the client."""
+    from starlette.testclient import TestClient
+
+    model, tok = tiny
+    app = create_app(model, tok, limits=Limits(queue_size=8, max_session_frames=2))
+    with TestClient(app) as http, http.websocket_connect("/ws") as ws:
+        ws.send_text(json.dumps({"type": "open", "threshold": 0.0}))
+        assert ws.receive_json()["type"] == "ready"
+        for i, image in enumerate(frames(2, seed=5)):
+            ws.send_bytes(pack_frame(i * 0.5, encode_image(image)))
+        events = []
+        while not events or events[-1]["type"] != "closed":
+            events.append(ws.receive_json())
+        assert ws.receive()["code"] == 1000
+    errors = [e for e in events if e["type"] == "error"]
+    assert [e["code"] for e in errors] == ["frame_limit"] and "2 frames" in errors[0]["message"]
+    assert events[-1]["reason"] == "the server's limit of 2 frames per session" and events[-1]["frames"] == 2

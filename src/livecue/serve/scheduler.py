@@ -160,13 +160,16 @@ class Scheduler:
             session.controls.append((kind, payload))
             self._cond.notify()
 
-    def close(self, session: ServeSession, graceful: bool = True) -> None:
-        """End a session. Graceful: watch the queued frames, answer pending queries, emit ``closed``.
-        Otherwise (disconnect) drop it now: its queue and engine state are freed."""
+    def close(self, session: ServeSession, graceful: bool = True, reason: str | None = None) -> None:
+        """End a session. Graceful: watch the queued frames, answer pending queries, emit ``closed`` (with
+        ``reason``, default "closed by the client"). Otherwise (disconnect) drop it now: its queue and engine state
+        are freed."""
         with self._cond:
             if session.gone:
                 return
             if graceful:
+                if reason is not None and not session.closing:
+                    session.close_reason = reason
                 session.closing = True
             else:
                 self._remove(session)
@@ -296,7 +299,7 @@ class Scheduler:
             if cap is not None and s.stats.frames >= cap and not s.closing:
                 self._send(s, error_event("frame_limit", f"this session has streamed {cap} frames, the server's "
                                                          f"limit; it is closing: open a new one to go on", t=t))
-                self.close(s)
+                self.close(s, reason=f"the server's limit of {cap} frames per session")
         finally:
             s.busy = False
 
@@ -358,7 +361,7 @@ class Scheduler:
             self._send(s, ev.to_dict())
         with self._cond:
             self._remove(s)
-        self._send(s, event("closed", s.stats.last_t, reason="closed by the client", **s.stats.to_dict()))
+        self._send(s, event("closed", s.stats.last_t, reason=s.close_reason, **s.stats.to_dict()))
 
     def _remove(self, s: ServeSession) -> None:
         """Forget a session (call with the lock held): its queue and engine state become garbage."""

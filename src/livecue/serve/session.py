@@ -80,6 +80,7 @@ class ServeSession:
     skipped_t: float = 0.0
     kept_t: float | None = None  # time of the last frame admitted at the session fps
     closing: bool = False      # graceful close asked: finish the queue, answer queries, then `closed`
+    close_reason: str = "closed by the client"  # what `closed` says (the server's frame limit: it says so)
     finishing: bool = False    # its pending queries are being answered (the last program of the session)
     gone: bool = False         # removed (disconnected or closed)
     busy: bool = False         # the worker has a program of it in the batch
