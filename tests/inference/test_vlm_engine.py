@@ -5,13 +5,14 @@ the evicted units' position distance, equals a fresh forward over the kept token
 
 import pytest
 import torch
+from vlm_engine_invariants import assert_batched_equals_sequential, assert_bounded_equals_unbounded_until_full, feats
 
 from livecue.config import preset
 from livecue.data.labels import tokenize_conversation
 from livecue.inference.decide import decide
 from livecue.inference.engine import StreamEngine
 from livecue.inference.events import Answer, Reply, Silence
-from livecue.inference.memory import SinkWindow, Unbounded
+from livecue.inference.memory import SinkWindow
 from livecue.model.build import build_model
 
 PRESET = "tiny_qwen2_5_vl"
@@ -25,11 +26,6 @@ def _engine(**over) -> StreamEngine:
 @pytest.fixture(scope="module")
 def engine():
     return _engine()
-
-
-def feats(engine, n, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, engine.model.frame_num_tokens, engine.model.vision.hidden_size, generator=g)
 
 
 def test_stream_is_the_rendered_template_and_equals_teacher_forcing(engine):
@@ -73,45 +69,11 @@ def test_stream_is_the_rendered_template_and_equals_teacher_forcing(engine):
 
 
 def test_batched_equals_sequential(engine):
-    plan = [("talker", 0, 6, 1.0, None, [("Why?", 1.0)]), ("silent", 0, 5, 0.0, None, []),
-            ("bounded", 2, 7, 1.0, SinkWindow(max_tokens=90, chunk=20), [("Where?", 0.0)])]
-    streams = {name: feats(engine, n, seed) for seed, (name, _, n, *_) in enumerate(plan)}
-
-    def sessions():
-        out = {}
-        for name, _, _, theta, memory, queries in plan:
-            out[name] = engine.session(SYS, threshold=theta, memory=memory, record=True)
-            for text, at in queries:
-                out[name].add_query(text, at=at)
-        return out
-
-    seq, bat = sessions(), sessions()
-    seq_events = {name: [e for k in range(n) for e in seq[name].push_frame(streams[name][k], k * 0.5)]
-                  for name, _, n, *_ in plan}
-    bat_events = {name: [] for name in bat}
-    for tick in range(9):
-        items = [(bat[name], streams[name][tick - start], (tick - start) * 0.5)
-                 for name, start, n, *_ in plan if start <= tick < start + n]
-        for (session, _, _), events in zip(items, engine.step(items)):
-            bat_events[next(k for k, v in bat.items() if v is session)] += events
-    for name in seq:
-        assert [type(e) for e in bat_events[name]] == [type(e) for e in seq_events[name]], name
-        for a, b in zip(bat_events[name], seq_events[name]):
-            assert getattr(a, "token_ids", None) == getattr(b, "token_ids", None)
-            assert getattr(a, "p_silence", 0) == pytest.approx(getattr(b, "p_silence", 0), abs=1e-5)
-        assert bat[name].history == seq[name].history and bat[name].next_position == seq[name].next_position
-        for la, lb in zip(bat[name].cache.layers, seq[name].cache.layers):
-            torch.testing.assert_close(la.keys, lb.keys, atol=1e-5, rtol=1e-4)
-    assert bat["bounded"].evicted_tokens > 0
+    assert_batched_equals_sequential(engine, SYS)
 
 
 def test_bounded_equals_unbounded_until_full(engine):
-    f = feats(engine, 12, seed=4)
-    a = engine.session(SYS, threshold=0.0, memory=Unbounded())
-    b = engine.session(SYS, threshold=0.0, memory=SinkWindow(max_tokens=1000, chunk=100))
-    pa = [e.p_silence for i in range(12) for e in a.push_frame(f[i], i * 0.5)]
-    pb = [e.p_silence for i in range(12) for e in b.push_frame(f[i], i * 0.5)]
-    assert pa == pb and b.evicted_tokens == 0 and a.next_position == b.next_position
+    assert_bounded_equals_unbounded_until_full(engine, SYS)
 
 
 def test_after_eviction_positions_are_rebased_and_equal_a_fresh_forward():

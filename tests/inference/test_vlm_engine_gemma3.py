@@ -10,6 +10,7 @@ import json
 
 import pytest
 import torch
+from vlm_engine_invariants import feats
 
 from livecue import cli
 from livecue.config import preset
@@ -32,11 +33,6 @@ def _engine(**over) -> StreamEngine:
 @pytest.fixture(scope="module")
 def engine():
     return _engine()
-
-
-def feats(engine, n, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, engine.model.frame_num_tokens, engine.model.vision.hidden_size, generator=g)
 
 
 def test_stream_is_the_rendered_template_and_equals_teacher_forcing(engine):
