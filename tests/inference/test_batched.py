@@ -69,8 +69,8 @@ def test_batched_equals_sequential(lm):
 
     widths = []
     forward_streams = engine.model.forward_streams
-    engine.model.forward_streams = lambda ids, f, caches, lengths: widths.append(len(lengths)) or forward_streams(
-        ids, f, caches, lengths)
+    engine.model.forward_streams = lambda ids, f, caches, lengths, **kw: widths.append(len(lengths)) or \
+        forward_streams(ids, f, caches, lengths, **kw)
     bat = _sessions(engine)
     bat_events = {name: [] for name in bat}
     rounds = []

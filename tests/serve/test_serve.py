@@ -208,7 +208,7 @@ def test_scheduler_batches_sessions_and_isolates_a_bad_frame(tiny):
     engine = StreamEngine(*tiny)
     widths = []
     forward_streams = engine.model.forward_streams
-    engine.model.forward_streams = lambda *a: widths.append(len(a[3])) or forward_streams(*a)
+    engine.model.forward_streams = lambda *a, **kw: widths.append(len(a[3])) or forward_streams(*a, **kw)
     sched = Scheduler(engine, limits=Limits(queue_size=8, max_reply_tokens=6))
     out: dict[str, list[dict]] = {"talk": [], "quiet": [], "bad": []}
     talk = sched.open(Open(StreamOptions(threshold=1.0), silence=True), out["talk"].append)  # θ = 1: always replies

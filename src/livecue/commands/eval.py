@@ -20,7 +20,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from ..inference.options import OPTIONS, StreamOptions, check_option
+from ..inference.options import OPTIONS, FastPath, StreamOptions, check_option
 from ..progress import Progress
 from ._common import add_model_argument, load_from_args, nonnegative_int, parser, positive_int, split_overrides
 
@@ -43,6 +43,7 @@ def build_parser():
                    help="free-running speak-timing tolerance in frames (±), in [0, 10000]")
     p.add_argument("--no-similarity", action="store_true", help="skip the all-MiniLM-L6-v2 similarity (free)")
     StreamOptions.add_arguments(p, ("memory",))  # free-running: what bounded memory costs in quality
+    FastPath.add_arguments(p)  # free-running: the engine's fast path
     p.add_argument("--max-frames", type=nonnegative_int(), default=None,
                    help="free: stream at most this many frames per record (default: the model's "
                         "stream.max_num_frames, the training cut); 0 streams whole records")
@@ -186,7 +187,8 @@ def _stream_task(args: Any, model: Any, tok: Any, report: dict[str, Any], plots:
             free = evaluate_free(model, tok, args.data, threshold=theta, tolerance=args.tolerance,
                                  max_samples=args.max_samples, feature_cache=args.feature_cache,
                                  similarity=not args.no_similarity, progress=progress,
-                                 memory=options.memory_policy(), max_frames=args.max_frames)
+                                 memory=options.memory_policy(), max_frames=args.max_frames,
+                                 fast=FastPath.from_args(args))
         report["memory"] = options.memory or "unbounded"
         report["samples"] = free.samples
         report["notes"] += free.notes

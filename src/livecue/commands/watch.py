@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ..inference.events import Error
-from ..inference.options import MAX_QUERY_CHARS, StreamOptions
+from ..inference.options import MAX_QUERY_CHARS, FastPath, StreamOptions
 from ._common import (
     STREAM_TIME,
     add_model_argument,
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   "stream URL (rtsp://, http(s)://, .m3u8) or a sample video (sample:bikes)")
     add_model_argument(p)
     StreamOptions.add_arguments(p)
+    FastPath.add_arguments(p)
     p.add_argument("--query", action="append", type=text(MAX_QUERY_CHARS, "query"), default=[],
                    metavar="TEXT", help=f"ask TEXT (repeatable; at most {MAX_QUERY_CHARS:,} characters)")
     p.add_argument("--at", action="append", type=STREAM_TIME, default=[], metavar="SECONDS",
@@ -59,6 +60,7 @@ def main(argv: list[str]) -> int:
     argv, overrides = split_overrides(argv)
     args = build_parser().parse_args(argv)
     options = StreamOptions.from_args(args)
+    fast = FastPath.from_args(args)
     if len(args.at) > len(args.query):
         raise ValueError(f"{len(args.at)} --at values for {len(args.query)} --query values")
     if args.server and options.memory is not None:
@@ -84,7 +86,7 @@ def main(argv: list[str]) -> int:
         if jsonl is not None:
             jsonl.close()
         raise
-    session = StreamEngine(model, tokenizer, options).session()  # unset: the model's stream.*
+    session = StreamEngine(model, tokenizer, options, fast=fast).session()  # unset: the model's stream.*
     for i, query in enumerate(args.query):
         session.add_query(query, at=args.at[i] if i < len(args.at) else 0.0)
     pipeline = Pipeline(session, source, realtime=args.realtime, batch_size=args.batch_size, max_lag=args.max_lag)

@@ -36,7 +36,7 @@ from ..data.dataset import FrameProvider
 from ..data.records import num_frames, truncate
 from ..inference.engine import StreamEngine
 from ..inference.events import Answer, Reply
-from ..inference.options import check_option
+from ..inference.options import FastPath, check_option
 from .common import frame_provider, load_records, to_features
 from .similarity import MISSING_NOTE, TextSimilarity, load_similarity
 from .textmetrics import match_times, nearest_time_diffs, normalize_text, prf
@@ -172,7 +172,7 @@ def evaluate_free(model: Any, tokenizer: Any, data: str | Path | Sequence[dict[s
                   feature_cache: str | Path | None = None, frames: FrameProvider | None = None,
                   similarity: TextSimilarity | bool | None = True, features: dict[str, torch.Tensor] | None = None,
                   progress: Callable[[int, int], None] | None = None, memory: Any = None,
-                  max_frames: int | None = None) -> FreeResult:
+                  max_frames: int | None = None, fast: FastPath | None = None) -> FreeResult:
     """Run the model free on every record and score it.
 
     Args:
@@ -182,6 +182,7 @@ def evaluate_free(model: Any, tokenizer: Any, data: str | Path | Sequence[dict[s
         features: a cache of frame features by record id, filled and reused (θ sweeps run many times).
         memory: the sessions' memory policy (:mod:`livecue.inference.memory`; default unbounded).
         max_frames: cut records at this many frames (default: ``stream.max_num_frames``; 0: whole records).
+        fast: the engine's fast path (:class:`~livecue.inference.options.FastPath`; default eager).
     """
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0 frames, got {tolerance}")
@@ -189,7 +190,7 @@ def evaluate_free(model: Any, tokenizer: Any, data: str | Path | Sequence[dict[s
     cut = model.cfg.stream.max_num_frames if max_frames is None else (max_frames or None)
     records = [truncate(r, cut) if cut else r for r in load_records(data, max_samples)]
     provider = frames or frame_provider(model, data if isinstance(data, (str, Path)) else None, feature_cache)
-    engine = StreamEngine(model, tokenizer, memory=memory)
+    engine = StreamEngine(model, tokenizer, memory=memory, fast=fast)
     cache = features if features is not None else {}
     samples = []
     for n, record in enumerate(records, 1):

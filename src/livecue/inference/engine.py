@@ -23,6 +23,11 @@ same code either way.
 Positions: a 1-D RoPE LM counts them from each stream's cache. A model whose positions are not one per token (a VLM
 base with Qwen's M-RoPE, where a frame of K tokens spans fewer positions) gets each :class:`Step`'s own, which the
 session computes from its ``next_position`` (re-based by evictions); forwards pass them on, alone or ragged.
+
+Fast path (``fast=FastPath(...)``, docs/fast_path.md): the sessions' caches are slots of one preallocated KV pool
+and every forward, of one session or many, is a round over it (:class:`livecue.model.kvpool.PooledLM`: one write
+and one attention call per layer; with ``compile``, ``torch.compile`` over bucketed static shapes). Same programs,
+same decisions; only ``_execute`` changes.
 """
 
 from __future__ import annotations
@@ -39,10 +44,12 @@ from ..data.labels import Markers
 from ..data.template import GENERATION_PROMPT, Template
 from ..model import lm as lm_api
 from ..model.attention import use_stream_attention
+from ..model.devices import compile_mode
+from ..model.kvpool import KVPool, PooledLM
 from ..model.live import LiveModel
 from .events import Event
 from .memory import MemoryPolicy, SinkWindow, Unbounded, memory_spec
-from .options import SamplingConfig, StreamOptions
+from .options import FastPath, SamplingConfig, StreamOptions
 from .session import Program, Step, StreamSession, TokenCallback
 
 log = logging.getLogger(__name__)
@@ -148,10 +155,13 @@ class StreamEngine:
         sampling: reply decoding (replaces the sampling ``options`` set).
         memory: memory policy of new sessions (replaces ``options.memory``; any
             :class:`~livecue.inference.memory.MemoryPolicy`).
+        fast: how forwards run (:class:`~livecue.inference.options.FastPath`: ``torch.compile``, the KV pool,
+            the batched attention); default: eager, each session its own growing cache.
     """
 
     def __init__(self, model: LiveModel, tokenizer: Any, options: StreamOptions | None = None, *,
-                 sampling: SamplingConfig | None = None, memory: MemoryPolicy | None = None) -> None:
+                 sampling: SamplingConfig | None = None, memory: MemoryPolicy | None = None,
+                 fast: FastPath | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.options = _override(options or StreamOptions(), sampling=sampling, memory=memory)
@@ -160,6 +170,8 @@ class StreamEngine:
         # exact; frame steps on a long cache without copying grouped KV heads; ragged multi-session forwards
         self.batched = use_stream_attention(model.lm) and lm_api.supports_ragged(model.lm)
         self.sliding_window = lm_api.sliding_window(model.lm)  # bounded memory keeps at least that many tokens
+        self.fast = fast or FastPath()
+        self.pooled = self._pooled_lm() if self.fast.pooled else None  # every forward a round over the KV pool
         cfg = model.cfg
         self.template = Template.from_config(cfg, tokenizer)
         self.markers = Markers.from_template(tokenizer, self.template)
@@ -168,6 +180,17 @@ class StreamEngine:
         self._text_ids: dict[str, list[int]] = {}
         self._id_tensors: dict[tuple[int, ...], torch.Tensor] = {}
         self._default: StreamSession | None = None
+
+    def _pooled_lm(self) -> PooledLM:
+        """The KV pool and the (compiled) pooled step of :attr:`fast`; ValueError naming what this model lacks."""
+        what = "--compile" if self.fast.compile else "the KV pool"
+        if not self.batched:
+            raise ValueError(f"{what}: {type(self.model.lm).__name__} has sliding-window or bidirectional attention "
+                             "layers, or an attention other than sdpa; the KV pool holds full causal attention only")
+        capacity = self.fast.pool_capacity or (self.memory.max_tokens + 512 if isinstance(self.memory, SinkWindow)
+                                               else 2048)
+        mode = compile_mode(self.model.device) if self.fast.compile else None
+        return PooledLM(self.model.lm, KVPool(capacity, self.fast.pool_slots), self.fast.pool_attention, mode)
 
     # ---- sessions -------------------------------------------------------------------------------------------------
     def session(self, system_prompt: str | None = None, *, options: StreamOptions | None = None,
@@ -267,7 +290,7 @@ class StreamEngine:
                 step.session.history.extend(step.ids)
             if step.session.on_step is not None:
                 step.session.on_step(step)
-        if len(steps) == 1 or not self.batched:
+        if self.pooled is None and (len(steps) == 1 or not self.batched):
             out = []
             for step in steps:
                 at = {} if step.positions is None else {"position_ids": step.positions}
@@ -281,7 +304,7 @@ class StreamEngine:
         at = {} if steps[0].positions is None else {"positions": [step.positions for step in steps]}
         logits, caches = self.model.forward_streams(ids, torch.cat(features) if features else None,
                                                     [step.session.cache for step in steps],
-                                                    [len(step.ids) for step in steps], **at)
+                                                    [len(step.ids) for step in steps], pooled=self.pooled, **at)
         for step, cache in zip(steps, caches):
             step.session.cache = cache
         return list(logits)

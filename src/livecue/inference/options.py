@@ -190,5 +190,75 @@ SAMPLING = ("temperature", "top_p", "repetition_penalty")  # the options that ma
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(StreamOptions)}
 assert set(_DEFAULTS) == set(OPTIONS), "every StreamOptions field is declared in OPTIONS"
 
-__all__ = ["MAX_QUERY_CHARS", "MAX_REPLY_TOKENS", "MAX_SYSTEM_CHARS", "OPTIONS", "Option", "SAMPLING",
-           "SamplingConfig", "StreamOptions", "check_option"]
+ATTENTION_CHOICES = ("auto", "loop", "padded", "flex")  # livecue.model.kvpool.ATTENTION, plus auto
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """How an engine runs its forwards: engine-wide (every session of it), unlike :class:`StreamOptions`.
+
+    Attributes:
+        compile: ``torch.compile`` the step (``--compile``): every forward is a round over a preallocated KV pool
+            padded to a few bucketed shapes, attending with FlexAttention; CUDA graphs (``reduce-overhead``) on a
+            GPU. The first rounds of each shape compile (about a minute on a CPU).
+        kv_pool: keep the sessions' caches in one preallocated KV pool (:mod:`livecue.model.kvpool`); None: when
+            compiling.
+        attention: how a pooled round attends: ``loop`` (one SDPA per session), ``padded`` (one SDPA over the
+            sessions' gathered caches), ``flex`` (one FlexAttention call over the pool), ``auto`` (flex when
+            compiling, else loop).
+        pool_capacity: positions per session in the pool (it grows when a session needs more); 0: the memory
+            policy's budget plus headroom, else 2048.
+        pool_slots: sessions the pool holds before it doubles.
+    """
+
+    compile: bool = False
+    kv_pool: bool | None = None
+    attention: str = "auto"
+    pool_capacity: int = 0
+    pool_slots: int = 4
+
+    def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_CHOICES:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTION_CHOICES)}, got {self.attention!r}")
+        if self.compile and self.kv_pool is False:
+            raise ValueError("compile needs the KV pool (its static shapes): leave kv_pool unset")
+        if self.compile and self.attention in ("loop", "padded"):
+            raise ValueError(f"a compiled step attends with flex (static shapes), not {self.attention!r}")
+        for name in ("pool_capacity", "pool_slots"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "pool_capacity" else 1):
+                raise ValueError(f"{name} must be an integer >= {0 if name == 'pool_capacity' else 1}, got {value!r}")
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        """``--compile``, ``--kv-pool``, ``--attention``: the fast path of the command's engine."""
+        parser.add_argument("--compile", action="store_true",
+                            help="torch.compile the step over a preallocated KV pool (static, bucketed shapes; CUDA "
+                                 "graphs on a GPU). The first frames of each shape compile: ~1 min on a CPU, where "
+                                 "it is not faster (docs/fast_path.md)")
+        parser.add_argument("--kv-pool", action="store_true",
+                            help="keep every session's KV cache in one preallocated pool (implied by --compile)")
+        parser.add_argument("--attention", choices=ATTENTION_CHOICES, default="auto",
+                            help="how a batched round attends over the pool: loop (one call per session), padded "
+                                 "(one SDPA call), flex (one FlexAttention call), auto (flex when compiled, else "
+                                 "loop; default)")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> FastPath:
+        """The fast path the command line asked for (ValueError naming a combination that cannot work)."""
+        return cls(compile=bool(getattr(args, "compile", False)),
+                   kv_pool=True if getattr(args, "kv_pool", False) or getattr(args, "attention", "auto") != "auto"
+                   else None, attention=getattr(args, "attention", "auto"))
+
+    @property
+    def pooled(self) -> bool:
+        """Whether sessions' caches live in a KV pool."""
+        return self.compile if self.kv_pool is None else self.kv_pool
+
+    @property
+    def pool_attention(self) -> str:
+        return ("flex" if self.compile else "loop") if self.attention == "auto" else self.attention
+
+
+__all__ = ["ATTENTION_CHOICES", "FastPath", "MAX_QUERY_CHARS", "MAX_REPLY_TOKENS", "MAX_SYSTEM_CHARS", "OPTIONS",
+           "Option", "SAMPLING", "SamplingConfig", "StreamOptions", "check_option"]

@@ -22,8 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .lm import ragged_attention
-
 log = logging.getLogger(__name__)
 
 NAME = "livecue_sdpa"
@@ -43,8 +41,8 @@ def packed_gqa_sdpa(module: nn.Module, query: torch.Tensor, key: torch.Tensor, v
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     ragged = kwargs.pop("livecue_ragged", None)
-    if ragged is not None:  # several streams in one forward (livecue.model.lm.ragged_forward)
-        return ragged_attention(module, query, ragged, scaling)
+    if ragged is not None:  # several streams in one forward (lm.ragged_forward, kvpool.PooledLM): theirs
+        return ragged.attend(module, query, scaling)
     groups = int(getattr(module, "num_key_value_groups", 1))
     b, h, q, d = query.shape
     if (groups == 1 or q == 1 or attention_mask is None or attention_mask.ndim != 4 or attention_mask.shape[1] != 1

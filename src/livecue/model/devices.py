@@ -70,4 +70,10 @@ def resolve_device(name: str | torch.device | None = AUTO, *, option: str = "dev
     return device
 
 
-__all__ = ["AUTO", "AUTO_ORDER", "available", "resolve_device"]
+def compile_mode(device: torch.device) -> str:
+    """The ``torch.compile`` mode of a static-shape step on ``device``: ``reduce-overhead`` (CUDA graphs: one
+    launch per step) where torch has them, else ``default``."""
+    return "reduce-overhead" if torch.device(device).type == "cuda" else "default"
+
+
+__all__ = ["AUTO", "AUTO_ORDER", "available", "compile_mode", "resolve_device"]

@@ -257,14 +257,15 @@ class LiveModel(nn.Module):
         return LiveOutput(logits=logits, loss=loss, cache=cache)
 
     def forward_streams(self, input_ids: torch.Tensor, frame_features: torch.Tensor | None, caches: list[Any],
-                        lengths: list[int], positions: list[torch.Tensor] | None = None
-                        ) -> tuple[torch.Tensor, list[Any]]:
+                        lengths: list[int], positions: list[torch.Tensor] | None = None,
+                        pooled: Any = None) -> tuple[torch.Tensor, list[Any]]:
         """One forward for several streams (inference): stream i's ``lengths[i]`` new tokens, side by side in
         ``input_ids``, continue ``caches[i]`` (``None``: a new stream), at ``positions[i]`` when the model needs
         explicit positions. See :func:`livecue.model.lm.ragged_forward`.
 
         Shape: input_ids (1, Σq); frame_features (F, K, D_vision) for the ``<v>`` positions in order; positions
         ``(C, 1, lengths[i])`` each; returns logits (N, V) at each stream's last new token and the updated caches.
+        ``pooled``: a :class:`livecue.model.kvpool.PooledLM` whose pool holds the caches (the fast path), else None.
         """
         if positions is None and self.explicit_positions:
             raise ValueError("this model's positions are not the cache length: forward_streams needs positions")
@@ -272,4 +273,6 @@ class LiveModel(nn.Module):
             raise ValueError("this model's frames attend to each other, which ragged forwards do not mask: forward "
                              "one stream at a time (lm.supports_ragged is False)")
         embeds, levels = self.embed_frames(input_ids, self.frame_embeddings(frame_features=frame_features))
+        if pooled is not None:
+            return pooled.forward(embeds, caches, lengths, positions=positions, frame_levels=levels)
         return lm_api.ragged_forward(self.lm, embeds, caches, lengths, positions=positions, frame_levels=levels)

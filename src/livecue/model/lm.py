@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -146,6 +147,95 @@ def _growing_layer() -> type:
             super().reset()
 
     return GrowingLayer
+
+
+def new_pool_cache(lm: nn.Module, pool) -> Cache:
+    """An empty cache for ``lm`` held in a slot of ``pool`` (a :class:`livecue.model.kvpool.KVPool`): every layer
+    reads and writes that slot in place (:func:`_pool_layer`); the slot is released when the cache is garbage
+    collected. Needs an LM whose layers all cache full attention (:func:`supports_ragged`)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=lm.config)
+    slot = pool.acquire()
+    layer = _pool_layer()
+    cache.layers = [layer(pool, slot, i) for i in range(len(cache.layers))]
+    cache.livecue_pool = (pool, slot)
+    weakref.finalize(cache, pool.release, slot)
+    return cache
+
+
+def pool_slot(cache: Cache | None) -> tuple[object, int] | None:
+    """``(pool, slot)`` of a cache made by :func:`new_pool_cache`, else None."""
+    return getattr(cache, "livecue_pool", None)
+
+
+def advance_pool_cache(cache: Cache, n: int) -> None:
+    """Count ``n`` positions written to the cache's slot by a pooled round (:func:`livecue.model.kvpool.
+    pooled_forward` writes every stream's rows in one call, then advances each stream's layers)."""
+    for layer in cache.layers:
+        layer.length += n
+
+
+@functools.cache
+def _pool_layer() -> type:
+    """A ``DynamicLayer`` whose keys/values live in a slot of a KV pool: ``keys``/``values`` are ``(1, H_kv, T, d)``
+    views of the slot's first T positions; assigning them (crop, eviction) copies into the slot; an update writes
+    its new positions in place. Attention and masks are the base class's (a dynamic cache's)."""
+    from transformers.cache_utils import DynamicLayer
+
+    class PoolLayer(DynamicLayer):
+        def __init__(self, pool, slot: int, index: int) -> None:
+            self.pool, self.slot, self.index = pool, slot, index
+            self.held = [0, 0]  # positions of keys, values: equal but while an eviction assigns one, then the other
+            super().__init__()
+
+        @property
+        def length(self) -> int:
+            return self.held[0]
+
+        @length.setter
+        def length(self, n: int) -> None:
+            self.held = [n, n]
+
+        def _get(self, which: int) -> torch.Tensor | None:
+            if self.index not in self.pool.keys:
+                return None
+            return self.pool.view(self.index, self.slot, self.held[which])[which]
+
+        def _set(self, which: int, value: torch.Tensor | None) -> None:
+            if value is None:  # the base class's initialisation
+                return
+            self.pool.assign(self.index, self.slot, which, value)
+            self.held[which] = value.shape[-2]
+
+        keys = property(lambda self: self._get(0), lambda self, v: self._set(0, v))
+        values = property(lambda self: self._get(1), lambda self, v: self._set(1, v))
+        is_initialized = property(lambda self: self.index in self.pool.keys, lambda self, v: None)
+
+        def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+            self.pool.ensure_layer(self.index, key_states[0], value_states[0])
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+            q = key_states.shape[-2]
+            self.pool.reserve(self.length + q)
+            start = self.slot * self.pool.capacity + self.length
+            self.pool.write(self.index, torch.arange(start, start + q, device=key_states.device), key_states,
+                            value_states)
+            self.length += q
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self.length
+
+        def crop(self, tokens_to_remove: int) -> None:
+            if tokens_to_remove > 0:
+                raise ValueError(f"crop a pooled cache layer by a negative count, got {tokens_to_remove}")
+            self.length = max(0, self.length + tokens_to_remove)
+
+        def reset(self) -> None:
+            self.length = 0
+
+    return PoolLayer
 
 
 def cache_length(cache: Cache | None) -> int:
@@ -292,10 +382,20 @@ def evict_span(lm: nn.Module, cache: Cache, start: int, end: int, shift: int | N
 
 
 # ---- ragged batches: several streams' new tokens in one forward --------------------------------------------------
+def causal_rows(q: int, total: int, groups: int, device: torch.device) -> torch.Tensor | None:
+    """The mask of a stream's ``q`` new tokens over its cache of ``total`` positions (them included), tiled for
+    ``groups``-folded queries: query r (at position total - q + r) sees keys 0 .. total - q + r. ``None`` for a
+    single query (it sees everything). Shape: (groups * q, total)."""
+    if q == 1:
+        return None
+    rows = torch.arange(q, device=device)[:, None] + (total - q)
+    return (torch.arange(total, device=device)[None] <= rows).repeat(groups, 1)
+
+
 class _RaggedCache:
     """The cache object of a ragged forward: the new tokens of N streams sit side by side in one ``(1, Σq)`` row;
     each layer's update appends every stream's slice to that stream's own cache (in place, :func:`_growing_layer`)
-    and keeps the stream's whole keys/values for the attention of the same layer (:func:`ragged_attention`)."""
+    and keeps the stream's whole keys/values for the attention of the same layer (:meth:`attend`)."""
 
     def __init__(self, caches: list[Cache], bounds: list[tuple[int, int]]) -> None:
         self.caches, self.bounds = caches, bounds
@@ -303,14 +403,9 @@ class _RaggedCache:
         self.masks: dict[int, torch.Tensor | None] = {}  # per stream: the same in every layer, built once
 
     def mask(self, i: int, q: int, total: int, groups: int, device: torch.device) -> torch.Tensor | None:
-        """Stream i's mask for ``groups``-folded queries: query r (at position total - q + r) sees keys
-        0 .. total - q + r. ``None`` for a single query (it sees everything)."""
+        """Stream i's mask (:func:`causal_rows`), built once for all layers."""
         if i not in self.masks:
-            mask = None
-            if q > 1:
-                rows = torch.arange(q, device=device)[:, None] + (total - q)
-                mask = (torch.arange(total, device=device)[None] <= rows).repeat(groups, 1)
-            self.masks[i] = mask
+            self.masks[i] = causal_rows(q, total, groups, device)
         return self.masks[i]
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
@@ -320,6 +415,22 @@ class _RaggedCache:
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return 0
+
+    def attend(self, module: nn.Module, query: torch.Tensor, scaling: float | None):
+        """Each stream's queries attend to that stream's cache only (bottom-right causal within its new tokens).
+
+        Shape: query (1, H, Σq, d) -> ((1, Σq, H, d_v), None), like transformers' attention functions.
+        """
+        kv = self.kv.pop(module.layer_idx)
+        _, h, _, d = query.shape
+        outs = []
+        for i, ((a, b), (keys, values)) in enumerate(zip(self.bounds, kv)):
+            q, h_kv = b - a, keys.shape[1]
+            folded = query[:, :, a:b].reshape(1, h_kv, (h // h_kv) * q, d)  # GQA without copying the cache
+            mask = self.mask(i, q, keys.shape[-2], h // h_kv, query.device)
+            out = F.scaled_dot_product_attention(folded, keys, values, attn_mask=mask, scale=scaling)
+            outs.append(out.reshape(1, h, q, values.shape[-1]))
+        return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
 
 
 def sliding_window(lm: nn.Module) -> int | None:
@@ -335,23 +446,6 @@ def supports_ragged(lm: nn.Module) -> bool:
     attention builds."""
     growing = _growing_layer()
     return not bidirectional_frames(lm) and all(type(layer) is growing for layer in new_cache(lm).layers)
-
-
-def ragged_attention(module: nn.Module, query: torch.Tensor, ragged: _RaggedCache, scaling: float | None):
-    """Each stream's queries attend to that stream's cache only (bottom-right causal within its new tokens).
-
-    Shape: query (1, H, Σq, d) -> ((1, Σq, H, d_v), None), like transformers' attention functions.
-    """
-    kv = ragged.kv.pop(module.layer_idx)
-    _, h, _, d = query.shape
-    outs = []
-    for i, ((a, b), (keys, values)) in enumerate(zip(ragged.bounds, kv)):
-        q, h_kv = b - a, keys.shape[1]
-        folded = query[:, :, a:b].reshape(1, h_kv, (h // h_kv) * q, d)  # GQA without copying the cache
-        mask = ragged.mask(i, q, keys.shape[-2], h // h_kv, query.device)
-        out = F.scaled_dot_product_attention(folded, keys, values, attn_mask=mask, scale=scaling)
-        outs.append(out.reshape(1, h, q, values.shape[-1]))
-    return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
 
 
 def ragged_forward(lm: nn.Module, inputs_embeds: torch.Tensor, caches: list[Cache | None],
