@@ -13,6 +13,18 @@ of decoded frames and an inbox of controls (queries, θ updates). One worker thr
    and a session whose frame is done takes its next frame while others are still speaking. Reply tokens stream
    as ``reply_delta`` events as they are decoded.
 
+**Vision ahead of the LM** (``vision_ahead``, on by default once :meth:`Scheduler.start` ed): a vision thread
+(:class:`~livecue.serve.vision.VisionAhead`, its own CUDA stream on a GPU) encodes the frames picked for the *next*
+round while the worker runs the LM forward of this one, so a round costs about max(vision, LM) instead of their
+sum. Step 2 then also takes a frame of a session whose previous frame is still in the batch (at most one frame per
+session is ahead: being encoded, or encoded and waiting), and step 3 becomes: feed the frames the vision thread has
+finished (in the order they were picked, each once its session's previous frame is done and the batch has room),
+then hand it the new picks (one job at a time: frames are picked when it is free, so they batch up meanwhile). The
+worker waits for the vision thread only when the LM has nothing else to do. A frame ahead whose session has gone is
+dropped, never fed; a frame the vision fails on fails for its session only; a closing session's queries are
+answered once its frame ahead has been fed and watched. :meth:`Scheduler.step` called by hand (no thread started:
+tests) encodes inline, as with ``vision_ahead=False``; the events of every session are the same either way.
+
 A full queue drops its **oldest** frame: the model always watches recent footage. Drops are counted and reported
 as one ``dropped`` event before the session's next processed frame (or at its close). Every event goes to the
 session's ``emit`` callback (thread-safe on the server side). Only the worker thread touches engine sessions.
@@ -31,6 +43,7 @@ import itertools
 import logging
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -40,9 +53,11 @@ from ..inference.events import Silence
 from .protocol import Limits, Open, ProtocolError, error_event, event
 from .session import Emit, QueryRefused, SchedulerFull, ServeSession, TokenBucket, describe_memory
 from .streaming import TextDeltas
+from .vision import VisionAhead
 
 log = logging.getLogger(__name__)
 __all__ = ["Emit", "QueryRefused", "Scheduler", "SchedulerFull", "ServeSession", "describe_memory"]
+_Pick = tuple[ServeSession, float, np.ndarray, list[dict[str, Any]]]  # a frame taken from a queue, its drops
 
 
 class Scheduler:
@@ -55,10 +70,12 @@ class Scheduler:
         max_sessions: sessions open at once; :meth:`open` raises :class:`SchedulerFull` beyond.
         fps: the default stream fps of a session (default: the engine's, else the model's).
         max_batch: at most this many sessions' frames are encoded and stepped per round.
+        vision_ahead: once :meth:`start` ed, encode the next round's frames on a vision thread (its own CUDA stream
+            on a GPU) while the LM round runs; False: encode them inline, before the round's forward.
     """
 
     def __init__(self, engine: StreamEngine, *, limits: Limits | None = None, max_sessions: int = 16,
-                 fps: float | None = None, max_batch: int = 16) -> None:
+                 fps: float | None = None, max_batch: int = 16, vision_ahead: bool = True) -> None:
         if max_sessions < 1 or max_batch < 1:
             raise ValueError(f"max_sessions and max_batch must be >= 1, got {max_sessions}, {max_batch}")
         self.engine = engine
@@ -78,6 +95,10 @@ class Scheduler:
         self._stop = False
         self._batch = engine.batch()  # frames in flight (continuous batching; only the worker touches it)
         self.rounds = 0
+        # the vision stage (worker thread only): frames picked ahead (being encoded, or encoded and not yet fed)
+        self._vision: VisionAhead | None = VisionAhead(engine) if vision_ahead else None
+        self._ahead: set[ServeSession] = set()
+        self._ready: list[tuple[ServeSession, float, list[dict[str, Any]], Any]] = []  # encoded, in pick order
         self._counter: Any = None  # a tokenizer of the client side's own, to measure system prompts in `open`
 
     # ---- client side (any thread) ---------------------------------------------------------------------------------
@@ -183,24 +204,30 @@ class Scheduler:
 
     # ---- worker ---------------------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the model worker thread (idempotent)."""
+        """Start the model worker thread, and the vision thread with ``vision_ahead`` (idempotent)."""
         with self._cond:
             if self._thread is not None and self._thread.is_alive():
                 return
             self._stop = False
+            if self._vision is not None:
+                self._vision.start()
             self._thread = threading.Thread(target=self._run, name="livecue-scheduler", daemon=True)
             self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the worker and drop every session."""
+        """Stop the worker (and the vision thread) and drop every session."""
         with self._cond:
             self._stop = True
             for session in list(self.sessions.values()):
                 self._remove(session)
             self._cond.notify_all()
+        if self._vision is not None:
+            self._vision.stop(timeout)  # after its encode in progress; wakes a worker waiting for it
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        self._ahead.clear()
+        self._ready.clear()
 
     def _run(self) -> None:
         while True:
@@ -215,40 +242,47 @@ class Scheduler:
                 log.exception("scheduler round failed")
 
     def _has_work(self) -> bool:
-        return bool(self._batch) or any(s.frames or s.controls or (s.closing and not s.busy)
-                                        for s in self.sessions.values())
+        return (bool(self._batch) or bool(self._ready) or (self._vision is not None and self._vision.pending)
+                or any(s.frames or s.controls or (s.closing and not s.busy) for s in self.sessions.values()))
 
     def step(self) -> bool:
-        """Run one round (see the module docstring). Returns whether there was anything to do."""
+        """Run one round (see the module docstring). Returns whether there was anything to do. The round's frames
+        are encoded inline unless the vision thread runs (:meth:`start` with ``vision_ahead``)."""
+        vision = self._vision if self._vision is not None and self._vision.running else None
+        if vision is not None and vision.pending and not self._batch and not self._ready:
+            vision.wait(timeout=1.0)  # nothing for the LM to do until the frames being encoded are ready
         with self._cond:
             cancelled = [key for key in self._batch.keys if key[0].gone]
             controls = [(s, list(s.controls)) for s in self.sessions.values() if s.controls]
             for s, _ in controls:
                 s.controls.clear()
                 s.queued_queries = 0
-            picks: list[tuple[ServeSession, float, np.ndarray, list[dict[str, Any]]]] = []
-            room = self.max_batch - len(self._batch.keys) + len(cancelled)
-            for _ in range(len(self._ring)):
-                if len(picks) >= room:
-                    break
-                sid = self._ring[0]
-                self._ring.rotate(-1)
-                s = self.sessions[sid]
-                if s.frames and not s.busy:
-                    t, frame = s.frames.popleft()
-                    picks.append((s, t, frame, s.take_drops(before=t)))
-                    s.busy = True
-            finishing = [s for s in self.sessions.values() if s.closing and not s.frames and not s.busy]
-            for s in finishing:
-                s.busy = s.finishing = True
+        encoded = vision.take() if vision is not None else None
+        self._ready.extend((s, t, drops, f) for (s, t, drops), f in encoded or ())
         for key in cancelled:  # their clients have gone: no forward is run for them any more
             self._batch.cancel(key)
             key[0].busy = False
         for s, items in controls:
             for kind, payload in items:
                 self._apply(s, kind, payload)
-        feats = self.engine.frame_features_batch([p[2] for p in picks], return_errors=True)
-        self._start_frames([(s, t, drops) for s, t, _, drops in picks], feats)
+        fed = self._feed()
+        with self._cond:
+            if vision is None:  # inline: this round's frames, of sessions with none in the batch
+                picks = self._pick(self.max_batch - len(self._batch.keys), lambda s: not s.busy)
+            else:  # ahead: the next round's, of sessions with none ahead, when the vision thread is free
+                picks = [] if vision.pending else self._pick(self.max_batch - len(self._ahead),
+                                                              lambda s: s not in self._ahead)
+            self._ahead.update(s for s, *_ in picks)
+            finishing = [s for s in self.sessions.values()
+                         if s.closing and not s.frames and not s.busy and s not in self._ahead]
+            for s in finishing:
+                s.busy = s.finishing = True
+        if picks and vision is not None:
+            vision.submit([(s, t, drops) for s, t, _, drops in picks], [p[2] for p in picks])
+        elif picks:
+            feats = self.engine.frame_features_batch([p[2] for p in picks], return_errors=True)
+            self._ready.extend((s, t, drops, f) for (s, t, _, drops), f in zip(picks, feats))
+            fed += self._feed()
         for s in finishing:  # answer the pending queries beside the others' frames; then `closed`
             self._batch.add(s.stream.finish_program(), key=(s, None))
         in_flight = self._batch.keys
@@ -267,15 +301,38 @@ class Scheduler:
             else:
                 self._deliver(s, t, result)
         self.rounds += 1
-        return bool(controls or picks or finishing or in_flight or cancelled)
+        return bool(controls or encoded or fed or picks or finishing or in_flight or cancelled)
 
-    def _start_frames(self, picks: list[tuple[ServeSession, float, list[dict[str, Any]]]], feats: list[Any]) -> None:
-        """Add every picked session's frame to the continuous batch (its forwards join the next rounds); a session
-        whose frame cannot be processed gets an error and the others go on."""
-        for (s, t, drops), f in zip(picks, feats):
-            if s.gone:
-                s.busy = False
+    def _pick(self, room: int, eligible: Callable[[ServeSession], bool]) -> list[_Pick]:
+        """At most ``room`` frames, one of each ``eligible`` session that has one waiting, round-robin from where the
+        last pick stopped; each with the ``dropped`` events to send before it (lock held)."""
+        picks: list[_Pick] = []
+        for _ in range(len(self._ring)):
+            if len(picks) >= room:
+                break
+            sid = self._ring[0]
+            self._ring.rotate(-1)
+            s = self.sessions[sid]
+            if s.frames and eligible(s):
+                t, frame = s.frames.popleft()
+                picks.append((s, t, frame, s.take_drops(before=t)))
+        return picks
+
+    def _feed(self) -> int:
+        """Add the encoded frames of sessions with none in the batch to it, in the order they were picked, while it
+        has room (each after its ``dropped`` events); a gone session's frame is dropped, never fed; a frame that
+        cannot be processed fails for its session only. Returns how many left the waiting list."""
+        room = self.max_batch - len(self._batch.keys)
+        waiting: list[tuple[ServeSession, float, list[dict[str, Any]], Any]] = []
+        for s, t, drops, f in self._ready:
+            if not s.gone and (s.busy or room <= 0):
+                waiting.append((s, t, drops, f))
                 continue
+            self._ahead.discard(s)
+            if s.gone:
+                continue
+            room -= 1
+            s.busy = True
             for ev in drops:
                 self._send(s, ev)
             try:
@@ -284,6 +341,8 @@ class Scheduler:
                 self._batch.add_frame(s.stream, f, t, key=(s, t))
             except Exception as e:  # noqa: BLE001 - one bad frame must not end the session
                 self._frame_failed(s, t, e)
+        done, self._ready = len(self._ready) - len(waiting), waiting
+        return done
 
     def _deliver(self, s: ServeSession, t: float, events: list[Any]) -> None:
         try:
