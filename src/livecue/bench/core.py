@@ -8,7 +8,8 @@ session's public hook (:meth:`~livecue.inference.session.StreamSession.force`; s
 Per stream, in windows of frames ending at each mark: frames/s, silent and speaking frame latency p50/p99, cached
 tokens, memory (RSS on CPU, allocated accelerator memory otherwise). :func:`measure_overhead` compares the engine's
 end-to-end time with exactly the same LM forwards (ids, features, cache growth, evictions) called through
-``model(...)``.
+``model(...)``. :func:`find_capacity` finds how many streams arriving in real time one engine sustains at a p99
+frame-latency target (:func:`run_realtime`: the server scheduler's loop, queueing included; docs/capacity.md).
 
 Every runner takes an optional ``progress`` (a :class:`livecue.progress.Progress`, made by the caller, which owns the
 display): it counts the frames streamed, outside the timed calls (in :func:`run_streams`' continuous mode, whose
@@ -28,15 +29,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .inference.engine import StreamEngine, StreamSession
-from .inference.events import Reply
-from .inference.memory import MemoryPolicy, parse_memory
-from .inference.options import check_option
-from .model import lm as lm_api
-from .model.load import load_model
+from ..inference.engine import StreamEngine, StreamSession
+from ..inference.events import Reply
+from ..inference.memory import MemoryPolicy, parse_memory
+from ..inference.options import check_option
+from ..model import lm as lm_api
+from ..model.load import load_model
 
 if TYPE_CHECKING:
-    from .progress import Progress
+    from ..progress import Progress
 
 log = logging.getLogger(__name__)
 WARMUP = 5  # frames per stream left out of run_streams' latency percentiles
@@ -408,10 +409,40 @@ class MultiStreamResult:
         return asdict(self)
 
 
+class _Streams:
+    """The forced streams of a multi-stream run: each its own random frames and session, speak schedules staggered by
+    one frame per stream (so that replies do not all fall on the same tick); frame ``k`` of a stream is at ``k / fps``
+    seconds of stream time. Shared by :func:`run_streams` and :func:`run_realtime`."""
+
+    def __init__(self, engine: StreamEngine, cfg: BenchConfig, streams: int, frames: int, fps: float) -> None:
+        self.engine, self.cfg, self.fps = engine, cfg, fps
+        self.pools = [frame_pool(engine, cfg.pixels, cfg.seed + i, size=8) for i in range(streams)]
+        self.speak = [np.roll(speak_schedule(frames + streams, fps, cfg.speak_every), i)[:frames]
+                      for i in range(streams)]
+        self.sessions = [forced_session(engine, cfg.reply_tokens, parse_memory(cfg.memory)) for _ in range(streams)]
+
+    def start(self, i: int, k: int) -> tuple[StreamSession, torch.Tensor, float]:
+        """Force frame ``k`` of stream ``i``'s decision; its ``(session, frame, t)``."""
+        self.sessions[i].force(bool(self.speak[i][k]), self.cfg.reply_tokens)
+        return self.sessions[i], self.pools[i][k % len(self.pools[i])], k / self.fps
+
+    def feed(self, batch: Any, picks: list[tuple[int, int]]) -> None:
+        """Add frame ``k`` of stream ``i`` for every ``(i, k)`` in ``picks`` to the continuous ``batch`` (key
+        ``(i, k)``); the vision encoding of these frames is one batch (``--pixels``), as the server's scheduler does."""
+        items = [self.start(i, k) for i, k in picks]
+        feats = self.engine.frame_features_batch([frame for _, frame, _ in items])
+        for (i, k), (session, _, t), f in zip(picks, items, feats):
+            batch.add_frame(session, f, t, key=(i, k))
+
+    def check(self, i: int, k: int, events: list) -> bool:
+        """The forcing held for frame ``k`` of stream ``i`` (:func:`_check`); whether it spoke."""
+        _check(events, bool(self.speak[i][k]), self.cfg.reply_tokens, k)
+        return bool(self.speak[i][k])
+
+
 def run_streams(engine: StreamEngine, cfg: BenchConfig, streams: int, frames: int, mode: str = "batched",
                 warmup: int = WARMUP, progress: Progress | None = None) -> MultiStreamResult:
-    """``streams`` forced sessions (each on its own random frames, speak schedules staggered by one frame per
-    stream so that replies do not all fall on the same tick), ``frames`` frames each, stepped
+    """``streams`` forced sessions (:class:`_Streams`), ``frames`` frames each, stepped
 
     * ``batched``: in lockstep ticks, one :meth:`StreamEngine.step` per tick (a tick lasts as long as its longest
       reply);
@@ -422,27 +453,23 @@ def run_streams(engine: StreamEngine, cfg: BenchConfig, streams: int, frames: in
     Frame latency is a frame's own time from the start of its tick (lockstep) or from joining the batch
     (continuous; vision encoding of the frames that join together is one batch and is included) to its events; the
     first ``warmup`` frames of each stream are left out of the latency percentiles
-    (not out of the throughput). ``progress`` counts the ``streams`` x (``frames`` + ``warmup``) frames."""
+    (not out of the throughput). ``progress`` counts the ``streams`` x (``frames`` + ``warmup``) frames. Frames
+    are all there from the start: for streams arriving in real time, see :func:`run_realtime`."""
     if mode not in ("batched", "continuous", "sequential"):
         raise ValueError(f"mode must be batched, continuous or sequential, got {mode!r}")
     device, fps = engine.model.device, engine.model.cfg.stream.fps
     total = frames + warmup
-    pools = [frame_pool(engine, cfg.pixels, cfg.seed + i, size=8) for i in range(streams)]
-    speak = [np.roll(speak_schedule(total + streams, fps, cfg.speak_every), i)[:total] for i in range(streams)]
-    sessions = [forced_session(engine, cfg.reply_tokens, parse_memory(cfg.memory)) for _ in range(streams)]
+    runs = _Streams(engine, cfg, streams, total, fps)
     latencies, replies = [], 0
     reset_peak_memory(device)
-
-    def start(i: int, k: int) -> tuple[Any, torch.Tensor, float]:
-        sessions[i].force(bool(speak[i][k]), cfg.reply_tokens)
-        return sessions[i], pools[i][k % len(pools[i])], k / fps
+    start = runs.start
 
     def record(i: int, k: int, events: list, seconds: float) -> None:
         nonlocal replies
-        _check(events, bool(speak[i][k]), cfg.reply_tokens, k)
+        spoke = runs.check(i, k, events)
         if k >= warmup:
             latencies.append(seconds)
-            replies += int(speak[i][k])
+            replies += int(spoke)
 
     timed = 0.0
     if mode == "continuous":
@@ -450,12 +477,10 @@ def run_streams(engine: StreamEngine, cfg: BenchConfig, streams: int, frames: in
         t_start = time.perf_counter()
         while len(batch) or min(nxt) < total:
             busy = batch.sessions
-            new = [i for i in range(streams) if nxt[i] < total and sessions[i] not in busy]
-            items = [start(i, nxt[i]) for i in new]
+            new = [i for i in range(streams) if nxt[i] < total and runs.sessions[i] not in busy]
             now = time.perf_counter()
-            feats = engine.frame_features_batch([frame for _, frame, _ in items])  # one vision batch (--pixels)
-            for i, (session, _, t), f in zip(new, items, feats):
-                batch.add_frame(session, f, t, key=(i, nxt[i]))
+            runs.feed(batch, [(i, nxt[i]) for i in new])
+            for i in new:
                 began[i] = now
                 nxt[i] += 1
             done = batch.round()
@@ -492,7 +517,6 @@ def run_streams(engine: StreamEngine, cfg: BenchConfig, streams: int, frames: in
                              peak_mem_mb=memory_mb(device)[1], memory_kind="allocated" if _is_accel(device) else "rss")
 
 
-__all__ = ["WARMUP", "BenchConfig", "MultiStreamResult", "run_streams", "forced_session", "MarkStats", "OverheadResult",
-           "StreamResult", "environment",
-           "load_bench_model", "measure_overhead", "memory_mb", "parse_memory", "replay", "run_stream",
-           "speak_schedule"]
+__all__ = ["WARMUP", "BenchConfig", "MarkStats", "MultiStreamResult", "OverheadResult", "StreamResult",
+           "environment", "forced_session", "load_bench_model", "measure_overhead", "memory_mb", "parse_memory",
+           "replay", "run_stream", "run_streams", "speak_schedule"]

@@ -1,20 +1,26 @@
 """``livecue bench``: streaming speed and memory versus stream length, with a forced speak schedule (issue 10).
 
+``--capacity`` instead finds the most concurrent real-time streams one engine sustains at a p99 frame-latency target
+(:func:`livecue.bench.find_capacity`, docs/capacity.md).
+
 Results (markdown tables, the summary lines) go to stdout and ``--json``; progress (frames streamed per memory policy,
-the overhead repeats, the ``--streams`` runs) goes to stderr through :mod:`livecue.progress`."""
+the overhead repeats, the ``--streams`` runs, the capacity levels) goes to stderr through :mod:`livecue.progress`."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import time
 from pathlib import Path
 
-from ..inference.options import OPTIONS
+from ..inference.options import OPTIONS, FastPath
 from ..progress import Progress
 from ._common import (
+    FPS,
+    MAX_SECONDS,
     QUANTIZE_CHOICES,
     SEED,
     announce_random,
@@ -22,6 +28,7 @@ from ._common import (
     nonnegative_float,
     nonnegative_int,
     parser,
+    positive_float,
     positive_int,
     split_overrides,
 )
@@ -29,6 +36,11 @@ from ._common import (
 log = logging.getLogger(__name__)
 MAX_FRAMES = 100_000_000  # a frame mark (about 1.6 years of stream at 2 fps)
 MAX_STREAMS = 4096
+P99 = positive_float(MAX_SECONDS)
+CAPACITY_SECONDS = positive_float(MAX_SECONDS)
+SERVER_MAX_BATCH = 16  # the server scheduler's per-round cap (livecue.serve.app.create_app's max_batch)
+CAPACITY_OPTIONS = {"p99": 0.5, "capacity_fps": None, "capacity_max": 256, "capacity_seconds": 20.0,
+                    "capacity_max_batch": SERVER_MAX_BATCH}  # their defaults, applied with --capacity
 
 
 def _int_list(limit: int):
@@ -98,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize", choices=QUANTIZE_CHOICES, default=None,
                    help="weight-only quantization of the LM (torchao: pip install 'livecue[quant]'): int8, int4, "
                         "fp8 (a float8 GPU only), none (docs/quantization.md)")
+    FastPath.add_arguments(p)
     p.add_argument("--frames", type=_int_list(MAX_FRAMES), default=[100, 1000],
                    help=f"marks, e.g. 100,1000,3600,14400 (each in [1, {MAX_FRAMES}])")
     p.add_argument("--speak-every", type=nonnegative_float(86400.0), default=3.0,
@@ -123,6 +136,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "forward per round) and one at a time, for --streams-frames ticks")
     p.add_argument("--streams-frames", type=positive_int(MAX_FRAMES), default=120,
                    help="ticks of each --streams run, >= 1 (default: 120)")
+    c = p.add_argument_group("capacity planning (docs/capacity.md)")
+    c.add_argument("--capacity", action="store_true",
+                   help="instead of the stream marks and the overhead comparison, find the most concurrent "
+                        "real-time streams one engine sustains with p99 frame latency <= --p99 (levels of 1, 2, "
+                        "4, ... streams, then bisection)")
+    c.add_argument("--p99", type=P99, default=None, metavar="SECONDS",
+                   help=f"frame-latency target in seconds, from a frame's arrival to its events, in {P99.range} "
+                        "(default: 0.5)")
+    c.add_argument("--capacity-fps", type=FPS, default=None, metavar="FPS",
+                   help=f"frames per second of each stream, in {FPS.range} (default: the model's stream fps)")
+    c.add_argument("--capacity-max", type=positive_int(MAX_STREAMS), default=None, metavar="N",
+                   help=f"most streams tried, in [1, {MAX_STREAMS}] (default: 256)")
+    c.add_argument("--capacity-seconds", type=CAPACITY_SECONDS, default=None, metavar="SECONDS",
+                   help=f"seconds of stream per level, in {CAPACITY_SECONDS.range} (default: 20; real time: "
+                        "each level lasts about that long)")
+    c.add_argument("--capacity-max-batch", type=positive_int(MAX_STREAMS), default=None, metavar="N",
+                   help=f"streams in flight per engine round at most, in [1, {MAX_STREAMS}] (default: "
+                        f"{SERVER_MAX_BATCH}, as livecue serve)")
     p.add_argument("--seed", type=SEED, default=0, help=f"seed of the random frames, in {SEED.range}")
     p.add_argument("--json", default=None, help="write all results to this JSON file")
     p.add_argument("-v", "--verbose", action="store_true",
@@ -132,7 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     argv, overrides = split_overrides(argv)
-    args = build_parser().parse_args(argv)
+    p = build_parser()
+    args = p.parse_args(argv)
+    given = [f"--{k.replace('_', '-')}" for k in CAPACITY_OPTIONS if getattr(args, k) is not None]
+    if given and not args.capacity:
+        p.error(f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --capacity")
+    for key, default in CAPACITY_OPTIONS.items():
+        setattr(args, key, default if getattr(args, key) is None else getattr(args, key))
     if args.json and Path(args.json).is_dir():
         raise ValueError(f"--json must be a file, got the directory {args.json!r}")
     args.device = check_device(args.device or "cpu")  # a device this machine lacks: one line, before the model
@@ -165,13 +202,19 @@ def _run(args: argparse.Namespace, argv: list[str], overrides: list[str]) -> int
     with announce_random("livecue bench", args.model):
         model, tokenizer = load_bench_model(args.model, args.device, args.dtype, overrides, quantize=args.quantize)
     print(f"model built in {time.time() - began:.1f} s")
-    engine = StreamEngine(model, tokenizer)
+    fast = FastPath.from_args(args)
+    if fast.pooled:  # a slot for every stream the run holds at once (the single stream + the largest --streams)
+        fast = dataclasses.replace(fast, pool_slots=max(fast.pool_slots, max(args.streams, default=0) + 1))
+    engine = StreamEngine(model, tokenizer, fast=fast)
     env = environment(model, model.device)
+    env["fast_path"] = dataclasses.asdict(fast)
     env["command"] = "livecue bench " + " ".join(argv + [f"--{o}" for o in overrides])
     print(f"{env['model']} ({env['lm_params'] / 1e6:,.1f}M LM + {env['vision_params'] / 1e6:,.1f}M vision params, "
           f"{env['dtype']}) on {env['device']}, {env['threads']} threads, load average {env['loadavg']}")
     out: dict = {"environment": env, "streams": [], "overhead": None}
-    for memory in memories:
+    if args.capacity:
+        out["capacity"] = _capacity(engine, args)
+    for memory in [] if args.capacity else memories:
         cfg = BenchConfig(marks=args.frames, speak_every=args.speak_every, reply_tokens=args.reply_tokens,
                           memory=memory, pixels=args.pixels, window=args.window, seed=args.seed,
                           time_budget=args.time_budget)
@@ -184,7 +227,7 @@ def _run(args: argparse.Namespace, argv: list[str], overrides: list[str]) -> int
         print(markdown_table(result))
         out["streams"].append({**result.to_dict(), "loadavg_before": list(load), "loadavg_after":
                                list(os.getloadavg())})
-    if args.overhead_frames > 0:
+    if args.overhead_frames > 0 and not args.capacity:
         cfg = BenchConfig(marks=[args.overhead_frames], speak_every=args.speak_every,
                           reply_tokens=args.reply_tokens, memory=memories[0], seed=args.seed)
         load = os.getloadavg()
@@ -232,3 +275,40 @@ def _run(args: argparse.Namespace, argv: list[str], overrides: list[str]) -> int
         Path(args.json).write_text(json.dumps(out, indent=1))
         print(f"\nresults written to {args.json}")
     return 0
+
+
+def _capacity(engine, args: argparse.Namespace) -> dict:
+    """``--capacity``: the search (:func:`livecue.bench.find_capacity`), its table on stdout; its JSON."""
+    from ..bench import BenchConfig, find_capacity
+
+    cfg = BenchConfig(marks=[1], speak_every=args.speak_every, reply_tokens=args.reply_tokens, memory=args.memory[0],
+                      pixels=args.pixels, seed=args.seed)
+    fps = args.capacity_fps or engine.model.cfg.stream.fps
+    load = os.getloadavg()
+    with Progress(None, desc=f"bench capacity (p99 <= {args.p99:g} s)", unit="frame") as bar:
+        result = find_capacity(engine, cfg, args.p99, fps=fps, seconds=args.capacity_seconds,
+                               max_streams=args.capacity_max, max_batch=args.capacity_max_batch, progress=bar)
+    print(capacity_table(result, args))
+    return {**result.to_dict(), "memory": cfg.memory, "pixels": cfg.pixels, "speak_every": cfg.speak_every,
+            "reply_tokens": cfg.reply_tokens, "loadavg_before": list(load), "loadavg_after": list(os.getloadavg())}
+
+
+def capacity_table(result, args: argparse.Namespace) -> str:
+    """The heading line and a markdown table of a :class:`~livecue.bench.CapacityResult`, levels in the order tried."""
+    more = "+" if result.capped else ""
+    replies = (f"a {args.reply_tokens}-token reply every {args.speak_every:g} s per stream" if args.speak_every > 0
+               else "no replies (silent frames only)")
+    lines = [f"\n### capacity: {result.capacity}{more} concurrent {result.stream_fps:g}-fps streams on one engine "
+             f"with p99 frame latency <= {result.target_p99_ms:.0f} ms ({result.seconds:g} s of stream per level, "
+             f"{replies}, memory {args.memory[0]}, at most {result.max_batch} streams in flight); {result.reason}\n",
+             "| streams | frames | offered / achieved frames/s | frame latency p50 / p99 / max ms | backlog growth ms "
+             "| replies | CPU s / wall s | peak MiB | sustained |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|:---|"]
+    for lv in result.levels:
+        at_least = ">= " if lv.aborted else ""
+        lines.append(f"| {lv.streams} | {lv.frames:,} | {lv.offered_fps:.1f} / {lv.achieved_fps:.1f} | {at_least}"
+                     f"{_ms(lv.p50_ms)} / {at_least}{_ms(lv.p99_ms)} / {at_least}{_ms(lv.max_ms)} | "
+                     f"{_ms(lv.backlog_growth_ms)} | {lv.replies} | {lv.cpu_seconds:.1f} / {lv.seconds:.1f} | "
+                     f"{lv.peak_mem_mb:,.0f} | "
+                     f"{'yes' if lv.passed else 'no'}: {lv.reason} |")
+    return "\n".join(lines)

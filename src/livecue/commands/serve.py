@@ -11,6 +11,9 @@ are every front door's (:data:`~livecue.inference.options.OPTIONS`): here they a
 client's ``open`` overrides (all but ``--memory``, default ``sink:4096``). The defaults give exactly
 :class:`~livecue.serve.protocol.Limits` and :class:`~livecue.serve.protocol.ServerLimits` (docs/protocol.md lists
 them; a test keeps all three equal).
+
+``--replicas N`` (or ``--address``, ``--autoscale``, ``--ray-config``) serves the same app from N Ray Serve replicas
+instead (:mod:`livecue.commands.serve_cluster`, docs/cluster.md); Ray is imported only then.
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ import os
 import socket
 import sys
 
-from ..inference.options import OPTIONS, StreamOptions
+from ..inference.options import OPTIONS, FastPath, StreamOptions
 from ..serve.app import DEFAULT_MEMORY_SPEC
 from ..serve.protocol import Limits, ServerLimits
 from ..serve.security import check_origin, redact_logs
+from . import serve_cluster
 from ._common import (
     MAX_INT,
     add_model_argument,
@@ -76,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "https://example.org (repeatable; '*' allows any)")
     _num(p, "--max-sessions", 16, "streams open at once")
     StreamOptions.add_arguments(p, defaults={"memory": DEFAULT_MEMORY_SPEC})
+    FastPath.add_arguments(p)
     _num(p, "--queue-size", _L.queue_size, "frames waiting per session; when full the oldest is dropped")
     _num(p, "--max-frame-bytes", _L.max_frame_bytes, "largest JPEG/PNG/WebP frame, bytes")
     _num(p, "--max-message-bytes", None, "largest WebSocket message (default: the larger of 3 MiB and what a base64 "
@@ -97,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     _num(p, "--threads", None, "torch intra-op threads for the model worker (default on CPU: cores - 1, at least 1, "
                                "leaving a core to the network and frame decoding)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve_cluster.add_arguments(p)
     return p
 
 
@@ -160,6 +166,13 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def free_port(host: str, port: int) -> int:
+    """``port`` if host:port can be listened on now (0: a free port), for a server that binds it itself (Ray Serve's
+    proxy); OSError naming the address otherwise."""
+    with bind(host, port) as sock:
+        return sock.getsockname()[1]
+
+
 def check_args(args: argparse.Namespace) -> None:
     """Cross-option checks (each value was range-checked by argparse); ValueError naming the option."""
     if not is_loopback(args.host) and not args.token:
@@ -172,7 +185,10 @@ def check_args(args: argparse.Namespace) -> None:
     args.allow_origin = [check_origin(o) for o in args.allow_origin]
 
 
-def main(argv: list[str]) -> int:
+def parse(argv: list[str]) -> tuple[argparse.ArgumentParser, argparse.Namespace, list[str], Limits, ServerLimits,
+                                   StreamOptions, FastPath]:
+    """The command's options, checked (one line naming the option otherwise): ``(parser, args, overrides, limits,
+    server limits, stream options, fast path)``."""
     argv, overrides = split_overrides(argv)
     p = build_parser()
     args = p.parse_args(argv)
@@ -182,7 +198,33 @@ def main(argv: list[str]) -> int:
         name, message = over
         p.error(f"{OPTIONS[name].flag} {message}")  # one line, exit 2, as argparse's own
     memory_from_args(args)  # the deprecated --max-context-tokens becomes --memory (with a warning)
-    options = StreamOptions.from_args(args)
+    return p, args, overrides, limits, server_limits, StreamOptions.from_args(args), FastPath.from_args(args)
+
+
+def cluster_app(builder_args: dict) -> object:
+    """The Ray Serve application builder of ``livecue serve --ray-config`` files: ``args: {argv: [...]}`` holds
+    ``livecue serve`` options (checked as on the command line; the token comes from ``LIVECUE_TOKEN``)."""
+    from ..serve.cluster import application
+
+    argv = builder_args.get("argv") if isinstance(builder_args, dict) else None
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+        raise ValueError(f"the livecue builder takes args: {{argv: [livecue serve options]}}, got {builder_args!r}")
+    p, args, overrides, limits, server_limits, options, fast = parse(argv)
+    spec = serve_cluster.spec_from_args(args, overrides, options, fast, limits, server_limits,
+                                        loopback_only=is_loopback(args.host))
+    from ..serve.cluster_run import plan
+
+    spec, cluster = plan(spec, serve_cluster.cluster_from_args(args), gpus_given=args.num_gpus_per_replica is not None,
+                         resources=None)
+    return application(spec, cluster)
+
+
+def main(argv: list[str]) -> int:
+    p, args, overrides, limits, server_limits, options, fast = parse(argv)
+    if serve_cluster.wanted(args):
+        return serve_cluster.run(p, args, overrides, options, fast, limits, server_limits, argv,
+                                 loopback_only=is_loopback(args.host),
+                                 free_port=lambda: free_port(args.host, args.port))
     check_model_args(args)  # --model path exists, --device available (auto resolved): before the model loads
     try:
         import uvicorn
@@ -202,7 +244,7 @@ def main(argv: list[str]) -> int:
     model, tokenizer = load_from_args(args, overrides)
     app = create_app(model, tokenizer, options=options, max_sessions=args.max_sessions, token=args.token,
                      limits=limits, name=str(args.adapter or args.model), server_limits=server_limits,
-                     loopback_only=is_loopback(args.host), allow_origins=args.allow_origin)
+                     loopback_only=is_loopback(args.host), allow_origins=args.allow_origin, fast=fast)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"livecue serve: {args.adapter or args.model} on http://{shown}:{port}/ (WebSocket /ws, at most "

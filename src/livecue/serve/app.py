@@ -6,10 +6,12 @@ Routes:
   ``/static/*`` its script and style.
 * ``WS /ws`` — the streaming protocol (docs/protocol.md; :mod:`livecue.serve.protocol`).
 * ``GET /health`` — liveness and load; ``GET /version`` — versions and protocol; ``GET /model`` — the model's
-  layout and stream defaults; ``GET /sessions`` — the active sessions.
+  layout and stream defaults; ``GET /sessions`` — the active sessions; ``GET /metrics`` — Prometheus metrics
+  (:mod:`livecue.serve.metrics`).
 
-With a ``token``, ``/ws``, ``/model`` and ``/sessions`` need it (``Authorization: Bearer TOKEN``, on ``/ws`` also the
-subprotocol ``livecue.token.TOKEN`` that browsers can send, or ``?token=TOKEN``; see :mod:`livecue.serve.security`);
+With a ``token``, ``/ws``, ``/model``, ``/sessions`` and ``/metrics`` need it (``Authorization: Bearer TOKEN``, on
+``/ws`` also the subprotocol ``livecue.token.TOKEN`` that browsers can send, or ``?token=TOKEN``; see
+:mod:`livecue.serve.security`);
 the page, ``/health`` and ``/version`` stay public. ``livecue serve`` refuses to listen on a non-loopback address
 without a token. A loopback server answers only requests whose Host is a loopback name with its port, and ``/ws``
 accepts browser pages of its own origin (plus ``allow_origins``) only. There is no ``/docs``, ``/redoc`` or
@@ -25,6 +27,7 @@ upstream does.
 # no `from __future__ import annotations`: FastAPI reads the route annotations, whose types are imported locally
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
@@ -32,7 +35,7 @@ from typing import Any
 
 from .. import __version__
 from ..inference.memory import parse_memory
-from ..inference.options import StreamOptions
+from ..inference.options import FastPath, StreamOptions
 from .protocol import PROTOCOL_VERSION, Limits, ServerLimits, error_event, event
 from .security import SUBPROTOCOL, Guard, offered_subprotocols, redact_logs, token_ok
 
@@ -73,7 +76,7 @@ def create_app(model: Any, tokenizer: Any, *, options: StreamOptions | None = No
                token: str | None = None, limits: Limits | None = None, fps: float | None = None,
                sampling: Any = None, name: str | None = None, max_batch: int = 16, memory: Any = None,
                server_limits: ServerLimits | None = None, loopback_only: bool = False,
-               allow_origins: Iterable[str] = ()) -> Any:
+               allow_origins: Iterable[str] = (), fast: FastPath | None = None, replica: str | None = None) -> Any:
     """Build the FastAPI app serving ``model`` to many streams.
 
     Args:
@@ -82,7 +85,8 @@ def create_app(model: Any, tokenizer: Any, *, options: StreamOptions | None = No
         options: the server's stream options, every session's defaults (unset: the model's ``stream.*``, greedy
             replies, :data:`DEFAULT_MEMORY`); a client's ``open`` overrides all but ``memory``.
         max_sessions: sessions open at once; more are refused with a ``busy`` error.
-        token: require this token on ``/ws``, ``/model``, ``/sessions`` (None: no auth; loopback only).
+        token: require this token on ``/ws``, ``/model``, ``/sessions``, ``/metrics`` (None: no auth; loopback
+            only). A Prometheus scrape job sends it with ``authorization: {credentials: TOKEN}``.
         limits: per-connection limits and timeouts (:class:`~livecue.serve.protocol.Limits`).
         fps: the default stream fps (replaces ``options.fps``).
         sampling: reply decoding (a :class:`~livecue.inference.options.SamplingConfig`; replaces the sampling
@@ -97,14 +101,19 @@ def create_app(model: Any, tokenizer: Any, *, options: StreamOptions | None = No
         loopback_only: answer only requests whose Host is a loopback name/address with the server's port (set it
             when listening on a loopback address).
         allow_origins: browser origins allowed on ``/ws`` besides the server's own (``"*"``: any).
+        fast: the engine's fast path (``--compile``, ``--kv-pool``; :class:`~livecue.inference.options.FastPath`).
+        replica: the replica's id (``livecue serve --replicas N``): a ``replica`` label on every metric.
 
     Returns:
-        The app; ``app.state.scheduler`` is its :class:`~livecue.serve.scheduler.Scheduler`.
+        The app; ``app.state.scheduler`` is its :class:`~livecue.serve.scheduler.Scheduler`, ``app.state.metrics``
+        its :class:`~livecue.serve.metrics.ServeMetrics`.
     """
     try:
         from fastapi import FastAPI, Request, WebSocket
-        from fastapi.responses import FileResponse, JSONResponse
+        from fastapi.responses import FileResponse, JSONResponse, Response
         from fastapi.staticfiles import StaticFiles
+
+        from .metrics import CONTENT_TYPE_LATEST, ServeMetrics
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError(f"livecue serve needs the [serve] extra: pip install 'livecue[serve]' ({e})") from None
 
@@ -117,13 +126,16 @@ def create_app(model: Any, tokenizer: Any, *, options: StreamOptions | None = No
     server_limits = server_limits or ServerLimits()
     name = name or model.cfg.name
     options = (options or StreamOptions()).merged(StreamOptions(fps=fps))
+    if fast is not None and fast.pooled and fast.pool_slots == FastPath().pool_slots:
+        fast = dataclasses.replace(fast, pool_slots=max_sessions)  # a slot per session: the pool never grows slots
     engine = StreamEngine(model, tokenizer, options, sampling=sampling,
-                          memory=options.memory_policy(DEFAULT_MEMORY) if memory is None else memory)
+                          memory=options.memory_policy(DEFAULT_MEMORY) if memory is None else memory, fast=fast)
     scheduler = Scheduler(engine, limits=limits, max_sessions=max_sessions, max_batch=max_batch)
     decoder = DecodePool(server_limits.decode_workers)
     info = model_info(model, name)
     redact_logs(token)
     connections: set[Any] = set()
+    metrics = ServeMetrics(scheduler, connections, replica=replica)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
@@ -141,6 +153,7 @@ def create_app(model: Any, tokenizer: Any, *, options: StreamOptions | None = No
     app.state.server_limits = server_limits
     app.state.decoder = decoder
     app.state.connections = connections
+    app.state.metrics = metrics
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(Guard, loopback_only=loopback_only, allow_origins=list(allow_origins))
 
@@ -178,20 +191,29 @@ def create_app(model: Any, tokenizer: Any, *, options: StreamOptions | None = No
             return unauthorized()
         return {"count": len(scheduler.sessions), "max_sessions": max_sessions, "sessions": scheduler.snapshot()}
 
+    @app.get("/metrics")
+    async def metrics_route(request: Request) -> Any:
+        if not token_ok(token, request.headers, request.query_params):
+            return unauthorized()
+        peers = await metrics.peers() if metrics.peers is not None else None  # --replicas: the others' too
+        return Response(metrics.render(peers), media_type=CONTENT_TYPE_LATEST)
+
     @app.websocket("/ws")
     async def ws_route(ws: WebSocket) -> None:
         # never echo the token subprotocol: select plain "livecue" when offered (browsers need one selected)
         await ws.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered_subprotocols(ws.headers) else None)
         if len(connections) >= server_limits.max_connections:
+            metrics.error("busy")
             await _refuse(ws, "busy", f"the server is full: {len(connections)} connections are open (the limit is "
                                       f"{server_limits.max_connections}); try again later", 1013)
             return
         if not token_ok(token, ws.headers, ws.query_params):
+            metrics.error("unauthorized")
             await _refuse(ws, "unauthorized", "missing or wrong token: send an 'Authorization: Bearer TOKEN' header "
                                               "or the WebSocket subprotocol 'livecue.token.TOKEN'", 4401)
             return
         scheduler.start()
-        connection = Connection(ws, scheduler, limits, name, decoder)
+        connection = Connection(ws, scheduler, limits, name, decoder, metrics)
         connections.add(connection)
         try:
             await connection.run()

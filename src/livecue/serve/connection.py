@@ -7,6 +7,12 @@ event loop with ``call_soon_threadsafe`` and sent in order by one sender task; a
 disconnected once ``MAX_OUTBOX_BYTES`` wait. When the client goes away, its session is dropped from the scheduler at
 once (its queued and in-flight work is cancelled at the next round).
 
+Metrics (with a :class:`~livecue.serve.metrics.ServeMetrics`): each frame's arrival time is kept by its stream time
+``t`` until the ``silence``/``reply``/``answer`` event of that time has been sent (its frame latency); the session is
+always opened with ``silence`` events on (a client that asked for none does not get them: they are only measured),
+so every processed frame is seen. Frames dropped from the queue leave their entry behind; it goes when a later
+frame's event is sent.
+
 Timeouts: a connection must send ``open`` within ``limits.open_timeout`` seconds, and an open session must send some
 message (a frame, a ``ping``...) at least every ``limits.idle_timeout`` seconds while the model has no work for it;
 otherwise it gets an ``error`` (``open_timeout`` / ``idle_timeout``), ``closed``, and close code 4408. A session that
@@ -16,10 +22,12 @@ is closing gracefully is not timed out (its remaining work is bounded).
 from __future__ import annotations
 
 import asyncio
+import collections
+import dataclasses
 import logging
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -42,10 +50,15 @@ from .protocol import (
 )
 from .scheduler import Scheduler, SchedulerFull, ServeSession, describe_memory
 
+if TYPE_CHECKING:
+    from .metrics import ServeMetrics
+
 log = logging.getLogger(__name__)
 MAX_OUTBOX = 10_000  # events waiting for a client that does not read them: past this the connection is closed ...
 MAX_OUTBOX_BYTES = 8 * 2**20  # ... or past this many bytes of them
 TIMEOUT_CODE = 4408  # WebSocket close code after `open_timeout` / `idle_timeout`
+FRAME_EVENTS = ("silence", "reply", "answer")  # a frame's events: the first one sent for its time ends its latency
+T_TOLERANCE = 1e-5  # events carry t rounded to 6 decimals
 
 
 class RateLimiter:
@@ -78,17 +91,19 @@ class Connection:
         limits: message limits and timeouts.
         model_name: reported in ``ready``.
         decoder: the server's decode pool (default: a private one with one worker).
+        metrics: the server's metrics (None: nothing is measured).
     """
 
     def __init__(self, ws: WebSocket, scheduler: Scheduler, limits: Limits, model_name: str,
-                 decoder: DecodePool | None = None) -> None:
+                 decoder: DecodePool | None = None, metrics: ServeMetrics | None = None) -> None:
         self.ws = ws
         self.scheduler = scheduler
         self.limits = limits
         self.model_name = model_name
         self.decoder = decoder or DecodePool(1)
         self.loop = asyncio.get_running_loop()
-        self.outbox: asyncio.Queue[tuple[str, str] | None] = asyncio.Queue()  # (event type, JSON text)
+        # (event type, JSON text, the arrival of the frame it ends or None)
+        self.outbox: asyncio.Queue[tuple[str, str, float | None] | None] = asyncio.Queue()
         self.outbox_bytes = 0
         self.opened_at = time.monotonic()
         self.session: ServeSession | None = None
@@ -96,6 +111,12 @@ class Connection:
         self.last_t = -math.inf  # the latest frame time received (frames must not go back in time)
         self.errors = 0
         self.finished = False    # `closed` (or a close) is queued: stop reading and sending
+        self.metrics = metrics
+        self.metered: ServeSession | None = None  # the session whose frames the metrics count
+        self.silence = True      # whether the client wants `silence` events
+        self.received = 0.0      # time.monotonic() when the message being handled arrived
+        # frames queued for the model, by stream time: their arrival (bounded: see _arrived)
+        self.arrivals: collections.OrderedDict[float, float] = collections.OrderedDict()
 
     # ---- main loop ------------------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -116,6 +137,8 @@ class Connection:
             if self.session is not None:
                 self.scheduler.close(self.session, graceful=False)  # frees the queue and the engine state
                 self.session = None
+            if self.metrics is not None and self.metered is not None:
+                self.metrics.session_ended(self.metered)
             if not self.finished:
                 sender.cancel()
             try:
@@ -151,6 +174,7 @@ class Connection:
 
     async def handle(self, text: str | None, data: bytes | None) -> None:
         """Validate and act on one client message; answer any problem with an ``error`` event."""
+        self.received = time.monotonic()
         size = len(data) if data is not None else len(text.encode("utf-8", "surrogatepass")) if text else 0
         if size > self.limits.max_message_bytes:
             self._error(ProtocolError("too_large", f"message is {size} bytes; the limit is "
@@ -202,7 +226,9 @@ class Connection:
             raise ProtocolError("already_open", f"this connection already has session {self.session.id}; "
                                                 "open another connection for another stream")
         try:
-            session = self.scheduler.open(msg, self._emit_threadsafe)
+            # silence events on for the server side: they end silent frames' latency (dropped in `send` if unasked)
+            session = self.scheduler.open(dataclasses.replace(msg, silence=True) if self.metrics else msg,
+                                          self._emit_threadsafe)
         except SchedulerFull as e:
             self.send(error_event("busy", str(e)))
             self.send(event("closed", None, reason="server full"))
@@ -212,6 +238,10 @@ class Connection:
         except ValueError as e:
             raise ProtocolError("bad_message", str(e)) from None
         self.session = session
+        self.silence = msg.silence
+        if self.metrics is not None:
+            self.metered = session
+            self.metrics.session_opened(session)
         stream = session.stream
         sampling = stream.sampling
         self.send(event("ready", None, session=session.id, protocol=PROTOCOL_VERSION, model=self.model_name,
@@ -233,7 +263,31 @@ class Connection:
         except ProtocolError as e:
             e.t = msg.t
             raise
+        self._arrived(msg.t, session.queue_size)
         self.scheduler.push_frame(session, msg.t, frame)
+
+    def _arrived(self, t: float, queue_size: int) -> None:
+        """Keep a queued frame's arrival time for its latency (with metrics); at most a few queues' worth are kept
+        (older entries belong to frames dropped from the queue)."""
+        if self.metrics is None:
+            return
+        self.arrivals[t] = self.received
+        while len(self.arrivals) > 2 * queue_size + 8:
+            self.arrivals.popitem(last=False)
+
+    def _frame_arrival(self, t: Any) -> float | None:
+        """The arrival of the frame at ``t`` whose event is being sent (forgotten, with any older entries: frames
+        dropped from the queue); None if it is not a queued frame (e.g. an answer between two frames)."""
+        if not isinstance(t, int | float) or not self.arrivals:
+            return None
+        arrival = None
+        while self.arrivals:
+            first = next(iter(self.arrivals))
+            if first > t + T_TOLERANCE:
+                break
+            _, at = self.arrivals.popitem(last=False)
+            arrival = at if abs(first - t) <= T_TOLERANCE else None
+        return arrival
 
     def _require_session(self, what: str) -> ServeSession:
         if self.session is None:
@@ -245,6 +299,15 @@ class Connection:
         """Queue an event for the client (event-loop thread only); ``close_code``: close the socket after it."""
         if self.finished:
             return
+        arrival = None
+        if self.metrics is not None:
+            self.metrics.sent(ev)
+            if ev.get("type") in FRAME_EVENTS:
+                arrival = self._frame_arrival(ev.get("t"))
+            if ev.get("type") == "silence" and not self.silence:
+                if arrival is not None:
+                    self.metrics.frame_done(time.monotonic() - arrival)
+                return  # measured only: the client asked for no silence events
         text = dumps_event(ev)
         if self.outbox.qsize() >= MAX_OUTBOX or self.outbox_bytes + len(text) > MAX_OUTBOX_BYTES:
             log.warning("client is not reading its events: closing the connection")
@@ -254,7 +317,7 @@ class Connection:
             self.outbox.put_nowait(None)
             return
         self.outbox_bytes += len(text)
-        self.outbox.put_nowait((ev["type"] if close_code is None else f"close:{close_code}", text))
+        self.outbox.put_nowait((ev["type"] if close_code is None else f"close:{close_code}", text, arrival))
         if ev["type"] == "closed" or close_code is not None:
             self.finished = True
 
@@ -277,9 +340,11 @@ class Connection:
             if item is None:
                 await self.ws.close(code=1011, reason="client not reading events")
                 return
-            kind, text = item
+            kind, text, arrival = item
             self.outbox_bytes -= len(text)
             await self.ws.send_text(text)
+            if arrival is not None and self.metrics is not None:
+                self.metrics.frame_done(time.monotonic() - arrival)
             if kind == "closed" or kind.startswith("close:"):
                 self.session = None
                 code = int(kind[6:]) if kind.startswith("close:") else 1000
