@@ -2,7 +2,9 @@
 
 Prints a table, writes ``OUT/eval-<task>.json`` (means, per-sample results, notes, calibration) and PNG plots:
 ``narration`` → ``OUT/narration-timing.png``; ``free`` → ``OUT/free-timeline.png``; ``lta`` → ``OUT/lta-ed.png``;
-``--calibrate`` → ``OUT/calibration.png``. Progress (per record, stream or sample; the θ sweep per run) goes to
+``--calibrate`` → ``OUT/calibration.png``. ``--task ovo|streamingbench|proactive``: online-video benchmarks, the
+model deciding when to answer (:mod:`livecue.commands.eval_online`: ``OUT/items.jsonl``, resumable per item,
+``OUT/results.json`` / ``results.md``). Progress (per record, stream or sample; the θ sweep per run) goes to
 stderr (:mod:`livecue.progress`), results to stdout.
 
 The θ recommendation states what it rests on (streams, decisions, reference replies) and how stable it is (a
@@ -23,6 +25,7 @@ from typing import Any
 from ..inference.options import OPTIONS, FastPath, StreamOptions, check_option
 from ..progress import Progress
 from ._common import add_model_argument, load_from_args, nonnegative_int, parser, positive_int, split_overrides
+from .eval_online import ONLINE_TASKS
 
 TASKS = ("narration", "free", "coin-step", "coin-next", "coin-task", "coin-procedure", "coin-taskprocedure", "lta")
 
@@ -32,7 +35,9 @@ def build_parser():
                        "(SPEC §7), free-running streaming, COIN, Ego4D LTA; calibrate the speak threshold θ.")
     add_model_argument(p)
     p.add_argument("--data", required=True, help="records JSONL (videos resolved relative to it)")
-    p.add_argument("--task", choices=TASKS, default="narration", help="default: %(default)s")
+    p.add_argument("--task", choices=TASKS + ONLINE_TASKS, default="narration", help="default: %(default)s; "
+                   "ovo, streamingbench, proactive: online benchmarks (--data: their annotation file or directory)")
+    p.add_argument("--judge", default=None, help="online benchmarks' open answers: openai:MODEL[@URL] or local:MODEL")
     StreamOptions.add_arguments(p, ("threshold",))
     p.add_argument("--batch-size", type=positive_int(1024), default=1,
                    help="records per teacher-forced forward (narration), in [1, 1024]")
@@ -66,6 +71,10 @@ def main(argv: list[str]) -> int:
     command = shlex.join(["livecue", "eval", *argv])
     argv, overrides = split_overrides(argv)
     args = build_parser().parse_args(argv)
+    if args.task in ONLINE_TASKS:
+        from .eval_online import run_online
+
+        return run_online(args, overrides)
     _check_args(args)
 
     model, tok = load_from_args(args, overrides)
@@ -100,6 +109,8 @@ def main(argv: list[str]) -> int:
 
 
 def _check_args(args: Any) -> None:
+    if args.judge:
+        raise ValueError(f"--judge scores open answers of {', '.join(ONLINE_TASKS)}, not of {args.task}")
     if args.calibrate and args.task not in ("narration", "free"):
         raise ValueError(f"--calibrate sweeps the speak threshold: it applies to narration and free, not {args.task}")
     if args.grid is not None:

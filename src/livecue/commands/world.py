@@ -43,6 +43,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--distractors", action="store_true",
                    help="drifting striped background and camera shake (motion that is never narrated)")
     p.add_argument("--resume", action="store_true", help="keep videos already written by an earlier run")
+    p.add_argument("--benchmark", choices=["ovo", "streamingbench", "proactive"], default=None,
+                   help="write the streams as an online-video benchmark in its public format instead (test streams; "
+                        "livecue eval --task BENCHMARK --data the printed file; docs/evaluation.md)")
     args = p.parse_args(argv)
 
     from ..data.world import WorldConfig, generate_world
@@ -65,6 +68,15 @@ def main(argv: list[str]) -> int:
                          f"({size / 2**30:.1f} GiB in memory, at most {MAX_STREAM_BYTES / 2**30:g}): lower --duration, "
                          "--fps or --resolution")
     start = time.perf_counter()
+    if args.benchmark:
+        from ..eval.online.world import world_to_benchmark
+
+        if args.resume:
+            raise ValueError("--resume applies to plain world streams, not --benchmark")
+        anno = world_to_benchmark(args.out, args.benchmark, args.n, args.seed, cfg=cfg, video_format=args.format)
+        print(f"wrote {args.n} world streams as {args.benchmark} data: {anno} "
+              f"(livecue eval --task {args.benchmark} --data {anno}) in {time.perf_counter() - start:.1f}s")
+        return 0
     records = generate_world(args.out, args.n, args.seed, split=args.split, cfg=cfg, video_format=args.format,
                              resume=args.resume)
     events = sum(len(r["meta"]["events"]) for r in records)

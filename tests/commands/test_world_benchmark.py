@@ -1,0 +1,24 @@
+"""`livecue world --benchmark B`: the world's test streams written as an online-video benchmark that `load_items`
+(and so `livecue eval --task B`) reads back."""
+
+import pytest
+
+from livecue import cli
+from livecue.eval.online.formats import load_items
+
+
+@pytest.mark.parametrize("benchmark", ["ovo", "streamingbench", "proactive"])
+def test_world_as_a_benchmark(benchmark, tmp_path, capsys):
+    rc = cli.main(["world", "--out", str(tmp_path), "--n", "2", "--seed", "3", "--benchmark", benchmark,
+                   "--resolution", "32", "--duration", "8", "--format", "npy"])
+    assert rc == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    anno = line.split(" data: ")[1].split(" (")[0]
+    items = load_items(benchmark, anno)
+    assert items and all(item.benchmark == benchmark for item in items)
+    assert f"livecue eval --task {benchmark} --data {anno}" in line
+
+
+def test_resume_is_refused_with_benchmark(tmp_path, capsys):
+    rc = cli.main(["world", "--out", str(tmp_path), "--n", "1", "--seed", "3", "--benchmark", "ovo", "--resume"])
+    assert rc != 0 and "--resume applies to plain world streams" in capsys.readouterr().err
