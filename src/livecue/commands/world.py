@@ -73,6 +73,9 @@ def main(argv: list[str]) -> int:
 
         if args.resume:
             raise ValueError("--resume applies to plain world streams, not --benchmark")
+        if args.format != "mp4":
+            raise ValueError("--benchmark writes video files that livecue eval streams like any video: use "
+                             "--format mp4 (the default)")
         anno = world_to_benchmark(args.out, args.benchmark, args.n, args.seed, cfg=cfg, video_format=args.format)
         print(f"wrote {args.n} world streams as {args.benchmark} data: {anno} "
               f"(livecue eval --task {args.benchmark} --data {anno}) in {time.perf_counter() - start:.1f}s")
