@@ -21,7 +21,11 @@ pytest.importorskip("fastapi", reason="the [serve] extra is not installed")
 pytest.importorskip("uvicorn", reason="the [serve] extra is not installed")
 pytest.importorskip("websockets", reason="the [serve] extra is not installed")
 
-from serve_helpers import frames, wait_until
+from serve_helpers import (
+    frames,
+    one_torch_thread,  # noqa: F401 - autouse fixture
+    wait_until,
+)
 
 from livecue import cli
 from livecue.client import LiveClient, ServerError, SyncLiveClient, http_url, ws_url
@@ -39,18 +43,6 @@ LIMITS = Limits(max_message_bytes=200_000, max_frame_bytes=100_000, max_pixels=3
 
 def jpeg(seed: int = 0, shape=(48, 64)) -> bytes:
     return encode_image(frames(1, seed, shape)[0])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread, as `livecue serve` uses on 2 cores: torch threads that compete with the server's other
-    threads (and other processes) for the cores make every step an order of magnitude slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,11 @@ pytest.importorskip("fastapi", reason="the [serve] extra is not installed")
 pytest.importorskip("uvicorn", reason="the [serve] extra is not installed")
 pytest.importorskip("websockets", reason="the [serve] extra is not installed")
 
-from serve_helpers import frames, wait_until
+from serve_helpers import (
+    frames,
+    one_torch_thread,  # noqa: F401 - autouse fixture
+    wait_until,
+)
 
 from livecue.client import SyncLiveClient
 from livecue.inference.engine import StreamEngine
@@ -36,17 +40,6 @@ from livecue.serve.protocol import Limits, Open, ProtocolError
 from livecue.serve.scheduler import QueryRefused, Scheduler
 
 TOKEN = "s3cret-7f4a9b2c"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread, as `livecue serve` uses on 2 cores (competing threads slow every step tenfold)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def png_header(w: int, h: int) -> bytes:

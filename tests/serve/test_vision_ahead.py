@@ -15,7 +15,11 @@ import time
 import weakref
 
 import pytest
-from serve_helpers import frames, wait_until
+from serve_helpers import (
+    frames,
+    one_torch_thread,  # noqa: F401 - autouse fixture
+    wait_until,
+)
 
 from livecue.inference.engine import StreamEngine
 from livecue.inference.options import StreamOptions
@@ -23,17 +27,6 @@ from livecue.serve.protocol import Limits, Open
 from livecue.serve.scheduler import Scheduler
 
 THREADS = ("livecue-scheduler", "livecue-vision")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread per Python thread, as `livecue serve` uses on 2 cores."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def ours_alive() -> list[str]:
