@@ -461,16 +461,25 @@ def test_open_errors_reach_the_client(server):
         assert client.open()["type"] == "ready"                        # the connection survived
 
 
-def test_watch_server_feeds_a_source(server, tmp_path, capsys):
+def test_watch_server_feeds_a_source(server, tiny, tmp_path, capsys, monkeypatch):
+    from livecue.commands import watch_remote, world_notice
+
     folder = tmp_path / "frames"
     folder.mkdir()
     for i, f in enumerate(frames(5, seed=7)):
         (folder / f"{i:03d}.png").write_bytes(encode_image(f, "png"))
     out = tmp_path / "events.jsonl"
+    notices = []  # the world-only notice is decided by the server's model name (the default model's: shown)
+    monkeypatch.setattr(watch_remote, "notify_world_only",
+                        lambda *a: notices.append(a) or world_notice.notify_world_only(*a))
     rc = cli.main(["watch", str(folder), "--server", server.url, "--threshold", "0", "--query", "what now?",
                    "--at", "1.0", "--jsonl", str(out)])
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
     assert rc == 0, text
+    assert notices == [("livecue watch", tiny[0].cfg.name, str(folder))]  # the name the server reports
+    assert "knows only the built-in world" not in captured.err
+    assert world_notice.needs_world_notice(world_notice.DEFAULT_MODEL_NAME, str(folder))
     events = [json.loads(line) for line in out.read_text().splitlines()]
     assert [e["t"] for e in events if e["type"] == "silence"] == [0.0, 0.5, 1.5, 2.0]
     assert [e["type"] for e in events].count("answer") == 1 and events[-1]["type"] == "closed"

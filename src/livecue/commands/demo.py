@@ -2,9 +2,10 @@
 
 With no arguments it renders a stream of the built-in world (test split, never seen in training), plays it through
 the packaged default model on the wall clock, prints each narration as it happens next to what really happened,
-and asks one scripted question. ``--source`` takes any file, URL or webcam instead; ``--save out.mp4`` writes the
-video with the replies burned in as captions (with progress on stderr), and the same captions as ``out.srt`` and
-``out.vtt`` subtitles beside it.
+and asks one scripted question. ``--source`` takes any file, URL or webcam instead (the default model, which knows
+only the built-in world, then says so once on stderr unless the source is a rendered world video:
+:mod:`.world_notice`); ``--save out.mp4`` writes the video with the replies burned in as captions (with progress on
+stderr), and the same captions as ``out.srt`` and ``out.vtt`` subtitles beside it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from ..inference.options import MAX_QUERY_CHARS, StreamOptions
 from ._common import SEED, STREAM_TIME, parser, positive_float, positive_int, split_overrides, text
 from .display import format_event, format_reference, format_summary
+from .world_notice import notify_world_only
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_model"  # as load.DEFAULT_MODEL_DIR
 DEMO_SEED = 7  # a test-split stream: disjoint from every training stream by construction
@@ -89,7 +91,9 @@ def main(argv: list[str]) -> int:
     else:
         from ..data.samples import resolve
 
-        source = open_source(resolve(args.source), fps, max_frames=args.max_frames)
+        spec = resolve(args.source)
+        source = open_source(spec, fps, max_frames=args.max_frames)
+        notify_world_only("livecue demo", model.cfg.name, spec)  # the default model on other video: once, stderr
     if args.save:
         source = _Recorder(source, captured)
     from ..data.subtitles import caption_text

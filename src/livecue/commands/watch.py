@@ -1,7 +1,8 @@
 """``livecue watch SOURCE``: stream a video file, image directory, webcam or network stream through a model.
 
 Prints each reply and answer with its stream time as it happens, a live progress line on a terminal, and a summary
-at the end; ``--jsonl`` writes every event (one JSON object per line).
+at the end; ``--jsonl`` writes every event (one JSON object per line). The default model on anything but a rendered
+world video says once, on stderr, that it knows only the built-in world (:mod:`.world_notice`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ._common import (
 )
 from .display import Progress, format_event, format_summary
 from .watch_remote import watch_remote
+from .world_notice import notify_world_only
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +88,7 @@ def main(argv: list[str]) -> int:
         if jsonl is not None:
             jsonl.close()
         raise
+    notify_world_only(args.command, model.cfg.name, source_spec)  # the default model on other video: once, stderr
     session = StreamEngine(model, tokenizer, options, fast=fast).session()  # unset: the model's stream.*
     for i, query in enumerate(args.query):
         session.add_query(query, at=args.at[i] if i < len(args.at) else 0.0)

@@ -25,6 +25,7 @@ from typing import Any, TextIO
 from ..inference.options import StreamOptions
 from ..inference.stats import StreamStats
 from .display import format_event, format_summary
+from .world_notice import notify_world_only
 
 
 class _Flow:
@@ -73,6 +74,7 @@ async def _stream(args: argparse.Namespace, options: StreamOptions,
         print(f"watching {getattr(source, 'name', args.source)} at {fps:g} fps with {ready['model']} on {client.url} "
               f"(session {ready['session']}, θ = {ready['threshold']:g})"
               f"{' in real time' if args.realtime or live else ''}", flush=True)
+        notify_world_only("livecue watch", str(ready["model"]), resolve_sample(args.source))
         queries = sorted(((args.at[i] if i < len(args.at) else 0.0, i, text) for i, text in enumerate(args.query)),
                          reverse=True)  # popped from the end: earliest first
         flow = _Flow(int(ready.get("queue_size", 4)))

@@ -3,7 +3,8 @@
 Only numpy draws: every shape is a coverage mask computed on a supersampled grid inside the object's bounding box
 and alpha-blended over the background. PNG files are written with Pillow, video files with PyAV (``libx264`` when
 available, else ``mpeg4``), always to a temporary name that is renamed into place, so a killed run never leaves a
-half-written file.
+half-written file. Every video carries a ``comment`` tag naming the world (:data:`WORLD_COMMENT`), so a command can
+tell a rendered world stream from other video by its metadata alone (:func:`is_world_video`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("square", "circle", "triangle", "star", "diamond", "cross")
 
 _SUPERSAMPLE = 3  # sub-pixel samples per axis for anti-aliasing
+
+#: The start of the ``comment`` tag :func:`save_mp4` writes into every world video (:func:`is_world_video`).
+WORLD_TAG = "livecue world"
+#: The whole tag: what the video is, for anyone reading its metadata (ffprobe, a player's properties).
+WORLD_COMMENT = f"{WORLD_TAG}: a rendered stream of livecue's built-in world (shapes, colours, motions)"
 
 
 @dataclass(frozen=True)
@@ -183,7 +189,7 @@ def save_mp4(path: str | Path, frames: np.ndarray, fps: float, *, crf: int = 18,
     """Encode ``(N, H, W, 3)`` uint8 RGB frames as an MP4 (yuv420p) at ``fps``, atomically; return the path.
 
     Frame ``k`` gets presentation time ``k / fps``. ``libx264`` uses constant quality ``crf``; ``mpeg4`` a high
-    fixed quality.
+    fixed quality. The container's ``comment`` tag is :data:`WORLD_COMMENT` (:func:`is_world_video` reads it).
 
     Raises:
         ValueError: frames of the wrong shape, or odd width/height (yuv420p needs even sizes).
@@ -201,6 +207,7 @@ def save_mp4(path: str | Path, frames: np.ndarray, fps: float, *, crf: int = 18,
     rate = Fraction(fps).limit_denominator(1000)
     try:
         with av.open(str(tmp), mode="w", format="mp4") as container:
+            container.metadata["comment"] = WORLD_COMMENT
             stream = container.add_stream(codec, rate=rate)
             stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
             if codec == "libx264":
@@ -220,3 +227,15 @@ def save_mp4(path: str | Path, frames: np.ndarray, fps: float, *, crf: int = 18,
             tmp.unlink()
     log.debug("wrote %s (%d frames, %s)", path, len(frames), codec)
     return path
+
+
+def is_world_video(path: str | Path) -> bool:
+    """Whether the file at ``path`` is a world video :func:`save_mp4` wrote: its container's ``comment`` tag starts
+    with :data:`WORLD_TAG`. Opens the container for its metadata only (milliseconds: no frame is read out). False
+    for any file that does not open as a container (missing, not a video, unreadable), for other video, and for a
+    world video re-encoded by a tool that drops the tag."""
+    try:
+        with av.open(str(path)) as container:
+            return str(container.metadata.get("comment", "")).startswith(WORLD_TAG)
+    except (av.FFmpegError, OSError, UnicodeDecodeError):
+        return False
