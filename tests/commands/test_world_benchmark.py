@@ -1,6 +1,8 @@
 """`livecue world --benchmark B`: the world's test streams written as an online-video benchmark that `load_items`
 (and so `livecue eval --task B`) reads back."""
 
+from pathlib import Path
+
 import pytest
 
 from livecue import cli
@@ -15,7 +17,7 @@ def test_world_as_a_benchmark(benchmark, tmp_path, capsys):
     line = capsys.readouterr().out.strip().splitlines()[-1]
     anno = line.split(" data: ")[1].split(" (")[0]
     items = load_items(benchmark, anno)
-    assert items and all(item.benchmark == benchmark for item in items)
+    assert items and all(item.benchmark == benchmark and Path(item.video).is_file() for item in items)
     assert f"livecue eval --task {benchmark} --data {anno}" in line
 
 

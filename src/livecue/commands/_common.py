@@ -20,7 +20,7 @@ import argparse
 import contextlib
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -194,3 +194,27 @@ def load_from_args(args: argparse.Namespace, overrides: list[str] | None = None,
         return load_model(source, device=args.device, dtype=args.dtype, overrides=overrides or None,
                           base=args.base, vision=args.vision, quantize=getattr(args, "quantize", None))
 
+
+
+def has_accelerate() -> bool:
+    """Whether accelerate is installed: its state then gives each process of a launched run its device."""
+    import importlib.util
+
+    return importlib.util.find_spec("accelerate") is not None
+
+
+def distributed(device: str | None) -> tuple[int, int, Any, Callable[[], None], bool]:
+    """``(rank, world size, device, barrier, is_main)`` from accelerate's state when launched with several processes
+    (``accelerate launch --multi_gpu --num_processes N`` on GPUs; ``torchrun --nproc_per_node N`` on CPUs, where
+    processes talk over gloo), else one process. ``device`` None: the process's own device (accelerate's:
+    ``cuda:<local rank>`` on GPUs, else what ``auto`` finds), else ``device`` as given."""
+    try:
+        from accelerate import PartialState
+    except ImportError:
+        return 0, 1, device or "cpu", lambda: None, True
+    from ..model.devices import resolve_device
+
+    # accelerate treats CPU processes as distributed only when told they run on the CPU
+    state = PartialState(cpu=resolve_device(device).type == "cpu")
+    return (state.process_index, state.num_processes, device or state.device, state.wait_for_everyone,
+            state.is_main_process)

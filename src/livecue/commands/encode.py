@@ -20,6 +20,8 @@ from ._common import (
     announce_random,
     check_device,
     check_model_source,
+    distributed,
+    has_accelerate,
     parser,
     positive_int,
     source_random_parts,
@@ -52,14 +54,14 @@ def main(argv: list[str]) -> int:
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise FileExistsError(f"--out {args.out!r} is a file, not a cache directory")
     check_model_source(args.model)
-    args.device = None if args.device == "auto" and _has_accelerate() else check_device(args.device)
+    args.device = None if args.device == "auto" and has_accelerate() else check_device(args.device)
 
     import torch
 
     from ..data.features import DTYPES, INDEX, build_index, encode_video, feature_file, list_videos, save_features
     from ..model.load import load_frame_encoder
 
-    rank, world, device, wait, is_main = _distributed(args.device)
+    rank, world, device, wait, is_main = distributed(args.device)
     videos = list_videos(args.video_dir)
     if not videos:
         raise ValueError(f"no video files in {args.video_dir!r}")
@@ -116,24 +118,6 @@ def main(argv: list[str]) -> int:
         print(f"cache {out}: {len(index['videos'])} videos indexed ({done} encoded here, {skipped} already done, "
               f"{failed} failed) in {time.perf_counter() - start:.1f} s")
     return 1 if failed else 0
-
-
-def _has_accelerate() -> bool:
-    """Whether accelerate is installed: its state then gives each process its device (``--device auto``)."""
-    import importlib.util
-
-    return importlib.util.find_spec("accelerate") is not None
-
-
-def _distributed(device: str | None):
-    """(rank, world size, device, barrier, is_main) from accelerate when launched with it, else one process."""
-    try:
-        from accelerate import PartialState
-    except ImportError:
-        return 0, 1, device or "cpu", lambda: None, True
-    state = PartialState()
-    return (state.process_index, state.num_processes, device or state.device, state.wait_for_everyone,
-            state.is_main_process)
 
 
 def _check_compatible(index_file: Path, header: dict) -> None:

@@ -45,7 +45,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--resume", action="store_true", help="keep videos already written by an earlier run")
     p.add_argument("--benchmark", choices=["ovo", "streamingbench", "proactive"], default=None,
                    help="write the streams as an online-video benchmark in its public format instead (test streams; "
-                        "livecue eval --task BENCHMARK --data the printed file; docs/evaluation.md)")
+                        "livecue eval --task BENCHMARK --data the printed path; docs/evaluation.md)")
     args = p.parse_args(argv)
 
     from ..data.world import WorldConfig, generate_world

@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from livecue.eval.online.judge import (
+    PROACTIVE,
     PROMPT_VERSION,
     CachedJudge,
     JudgeError,
@@ -118,6 +119,21 @@ def test_openai_judge_asks_the_endpoint_and_parses_the_score(stub):
     assert body["model"] == "judge-model" and body["temperature"] == 0 and body["max_tokens"] == 16
     assert body["messages"] == judge_messages("What colour is the square?", "red", "It is red")
     assert KEY not in judge.name and judge.name == f"openai:judge-model@{stub.base_url}"
+
+
+def test_openai_judge_by_the_proactive_rubric(stub):
+    """ProactiveVideoQA's judge: its 3-point prompt and input layout; "2" of 1-3 reads (2 − 1) / 2; an unparsable
+    reply gives no score (None) under it, 0 under the default rubric."""
+    stub.replies = [(200, "2")]
+    judge = fast_judge(stub.base_url)
+    assert judge.grade("What is it?", " A red car. ", "a car", "proactive") == 0.5
+    (req,) = stub.requests
+    assert req["body"]["messages"] == PROACTIVE.messages("What is it?", "A red car.", "a car")
+    assert req["body"]["messages"][1]["content"] == (
+        "Question: What is it?\nGround Truth Answer: A red car.\nPredicted Answer: a car")
+    stub.replies = [(200, "I am not sure.")]
+    assert judge.grade("What is it?", "A red car.", "a bus", "proactive") is None
+    assert judge.judge("What is it?", "A red car.", "a bus") == 0.0 and judge.unparsable == 2
 
 
 def test_base_url_from_the_environment_and_no_key_when_unset(stub, monkeypatch):

@@ -13,13 +13,19 @@
   and ``ground_truth_output`` instead of options. CSV: columns ``question_id, task_type, question, time_stamp,
   answer, options`` (a Python list literal); the video is ``<csv dir>/<prefix>/sample_<N>/video.mp4`` for
   ``question_id`` ``<prefix>_sample_<N>_<k>``. Groups follow the paper's task taxonomy (:data:`SB_GROUPS`).
+  ``questions_sqa.json`` (Sequential Question Answering) nests: an entry is a list of one video's parts, and each
+  question after the first is asked with the earlier ones and their answers in front, in upstream's words
+  (``src/benchmark/StreamingBenchSQA.py``: :data:`SQA_CONTEXT`, "At timestamp T, the following question and answer
+  occurred: ...", :data:`SQA_QUESTION`); ids ``<file>/<entry>/<part>/<k>``.
   Omni-source items need audio unless their question is purely visual: an omni-source item is kept only when its
   question mentions no speech or sound (:data:`AUDIO_WORDS`); ``include_audio=True`` keeps them all.
 * **ProactiveVideoQA** (github.com/yellow-binary-tree/ProactiveVideoQA, ``<SUBSET>/anno.json``): a list of
   ``{video, question_id, conversation: [{role, content, time}], answer: [{content, related_timespan,
-  reply_timespan}], duration}`` → protocol ``proactive``, one window per reply (``reply_timespan`` and its
-  content); later user turns (TV subtitles) and related timespans are kept in ``meta``. Videos:
-  ``<anno dir>/videos/``.
+  reply_timespan}], duration}`` → protocol ``proactive`` asked at ``conversation[0]``'s time, one window per answer
+  turn (``reply_timespan``, its content, ``related_timespan`` when given), the stream ending at ``duration``. The
+  later ``role: user`` turns of ``conversation`` (TV subtitles ``"Subtitle: ..."``) become the item's ``turns``:
+  the runner gives them to the model at their times without asking for a reply, as upstream's streaming inference
+  feeds every user turn. Videos: ``<anno dir>/videos/``.
 
 A directory is searched for the benchmark's files (:func:`load_items`). Missing videos are not checked here (the
 runner does); a malformed file raises one ``ValueError`` naming the file and the field.
@@ -185,8 +191,20 @@ def _ovo(path: Path, video_root: Path | None, include_audio: bool) -> list[Onlin
 
 
 # ---- StreamingBench ------------------------------------------------------------------------------------------------
+SQA_CONTEXT = ("Here are the contextual information related to the video. Please answer the questions based on the "
+               "contextual information: ")
+SQA_QUESTION = "\n\nHere is the question. Answer it and don't confuse it with the previous conversation.\n"
+
+
+def _sqa_turn(item: OnlineItem, question: str) -> str:
+    """One earlier question with its answer, as StreamingBench's SQA evaluator writes it into the later ones."""
+    options = ", ".join(f"{letter}. {opt}" for letter, opt in zip(item.letters, item.options))
+    return (f"At timestamp {item.meta.get('time_stamp')}, the following question and answer occurred: Question: "
+            f"{question}; Options: {options}; Answer: {item.answer}; ")
+
+
 def _sb_item(q: dict[str, Any], ident: str, video: str, fail: _Fail, where: str,
-             include_audio: bool) -> OnlineItem | None:
+             include_audio: bool, context: str = "") -> OnlineItem | None:
     task = _get(q, "task_type", str, fail, where)
     if task not in SB_GROUPS:
         raise fail(where, "task_type", f"must be a StreamingBench task ({', '.join(SB_GROUPS)}), got {task!r}")
@@ -211,7 +229,10 @@ def _sb_item(q: dict[str, Any], ident: str, video: str, fail: _Fail, where: str,
     answer = _get(q, "answer", str, fail, where).strip().upper()
     if not (len(answer) == 1 and 0 <= ord(answer) - 65 < len(options)):
         raise fail(where, "answer", f"must be an option letter A-{chr(64 + len(options))}, got {answer!r}")
-    return OnlineItem("streamingbench", f"{group}/{task}", ident, video, question, ask, "mc",
+    if context:  # a later question of a sequence: the earlier ones and their answers first, as upstream prompts
+        meta = {**meta, "context": context}
+    text = f"{SQA_CONTEXT}{context}{SQA_QUESTION}Question: {question}" if context else question
+    return OnlineItem("streamingbench", f"{group}/{task}", ident, video, text, ask, "mc",
                       tuple(strip_option(str(o), i) for i, o in enumerate(options)), answer, meta=meta)
 
 
@@ -221,13 +242,22 @@ def _sb_json(path: Path, video_root: Path | None, include_audio: bool) -> list[O
         raise ValueError(f"{path}: a StreamingBench annotation must be a JSON list of video entries")
     root, items, skipped = video_root or path.parent, [], 0
     for n, entry in enumerate(data):
-        video = _resolve(root, _get(entry, "video_path", str, fail, f"entry {n}"))
-        for k, q in enumerate(_get(entry, "questions", list, fail, f"entry {n}")):
-            item = _sb_item(q, f"{path.stem}/{n}/{k}", video, fail, f"entry {n} question {k}", include_audio)
-            if item is None:
-                skipped += 1
-            else:
+        # questions_sqa.json: an entry is a list of one video's parts, whose questions form one sequence (each asked
+        # with the earlier ones and their answers); the other files: one part per entry
+        parts, nested = (entry, True) if isinstance(entry, list) else ([entry], False)
+        context = ""
+        for m, part in enumerate(parts):
+            where = f"entry {n} part {m}" if nested else f"entry {n}"
+            video = _resolve(root, _get(part, "video_path", str, fail, where))
+            for k, q in enumerate(_get(part, "questions", list, fail, where)):
+                ident = f"{path.stem}/{n}/{m}/{k}" if nested else f"{path.stem}/{n}/{k}"
+                item = _sb_item(q, ident, video, fail, f"{where} question {k}", include_audio, context)
+                if item is None:
+                    skipped += 1
+                    continue
                 items.append(item)
+                if nested and item.protocol == "mc":
+                    context += _sqa_turn(item, q["question"])
     if skipped:
         log.info("%s: skipped %d omni-source question(s) that need audio", path, skipped)
     return items
@@ -251,6 +281,29 @@ def _sb_csv(path: Path, video_root: Path | None, include_audio: bool) -> list[On
 
 
 # ---- ProactiveVideoQA ----------------------------------------------------------------------------------------------
+def _span(a: dict[str, Any], key: str, fail: _Fail, where: str) -> tuple[float, float]:
+    """A ``[start, end]`` timespan in seconds, ``0 <= start <= end``."""
+    span = _get(a, key, list, fail, where)
+    if len(span) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in span) \
+            or not 0 <= span[0] <= span[1]:
+        raise fail(where, key, f"must be [start, end] seconds with 0 <= start <= end, got {span!r}")
+    return float(span[0]), float(span[1])
+
+
+def _proactive_turns(turns: list[Any], fail: _Fail, where: str) -> tuple[tuple[float, str], ...]:
+    """The later user turns ``(time, content)`` in time order (upstream feeds every ``role: user`` turn, a turn
+    without a role being one; one with no text says nothing and is skipped)."""
+    out = []
+    for k, turn in enumerate(turns[1:], 1):
+        at = f"{where} conversation[{k}]"
+        if (_get(turn, "role", str, fail, at) if isinstance(turn, dict) and "role" in turn else "user") != "user":
+            continue
+        text = _get(turn, "content", str, fail, at)
+        if text.strip():
+            out.append((_time(turn, "time", fail, at), text))
+    return tuple(sorted(out, key=lambda turn: turn[0]))
+
+
 def _proactive(path: Path, video_root: Path | None, include_audio: bool) -> list[OnlineItem]:
     fail, data = _Fail(path), _read_json(path)
     if not isinstance(data, list):
@@ -262,22 +315,22 @@ def _proactive(path: Path, video_root: Path | None, include_audio: bool) -> list
         if not turns:
             raise fail(where, "conversation", "is empty")
         first = turns[0]
-        wins, related = [], []
+        wins = []
         for k, a in enumerate(_get(e, "answer", list, fail, where)):
-            span = _get(a, "reply_timespan", list, fail, f"{where} answer[{k}]")
-            if len(span) != 2 or not all(isinstance(v, (int, float)) for v in span) or not 0 <= span[0] <= span[1]:
-                raise fail(f"{where} answer[{k}]", "reply_timespan", f"must be [start, end] seconds, got {span!r}")
-            wins.append(Window(float(span[0]), float(span[1]), _get(a, "content", str, fail, f"{where} answer[{k}]")))
-            related.append(a.get("related_timespan"))
-        meta = {"subset": subset, "later_turns": turns[1:], "related_timespans": related,
+            at = f"{where} answer[{k}]"
+            start, end = _span(a, "reply_timespan", fail, at)
+            related = _span(a, "related_timespan", fail, at) if "related_timespan" in a else None
+            wins.append(Window(start, end, _get(a, "content", str, fail, at), related))
+        meta = {"subset": subset,
                 **{k: v for k, v in e.items() if k not in ("answer", "conversation", "video", "question_id")}}
-        end = e.get("duration")
+        end_time = e.get("duration")
         items.append(OnlineItem("proactive", f"proactive/{subset}", str(_get(e, "question_id", str, fail, where)),
                                 _resolve(root, _get(e, "video", str, fail, where)),
                                 _get(first, "content", str, fail, f"{where} conversation[0]"),
                                 _time(first, "time", fail, f"{where} conversation[0]"), "proactive",
                                 windows=tuple(sorted(wins, key=lambda w: w.start)),
-                                end_time=float(end) if isinstance(end, (int, float)) else None, meta=meta))
+                                end_time=float(end_time) if isinstance(end_time, (int, float)) else None,
+                                turns=_proactive_turns(turns, fail, where), meta=meta))
     return items
 
 

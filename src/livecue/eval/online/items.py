@@ -10,6 +10,9 @@ Protocols (:attr:`OnlineItem.protocol`):
   ``windows`` are the ground-truth moments the benchmark scores answers against (``(start, end, expected)``).
 * ``proactive``: the model speaks on its own over the video (``ask_time``: when the instruction is given); each of
   ``windows`` is a moment it should speak about and what it should say; scored by timing and content (PAUC).
+
+Any protocol may carry later user ``turns`` (ProactiveVideoQA's TV subtitles): messages given to the model at their
+times while it watches, without asking for a reply.
 """
 
 from __future__ import annotations
@@ -24,11 +27,15 @@ BENCHMARKS = ("ovo", "streamingbench", "proactive")
 @dataclass(frozen=True)
 class Window:
     """A ground-truth moment: the model should answer (or speak) within ``[start, end]`` seconds; ``expected`` is
-    what it should say there (a letter, "Yes"/"No", a count, a text), None when only the timing is scored."""
+    what it should say there (a letter, "Yes"/"No", a count, a text), None when only the timing is scored.
+    ``related`` is ProactiveVideoQA's ``related_timespan`` ``(start, end)``: when what the answer is about is on
+    screen (the reply span usually runs on past it; PAUC uses its end, :func:`~.scoring.score_proactive`); None when
+    the annotation gives none."""
 
     start: float
     end: float
     expected: str | None = None
+    related: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,8 @@ class OnlineItem:
         answer: the correct option letter (``mc`` with options) or reference text; None when ``windows`` score it.
         windows: the ground-truth moments of ``forward`` / ``proactive`` items, in time order.
         end_time: when the item's stream stops (seconds; None: the video's end).
+        turns: later user messages ``(t, text)`` in time order, given to the model at ``t`` seconds as it watches,
+            without asking for a reply (ProactiveVideoQA's ``conversation[1:]``, e.g. ``"Subtitle: ..."``).
         meta: the annotation's other fields, kept for reports.
     """
 
@@ -62,6 +71,7 @@ class OnlineItem:
     answer: str | None = None
     windows: tuple[Window, ...] = ()
     end_time: float | None = None
+    turns: tuple[tuple[float, str], ...] = ()
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -73,6 +83,10 @@ class OnlineItem:
                              f"{self.benchmark!r}")
         if not self.ask_time >= 0:
             raise ValueError(f"item {self.id!r}: ask_time must be >= 0 seconds, got {self.ask_time!r}")
+        for t, text in self.turns:
+            if not (t >= 0 and isinstance(text, str) and text.strip()):
+                raise ValueError(f"item {self.id!r}: a later turn needs a time >= 0 and a non-empty text, got "
+                                 f"{(t, text)!r}")
 
     @property
     def letters(self) -> tuple[str, ...]:

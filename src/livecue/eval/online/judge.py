@@ -1,7 +1,17 @@
 """A pluggable judge for open answers: how well a model's answer matches the reference, as a score in [0, 1].
 
-Every judge asks an instruction-following LM the same fixed prompt (:data:`PROMPT_VERSION`, :func:`judge_messages`)
-and parses its reply with :func:`parse_score`:
+Every judge asks an instruction-following LM a fixed prompt, a :class:`~.rubrics.Rubric` (:mod:`.rubrics`, re-exported
+here), and reads its reply by that rubric:
+
+* ``match`` (:data:`MATCH`, the default; :func:`judge_messages`, :func:`parse_score`): does an open answer mean the
+  same as the reference (OVO-Bench / StreamingBench open questions, content checks);
+* ``proactive`` (:data:`PROACTIVE`, :func:`parse_proactive_score`): ProactiveVideoQA's judge (upstream
+  ``pauc/judge_llm_scores_openai.py``, ``create_openai_batch_input`` / ``process_openai_batch_output``): the
+  question, the ground-truth answer and the predicted answer; does the prediction cover the ground truth's key
+  points: 3 mostly, 2 partially, 1 not (incorrect, missing most of it, irrelevant or very poor); the score only.
+  Upstream's PAUC uses N − 1 ∈ {0, 1, 2} over a maximum of 2; here (N − 1) / 2 ∈ {0, 0.5, 1}, the same ratio.
+
+The judges:
 
 * :class:`OpenAIJudge`: any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, llama.cpp, Ollama, ...), over
   the standard library's HTTP client. The base URL comes from the argument, else ``$LIVECUE_JUDGE_BASE_URL``, else
@@ -12,11 +22,17 @@ and parses its reply with :func:`parse_score`:
 * :class:`CachedJudge`: wraps any judge with a JSONL cache, so that a rerun (or a resumed run) asks nothing.
 * :func:`judge_from_spec`: ``openai:MODEL[@BASE_URL]``, ``local:MODEL_OR_DIR`` or ``none`` (the ``--judge`` option).
 
-Scoring rule (:func:`parse_score`): the judge answers ``Score: N`` with N from 0 to 5; the score is N / 5. A reply in
-another shape is read leniently: the number after "score", else the first number anywhere (clamped to [0, 5]), else
-a leading-word "yes" (1) / "no" (0). A reply with none of these is **unparsable**: it scores 0, is logged as a
-warning, counted (:attr:`ChatJudge.unparsable`) and recorded in the cache with ``"parsed": false`` (delete those
-lines to ask again). An empty answer scores 0 without asking the judge.
+Scoring rule of ``match`` (:func:`parse_score`): the judge answers ``Score: N`` with N from 0 to 5; the score is
+N / 5. A reply in another shape is read leniently: the number after "score", else the first number anywhere (clamped
+to [0, 5]), else a leading-word "yes" (1) / "no" (0). Of ``proactive`` (:func:`parse_proactive_score`): the number
+after "score", else the first number, clamped to [1, 3] (upstream reads the reply's first character as a digit,
+unclamped). A reply with none of these is **unparsable**: it is logged as a warning, counted
+(:attr:`ChatJudge.unparsable`) and recorded in the cache with ``"parsed": false`` (delete those lines to ask again);
+under ``match`` it scores 0, under ``proactive`` it gives no score (None: PAUC drops that reply, as upstream records
+no score for a judge output it cannot read). An empty answer scores 0 without asking the judge.
+
+A judge's :meth:`~ChatJudge.judge` asks by ``match``; ``grade(question, reference, answer, rubric)`` by any rubric
+(:class:`ChatJudge`, :class:`CachedJudge`; :mod:`.scoring` uses it for PAUC when the judge has it).
 """
 
 from __future__ import annotations
@@ -26,7 +42,6 @@ import http.client
 import json
 import logging
 import os
-import re
 import time
 import urllib.error
 import urllib.parse
@@ -36,23 +51,22 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from ...pretrained import first_line, hub_error, resolve
+from .rubrics import (  # noqa: F401 - re-exported: the rubrics are part of the judge's interface
+    MATCH,
+    MAX_SCORE,
+    PROACTIVE,
+    PROACTIVE_VERSION,
+    PROMPT_VERSION,
+    RUBRICS,
+    Rubric,
+    judge_messages,
+    parse_proactive_score,
+    parse_score,
+    rubric_of,
+)
 
 log = logging.getLogger(__name__)
 
-PROMPT_VERSION = "judge-v1"  # change it whenever the prompt or the parsing changes: cached verdicts are keyed by it
-SYSTEM_PROMPT = (
-    "You grade answers to questions about a video. You see the question, a reference answer and a candidate answer, "
-    "not the video. Judge only whether the candidate answer means the same as the reference answer."
-)
-USER_PROMPT = (
-    "Question: {question}\n"
-    "Reference answer: {reference}\n"
-    "Candidate answer: {answer}\n\n"
-    "Rate how well the candidate answer matches the reference answer in meaning, from 0 (wrong, unrelated or no "
-    "answer) to 5 (the same meaning; the wording may differ). Reply with exactly one line: Score: N, where N is an "
-    "integer from 0 to 5."
-)
-MAX_SCORE = 5
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 BASE_URL_ENVS = ("LIVECUE_JUDGE_BASE_URL", "OPENAI_BASE_URL")
 SPEC_FORMS = "openai:MODEL[@BASE_URL], local:MODEL_OR_DIR or none"
@@ -76,36 +90,12 @@ class Judge(Protocol):
 
 @dataclass(frozen=True)
 class Verdict:
-    """A judge's reply and what it was read as: ``score`` in [0, 1]; ``parsed`` False when the reply was
-    unparsable (then ``score`` is 0)."""
+    """A judge's reply and what it was read as: ``score`` in [0, 1], or None (an unparsable reply under a rubric
+    that gives no score for it); ``parsed`` False when the reply was unparsable."""
 
-    score: float
+    score: float | None
     reply: str
     parsed: bool = True
-
-
-# ---- the prompt and the reply ---------------------------------------------------------------------------------------
-def judge_messages(question: str, reference: str, answer: str) -> list[dict[str, str]]:
-    """The chat messages every judge is asked (version :data:`PROMPT_VERSION`)."""
-    user = USER_PROMPT.format(question=question.strip(), reference=reference.strip(), answer=answer.strip())
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
-
-
-_SCORE = re.compile(r"score[\s:=*]*(-?\d+(?:\.\d+)?)", re.IGNORECASE)
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-_YES_NO = re.compile(r"^\W*(yes|no)\b", re.IGNORECASE)
-
-
-def parse_score(reply: str) -> float | None:
-    """The score in [0, 1] a judge's reply gives, or None when it gives none (see the module's scoring rule)."""
-    match = _SCORE.search(reply) or _NUMBER.search(reply)
-    if match:
-        value = float(match.group(1) if match.re is _SCORE else match.group(0))
-        return min(max(value, 0.0), MAX_SCORE) / MAX_SCORE
-    word = _YES_NO.match(reply)
-    if word:
-        return 1.0 if word.group(1).lower() == "yes" else 0.0
-    return None
 
 
 class ChatJudge:
@@ -121,21 +111,27 @@ class ChatJudge:
         """The LM's reply to ``messages``."""
         raise NotImplementedError
 
-    def verdict(self, question: str, reference: str, answer: str) -> Verdict:
-        """Ask the LM (unless ``answer`` is empty) and read its reply."""
+    def verdict(self, question: str, reference: str, answer: str, rubric: str | Rubric = "match") -> Verdict:
+        """Ask the LM by ``rubric`` (unless ``answer`` is empty) and read its reply."""
         if not answer.strip():
             return Verdict(0.0, "")
-        reply = self.complete(judge_messages(question, reference, answer))
-        score = parse_score(reply)
+        rub = rubric_of(rubric)
+        reply = self.complete(rub.messages(question, reference, answer))
+        score = rub.parse(reply)
         if score is None:
             self.unparsable += 1
-            log.warning("judge %s: unparsable reply %r scored 0", self.name, reply[:80])
-            return Verdict(0.0, reply, parsed=False)
+            log.warning("judge %s: unparsable reply %r %s", self.name, reply[:80],
+                        "gives no score" if rub.unparsable is None else f"scored {rub.unparsable:g}")
+            return Verdict(rub.unparsable, reply, parsed=False)
         return Verdict(score, reply)
 
+    def grade(self, question: str, reference: str, answer: str, rubric: str | Rubric = "match") -> float | None:
+        """The score by ``rubric`` in [0, 1], or None (an unparsable reply under a rubric that gives it none)."""
+        return self.verdict(question, reference, answer, rubric).score
+
     def judge(self, question: str, reference: str, answer: str) -> float:
-        """A score in [0, 1] (see :class:`Judge`)."""
-        return self.verdict(question, reference, answer).score
+        """A score in [0, 1] by ``match`` (see :class:`Judge`)."""
+        return self.grade(question, reference, answer) or 0.0
 
 
 # ---- an OpenAI-compatible endpoint ----------------------------------------------------------------------------------
@@ -296,14 +292,14 @@ class LocalJudge(ChatJudge):
 
 
 # ---- the cache ------------------------------------------------------------------------------------------------------
-def cache_key(judge_name: str, question: str, reference: str, answer: str) -> str:
-    """The cache key of one verdict: a SHA-256 of the judge, :data:`PROMPT_VERSION` and the three texts."""
-    blob = json.dumps([judge_name, PROMPT_VERSION, question, reference, answer], ensure_ascii=False)
+def cache_key(judge_name: str, question: str, reference: str, answer: str, version: str = PROMPT_VERSION) -> str:
+    """The cache key of one verdict: a SHA-256 of the judge, the rubric's version and the three texts."""
+    blob = json.dumps([judge_name, version, question, reference, answer], ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
 class CachedJudge:
-    """A judge whose verdicts are kept in a JSONL file: the same (judge, prompt version, question, reference, answer)
+    """A judge whose verdicts are kept in a JSONL file: the same (judge, rubric version, question, reference, answer)
     is asked once, across runs, resumed runs and the processes of a sharded run.
 
     Each verdict is one line ``{"key", "judge", "prompt", "score", "parsed", "reply"}`` appended in one write, so a
@@ -319,7 +315,7 @@ class CachedJudge:
         self.inner, self.path = judge, Path(path)
         self.name = judge.name
         self.hits = self.misses = 0
-        self.entries: dict[str, float] = {}
+        self.entries: dict[str, float | None] = {}
         self._offset = 0
         self._refresh()
 
@@ -334,7 +330,8 @@ class CachedJudge:
         for line in data[:end].splitlines():
             try:
                 entry = json.loads(line)
-                self.entries[entry["key"]] = float(entry["score"])
+                score = entry["score"]
+                self.entries[entry["key"]] = None if score is None else float(score)
             except (ValueError, KeyError, TypeError):
                 if line.strip():
                     log.warning("judge cache %s: skipped a malformed line (%d bytes)", self.path, len(line))
@@ -351,9 +348,11 @@ class CachedJudge:
                         line = "\n" + line
             f.write(line.encode())
 
-    def judge(self, question: str, reference: str, answer: str) -> float:
-        """The cached score, else the inner judge's (then cached)."""
-        key = cache_key(self.name, question, reference, answer)
+    def grade(self, question: str, reference: str, answer: str, rubric: str | Rubric = "match") -> float | None:
+        """The cached score by ``rubric``, else the inner judge's (then cached). An inner judge without rubrics
+        (only ``judge``) is asked its own way."""
+        rub = rubric_of(rubric)
+        key = cache_key(self.name, question, reference, answer, rub.version)
         if key not in self.entries:
             self._refresh()
         if key in self.entries:
@@ -361,12 +360,16 @@ class CachedJudge:
             return self.entries[key]
         self.misses += 1
         ask = getattr(self.inner, "verdict", None)
-        verdict = ask(question, reference, answer) if ask else Verdict(self.inner.judge(question, reference, answer),
-                                                                        "")
-        self._append({"key": key, "judge": self.name, "prompt": PROMPT_VERSION, "score": verdict.score,
+        verdict = ask(question, reference, answer, rub) if ask else Verdict(
+            self.inner.judge(question, reference, answer), "")
+        self._append({"key": key, "judge": self.name, "prompt": rub.version, "score": verdict.score,
                       "parsed": verdict.parsed, "reply": verdict.reply[:200]})
         self.entries[key] = verdict.score
         return verdict.score
+
+    def judge(self, question: str, reference: str, answer: str) -> float:
+        """The cached score by ``match``, else the inner judge's (then cached)."""
+        return self.grade(question, reference, answer) or 0.0
 
 
 # ---- the command line -----------------------------------------------------------------------------------------------

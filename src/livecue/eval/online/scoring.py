@@ -35,17 +35,30 @@ answer counts; correct iff it lies in ``[start − tolerance, end + tolerance]``
 ``Window(t_gt, t_gt, ground_truth_output)``, so ``|t − t_gt| ≤ 2``); earlier → ``early``, later → ``wrong``, none →
 ``missed``. Upstream checks the timing only; when a judge is passed the content must also score ≥ 0.5.
 
-**proactive**: PAUC (ProactiveVideoQA / ProactiveBench, Wang et al., arXiv 2507.09313; upstream ``evaluate.py``
-``area_under_line_ratio`` and ``stat_metric``). Per ground-truth turn with reply span ``[s, e]``: the replies with
-``s ≤ t ≤ e`` in time order (a repeated text skipped) are each scored for content, the text scored being all unique
-replies so far in the span joined (``cumulative``, as upstream's judge input), giving points
-``(x = (t − s)·(1 − ω), y ∈ [0, 1])``. The score curve is a step function: ``start`` (upstream ``start_score / max_score
-= 0.5 / 2 = 0.25``) from 0 to the first point, then each point's y until the next, the last y until ``e − s``.
-PAUC = area / (e − s); a turn with no reply in span scores ``start``. ω = 0: timeliness matters most; ω = 1: only the
-final content (all x shifted to 0). Upstream reports ω ∈ {0, 0.5, 1}: all three are kept in ``metrics``, ``score`` is
-the one at ``omega`` (0.5). Upstream's y is a 1–3 judge score minus 1 over max 2; here content scorers return [0, 1]
-(default :func:`token_f1`; the judge when given). Not reproduced: upstream drops later in-span replies scoring below
-the last one inside an optional ``related_timespan`` (no such field in :class:`~.items.Window`).
+**proactive**: PAUC as ProactiveVideoQA computes it (Wang et al., arXiv 2507.09313;
+github.com/yellow-binary-tree/ProactiveVideoQA ``pauc/judge_llm_scores_openai.py``: ``create_openai_batch_input``,
+``process_openai_batch_output``, ``stat_metric``, ``area_under_line_ratio``; read through two ports that copy them,
+VLMEvalKit's ``ProactiveVideoQA`` dataset and a stand-alone copy, the repository itself not being retrievable here).
+Per ground-truth turn (one per ``answer`` entry) with reply span ``[s, e]`` (``reply_timespan``, ends included):
+
+1. the replies with ``s ≤ t ≤ e`` in time order, a text equal to an earlier one of the span skipped, are each judged
+   on all the span's unique replies so far joined by spaces (``cumulative``, upstream's judge input): y in [0, 1]
+   (the judge's ``proactive`` rubric, (N − 1) / 2 for N in {1, 2, 3}; upstream's y is N − 1 over a maximum of 2, the
+   same ratio). A reply the judge gives no score (an unparsable verdict) makes no point; of two replies at the same
+   time, the later one's score stands;
+2. ``related_timespan`` (:attr:`~.items.Window.related`): when the turn has more than one point, a point after the
+   related span's end scoring lower than the last point inside it (0 when none) is dropped (a worse late reply is
+   probably about the next turn);
+3. the points ``(x = (t − s)·(1 − ω), y)`` make a step curve: ``start`` (upstream ``start_score / max_score = 0.5 /
+   2 = 0.25``) from 0 to the first point, then each point's y until the next, the last y until ``e − s``; PAUC =
+   area / (e − s). No point: ``start``. ω = 0: timeliness counts fully; ω = 1: every x is 0, only the last y counts.
+   A zero-length span (upstream divides by zero) scores its last point's y.
+
+Replies outside every span are ignored (and no question time filters them, as upstream); a reply inside two spans
+counts for both. Item score = mean over its turns; summaries pool turns (upstream ``stat_metric``: the mean over all
+turns of all videos). ω in {0, 0.5, 1} (upstream's three) are kept in ``metrics`` (``pauc@ω``); ``score`` is the one
+at ``omega`` (0.5). Without a judge the content score is :func:`token_f1`, a stand-in that is not the benchmark's
+number (upstream always judges with an LLM: pass one for comparable scores).
 """
 
 from __future__ import annotations
@@ -257,15 +270,16 @@ def _score_first_answer(item: OnlineItem, answers: list[tuple[float, str]], judg
 
 
 def pauc_area(points: Iterable[tuple[float, float]], span: float, omega: float = 0.5, start: float = 0.25) -> float:
-    """The area under the step curve of one turn over its span, as a fraction of ``span`` (module docstring).
+    """The area under the step curve of one turn over its span, as a fraction of ``span`` (module docstring; upstream
+    ``area_under_line_ratio`` with y and ``start`` already divided by the maximum score).
 
     Args:
-        points: ``(t − s, y)`` per scored reply, y in [0, 1], in time order (ties keep their order).
-        span: ``e − s`` seconds (> 0; 0: the last reply's y, or ``start`` without one).
+        points: ``(t − s, y)`` per scored reply, y in [0, 1] (sorted by ``t − s`` here, ties keeping their order).
+        span: ``e − s`` seconds (> 0; 0: the last point's y, or ``start`` without one).
         omega: ω in [0, 1]: x is scaled by ``1 − ω``.
-        start: the curve's level before the first reply (and the score of a turn with no reply).
+        start: the curve's level before the first point (and the score of a turn with no point).
     """
-    pts = sorted(((x * (1.0 - omega), y) for x, y in points), key=lambda p: p[0])
+    pts = [(x * (1.0 - omega), y) for x, y in sorted(points, key=lambda p: p[0])]
     if not pts:
         return start
     if span <= 0:
@@ -277,43 +291,82 @@ def pauc_area(points: Iterable[tuple[float, float]], span: float, omega: float =
     return area / span
 
 
+def _grade(scorer: JudgeLike, question: str, reference: str, answer: str) -> float | None:
+    """A PAUC content score in [0, 1], or None (no score): a judge with rubrics is asked by its ``proactive`` one
+    (:mod:`.judge`), any other judge or callable its own way."""
+    grade = getattr(scorer, "grade", None)
+    if callable(grade):
+        s = grade(question, reference, answer, "proactive")
+    else:
+        s = getattr(scorer, "judge", scorer)(question, reference, answer)
+    return None if s is None else _clip(s)
+
+
+def _turn_points(item: OnlineItem, window: Window, answers: list[tuple[float, str]], scorer: JudgeLike,
+                 cumulative: bool) -> tuple[dict[float, float], int, int]:
+    """One turn's scored replies ``{t: y}`` (steps 1 and 2 of the module docstring), how many replies the judge gave
+    no score and how many the ``related_timespan`` rule dropped. ``answers`` in time order."""
+    seen: list[str] = []
+    scores: dict[float, float] = {}
+    unscored = 0
+    for t, text in answers:
+        if not window.start <= t <= window.end or text in seen:
+            continue
+        seen.append(text)
+        y = _grade(scorer, item.question, window.expected or "", " ".join(seen) if cumulative else text)
+        if y is None:
+            unscored += 1
+        else:
+            scores[t] = y
+    dropped = 0
+    if len(scores) > 1 and window.related is not None:
+        last = 0.0
+        for t in sorted(scores):
+            if t <= window.related[1]:
+                last = scores[t]
+            elif scores[t] < last:
+                del scores[t]
+                dropped += 1
+    return scores, unscored, dropped
+
+
 def score_proactive(item: OnlineItem, response: Response, judge: JudgeLike | None = None,
                     content: JudgeLike | None = None, omega: float = 0.5, start: float = 0.25,
                     cumulative: bool = True) -> ItemScore:
-    """Score a ``proactive`` item by PAUC (module docstring). Content: ``judge`` if given, else ``content`` (default
-    :func:`token_f1`), each ``(question, reference, answer) -> [0, 1]``."""
+    """Score a ``proactive`` item by PAUC (module docstring). Content: ``judge`` if given (by its ``proactive``
+    rubric when it has one), else ``content`` (default :func:`token_f1`), each ``(question, reference, answer)`` →
+    a score in [0, 1] or None (no score)."""
     if not item.windows:
         raise ValueError(f"proactive item {item.id!r} has no ground-truth turns to score against")
     if not 0.0 <= omega <= 1.0:
         raise ValueError(f"omega must be in [0, 1], got {omega!r}")
     scorer = judge or content or token_f1
-    answers = [a for a in _answers(item, response) if a[0] >= item.ask_time]
+    answers = _answers(item, response)
     per_omega: dict[float, list[float]] = {o: [] for o in {*OMEGAS, omega}}
     out: list[WindowScore] = []
+    dropped = unscored = 0
     for w in item.windows:
-        seen: list[str] = []
-        points: list[tuple[float, float]] = []
-        for t, text in answers:
-            if not w.start <= t <= w.end or text in seen:
-                continue
-            seen.append(text)
-            said = " ".join(seen) if cumulative else text
-            points.append((t - w.start, _ask(scorer, item.question, w.expected or "", said)))
+        scores, n_unscored, n_dropped = _turn_points(item, w, answers, scorer, cumulative)
+        dropped, unscored = dropped + n_dropped, unscored + n_unscored
+        in_span = [(t, x) for t, x in answers if w.start <= t <= w.end]
+        points = [(t - w.start, y) for t, y in scores.items()]
         for o in per_omega:
             per_omega[o].append(pauc_area(points, w.end - w.start, o, start))
-        first = next(((t, x) for t, x in answers if w.start <= t <= w.end), (None, None))
+        first = in_span[0] if in_span else (None, None)
         out.append(WindowScore(w.start, w.end, w.expected, "pauc", per_omega[omega][-1], *first))
-    scores = per_omega[omega]
-    total = sum(scores)
+    scores_at = per_omega[omega]
+    total = sum(scores_at)
     answered = [a for a in answers if any(w.start <= a[0] <= w.end for w in item.windows)]
     t0 = answered[0][0] if answered else None
     replied = sum(ws.t is not None for ws in out)
+    notes = "".join([f", {dropped} dropped by the related_timespan rule" if dropped else "",
+                     f", {unscored} without a judge score" if unscored else ""])
     return ItemScore(item_id=item.id, benchmark=item.benchmark, task=item.task, protocol=item.protocol,
                      score=total / len(out), correct=total / len(out) >= PASS,
                      extracted=answered[0][1] if answered else None, answer_time=t0,
                      latency=None if t0 is None else t0 - min(w.start for w in item.windows),
                      reason=f"PAUC@{omega:g} {total / len(out):.3f}; replied in {replied}/{len(out)} turn spans, "
-                            f"{len(answers) - len(answered)} replies outside every span",
+                            f"{len(answers) - len(answered)} replies outside every span{notes}",
                      windows=tuple(out), units=len(out), unit_total=total,
                      metrics={f"pauc@{o:g}": sum(v) / len(v) for o, v in sorted(per_omega.items())})
 
