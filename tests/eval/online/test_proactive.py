@@ -157,13 +157,6 @@ def test_score_item_asks_a_rubric_judge_by_the_proactive_rubric(tmp_path):
 
 # ---- later user turns fed during the stream -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny():
-    from livecue.model.load import load_model
-
-    return load_model("tiny")
-
-
-@pytest.fixture(scope="module")
 def world_item(tmp_path_factory):
     root = tmp_path_factory.mktemp("world")
     anno = world_to_benchmark(root, "proactive", 1, 0, WorldConfig(resolution=32, duration=8.0))

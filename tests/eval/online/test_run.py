@@ -15,14 +15,8 @@ from livecue.eval.online.run import mc_prompt, read_done, run_items
 from livecue.eval.online.world import world_to_benchmark
 from livecue.inference.engine import StreamEngine
 from livecue.inference.options import StreamOptions
-from livecue.model.load import load_model
 
 FAST = StreamOptions(max_reply_tokens=3)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_model("tiny")
 
 
 @pytest.fixture(scope="module")
