@@ -117,7 +117,7 @@ def test_calibration_plot_marks_current_and_recommended_theta_and_survives_zero_
         assert -0.05 < lo < 0 and hi >= 1  # never a sliver around a flat line; 0 just inside the axes
     assert "TimeDiff = 0 everywhere" in texts(fig) and "F1 = 1 everywhere" in texts(fig)
     assert "current θ = 0.725" in fig._suptitle.get_text()
-    plots._pyplot().close(fig)
+    plots.pyplot().close(fig)
 
 
 def test_other_plots_with_zero_or_no_errors(tmp_path):
@@ -127,13 +127,13 @@ def test_other_plots_with_zero_or_no_errors(tmp_path):
     fig = plots.frame_diffs_figure([0, 0, 0], fps=2.0)
     lo, hi = fig.axes[0].get_xlim()
     assert lo < 0 < hi and hi - lo >= 2 / 2.0 and "all 3 turns on time (error 0)" in texts(fig)
-    plots._pyplot().close(fig)
+    plots.pyplot().close(fig)
     fig = plots.frame_diffs_figure([], fps=2.0)
     assert "no turn has a speak decision" in texts(fig)
-    plots._pyplot().close(fig)
+    plots.pyplot().close(fig)
     fig = plots.ed_curves_figure({"verb": [0.0, 0.0], "noun": [0.0, 0.0]})
     assert "ED@Z = 0 everywhere" in texts(fig) and fig.axes[0].get_ylim() == (0, 1.05)
-    plots._pyplot().close(fig)
+    plots.pyplot().close(fig)
     path = plots.plot_calibration([{"threshold": 0.5, "time_diff": 0.0, "fluency": 1.0, "speak_f1": 0.0}], 0.5,
                                   tmp_path / "c.png", current=0.5)
     with Image.open(path) as image:

@@ -15,7 +15,8 @@ NOTE_STYLE = dict(ha="center", va="center", fontsize=8, color="dimgrey",
                   bbox=dict(facecolor="white", edgecolor="none", alpha=0.85))
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib's pyplot on the headless Agg backend; one line naming the extra when matplotlib is missing."""
     try:
         import matplotlib
     except ImportError:
@@ -35,7 +36,7 @@ def _flat_note(ax: Any, values: Sequence[float], what: str) -> None:
 def calibration_figure(rows: Sequence[dict[str, Any]], recommended: float, current: float | None = None) -> Any:
     """TimeDiff, Fluency and F1 against θ, one panel each; the recommended θ (dashed) and the model's current θ
     (dotted) marked."""
-    plt = _pyplot()
+    plt = pyplot()
     th = [r["threshold"] for r in rows]
     panels = [("time_diff", "TimeDiff (s) ↓"), ("fluency", "Fluency ↑"), ("f1", "speak F1 ↑")]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -72,12 +73,12 @@ def calibration_figure(rows: Sequence[dict[str, Any]], recommended: float, curre
 def plot_calibration(rows: Sequence[dict[str, Any]], recommended: float, path: str | Path,
                      current: float | None = None) -> Path:
     """Save :func:`calibration_figure` as a PNG."""
-    return _save(calibration_figure(rows, recommended, current), path)
+    return save_figure(calibration_figure(rows, recommended, current), path)
 
 
 def frame_diffs_figure(diffs: Sequence[int], fps: float) -> Any:
     """Histogram of per-turn signed frame_diff (positive = early, negative = late) in seconds."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     secs = [d / fps for d in diffs]
     if diffs:  # one bin per frame, centred on it; at least ±2 frames shown
@@ -101,12 +102,12 @@ def frame_diffs_figure(diffs: Sequence[int], fps: float) -> Any:
 
 def plot_frame_diffs(diffs: Sequence[int], fps: float, path: str | Path) -> Path:
     """Save :func:`frame_diffs_figure` as a PNG."""
-    return _save(frame_diffs_figure(diffs, fps), path)
+    return save_figure(frame_diffs_figure(diffs, fps), path)
 
 
 def timelines_figure(samples: Sequence[dict[str, Any]], limit: int = 8) -> Any:
     """Predicted vs reference reply times for the first ``limit`` free-running samples."""
-    plt = _pyplot()
+    plt = pyplot()
     shown = list(samples)[:limit]
     fig, ax = plt.subplots(figsize=(10, 1.2 + 0.5 * max(1, len(shown))))
     for row, s in enumerate(shown):
@@ -127,12 +128,12 @@ def timelines_figure(samples: Sequence[dict[str, Any]], limit: int = 8) -> Any:
 
 def plot_timelines(samples: Sequence[dict[str, Any]], path: str | Path, limit: int = 8) -> Path:
     """Save :func:`timelines_figure` as a PNG."""
-    return _save(timelines_figure(samples, limit), path)
+    return save_figure(timelines_figure(samples, limit), path)
 
 
 def ed_curves_figure(curves: dict[str, list[float]]) -> Any:
     """LTA ED@Z against Z for verbs, nouns and actions."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for name, ys in curves.items():
         ax.plot(range(1, len(ys) + 1), ys, marker="o", ms=3, label=name)
@@ -149,12 +150,13 @@ def ed_curves_figure(curves: dict[str, list[float]]) -> Any:
 
 def plot_ed_curves(curves: dict[str, list[float]], path: str | Path) -> Path:
     """Save :func:`ed_curves_figure` as a PNG."""
-    return _save(ed_curves_figure(curves), path)
+    return save_figure(ed_curves_figure(curves), path)
 
 
-def _save(fig: Any, path: str | Path) -> Path:
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (parents created), close it, return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path

@@ -67,7 +67,7 @@ def bar_heights(ax) -> list[float]:
 
 
 def close(fig) -> None:
-    plots._pyplot().close(fig)
+    plots.pyplot().close(fig)
 
 
 def test_forward_item_windows_answers_ask_and_latency(records):

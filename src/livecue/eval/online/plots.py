@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from livecue.eval.plots import NOTE_STYLE, _pyplot, _save
+from livecue.eval.plots import NOTE_STYLE, pyplot, save_figure
 
 from .scoring import PASS
 
@@ -212,7 +212,7 @@ def timing_figure(records: Iterable[Record] | Mapping[str, Record], benchmark: s
     """
     if limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit!r}")
-    plt = _pyplot()
+    plt = pyplot()
     selected, mc = timing_records(records, benchmark, task)
     rows = selected[:limit]
     top = 0.9 + 0.26 * max(1, len(rows))
@@ -257,5 +257,5 @@ def plot_timing(records: Iterable[Record] | Mapping[str, Record], out_dir: str |
         while name in used:  # two task names with one slug ("a/b c", "a/b-c"): keep both
             name, k = f"{base}-{k}", k + 1
         used.add(name)
-        paths.append(_save(timing_figure(recs, bench, task, limit), Path(out_dir) / f"{name}.png"))
+        paths.append(save_figure(timing_figure(recs, bench, task, limit), Path(out_dir) / f"{name}.png"))
     return paths
