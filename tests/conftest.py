@@ -14,3 +14,16 @@ def tiny():
     from livecue.model.build import build_model
 
     return build_model(preset("tiny"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a whole test module, restored afterwards: tiny models and `livecue serve` run
+    fastest so on 2 cores (competing threads slow every step). A module takes it with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

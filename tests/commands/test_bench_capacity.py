@@ -8,19 +8,12 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 
 from livecue.bench import BenchConfig, CapacityLevel, find_capacity, run_realtime, stream_frames
 from livecue.bench.capacity import _late_limit, _verdict
 from livecue.bench.core import _Streams
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

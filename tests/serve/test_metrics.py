@@ -13,15 +13,13 @@ pytest.importorskip("uvicorn", reason="the [serve] extra is not installed")
 pytest.importorskip("prometheus_client", reason="the [serve] extra is not installed")
 
 from prometheus_client.parser import text_string_to_metric_families
-from serve_helpers import (
-    frames,
-    one_torch_thread,  # noqa: F401 - autouse fixture
-    wait_until,
-)
+from serve_helpers import frames, wait_until
 
 from livecue.client import SyncLiveClient
 from livecue.serve.app import create_app
 from livecue.serve.protocol import Limits
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 LIMITS = Limits(max_message_bytes=200_000, max_frame_bytes=100_000, max_pixels=320 * 240, queue_size=4)
 

@@ -21,11 +21,7 @@ pytest.importorskip("fastapi", reason="the [serve] extra is not installed")
 pytest.importorskip("uvicorn", reason="the [serve] extra is not installed")
 pytest.importorskip("websockets", reason="the [serve] extra is not installed")
 
-from serve_helpers import (
-    frames,
-    one_torch_thread,  # noqa: F401 - autouse fixture
-    wait_until,
-)
+from serve_helpers import frames, wait_until
 
 from livecue import cli
 from livecue.client import LiveClient, ServerError, SyncLiveClient, http_url, ws_url
@@ -36,6 +32,8 @@ from livecue.serve.images import encode_image
 from livecue.serve.protocol import Limits, Open, ProtocolError, pack_frame, parse_text
 from livecue.serve.scheduler import Scheduler
 from livecue.serve.streaming import TextDeltas
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 LIMITS = Limits(max_message_bytes=200_000, max_frame_bytes=100_000, max_pixels=320 * 240, queue_size=4)
 

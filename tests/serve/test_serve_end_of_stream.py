@@ -18,16 +18,7 @@ from livecue.serve.app import create_app
 from livecue.serve.images import encode_image
 from livecue.serve.protocol import Limits, pack_frame
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread, as `livecue serve` uses (competing torch threads slow every step on 2 cores)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_close_at_the_end_of_a_stream_answers_the_pending_questions_then_closes_normally(tiny):

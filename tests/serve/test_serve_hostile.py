@@ -23,11 +23,7 @@ pytest.importorskip("fastapi", reason="the [serve] extra is not installed")
 pytest.importorskip("uvicorn", reason="the [serve] extra is not installed")
 pytest.importorskip("websockets", reason="the [serve] extra is not installed")
 
-from serve_helpers import (
-    frames,
-    one_torch_thread,  # noqa: F401 - autouse fixture
-    wait_until,
-)
+from serve_helpers import frames, wait_until
 
 from livecue.client import SyncLiveClient
 from livecue.inference.engine import StreamEngine
@@ -38,6 +34,8 @@ from livecue.serve.images import DecodePool, encode_image
 from livecue.serve.imagesize import check_declared_size, declared_sizes
 from livecue.serve.protocol import Limits, Open, ProtocolError
 from livecue.serve.scheduler import QueryRefused, Scheduler
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TOKEN = "s3cret-7f4a9b2c"
 

@@ -15,16 +15,14 @@ import time
 import weakref
 
 import pytest
-from serve_helpers import (
-    frames,
-    one_torch_thread,  # noqa: F401 - autouse fixture
-    wait_until,
-)
+from serve_helpers import frames, wait_until
 
 from livecue.inference.engine import StreamEngine
 from livecue.inference.options import StreamOptions
 from livecue.serve.protocol import Limits, Open
 from livecue.serve.scheduler import Scheduler
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 THREADS = ("livecue-scheduler", "livecue-vision")
 
