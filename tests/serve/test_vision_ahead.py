@@ -24,6 +24,15 @@ from livecue.serve.scheduler import Scheduler
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
+
+def run_until_closed(sched: Scheduler, out: dict[str, list[dict]], timeout: float = 20.0) -> None:
+    """Start ``sched``, wait until every session of ``out`` has its ``closed`` event, stop it."""
+    sched.start()
+    try:
+        assert wait_until(lambda: all(ev and ev[-1]["type"] == "closed" for ev in out.values()), timeout)
+    finally:
+        sched.stop()
+
 THREADS = ("livecue-scheduler", "livecue-vision")
 
 
@@ -56,11 +65,7 @@ def run_scenario(tiny, mode: str) -> dict[str, list[dict]]:
         while sched.step():
             pass
     else:
-        sched.start()
-        try:
-            assert wait_until(lambda: all(ev and ev[-1]["type"] == "closed" for ev in out.values()), 60)
-        finally:
-            sched.stop()
+        run_until_closed(sched, out, 60)
     assert not ours_alive()
     return {name: [{k: v for k, v in e.items() if k != "latency"} for e in events] for name, events in out.items()}
 
@@ -191,11 +196,7 @@ def test_an_encoding_error_reaches_only_its_session(tiny):
         sched.push_frame(good, i * 0.5, video[i])
     for s in (bad, good):
         sched.close(s)
-    sched.start()
-    try:
-        assert wait_until(lambda: all(ev and ev[-1]["type"] == "closed" for ev in out.values()))
-    finally:
-        sched.stop()
+    run_until_closed(sched, out)
     assert [(e["type"], e["t"]) for e in out["bad"][:-1]] == [("silence", 0.0), ("error", 0.5), ("silence", 1.0)]
     assert out["bad"][1]["code"] == "frame_failed" and "3 colour channels" in out["bad"][1]["message"]
     assert out["bad"][-1]["errors"] == 1 and out["bad"][-1]["frames"] == 2
@@ -224,11 +225,7 @@ def test_a_failing_vision_job_fails_its_frames_and_the_sessions_go_on(tiny):
         for i, f in enumerate(frames(2)):
             sched.push_frame(s, i * 0.5, f)
         sched.close(s)
-    sched.start()
-    try:
-        assert wait_until(lambda: all(ev and ev[-1]["type"] == "closed" for ev in out.values()))
-    finally:
-        sched.stop()
+    run_until_closed(sched, out)
     for events in out.values():
         assert [e["type"] for e in events] == ["error", "silence", "closed"]
         assert "vision device lost" in events[0]["message"] and events[1]["t"] == 0.5
