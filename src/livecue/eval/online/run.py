@@ -280,8 +280,8 @@ def run_items(model: Any, tokenizer: Any, items: list[OnlineItem], *, out_dir: s
             f.unlink(missing_ok=True)
         done: set[str] = set()
     else:
-        read_done(path)  # this process's own file: a killed run's last line is cut before appending
-        done = {k for f in _item_files(out) for k, v in read_done(f, repair=False).items() if "score" in v}
+        # every record file counts; only this process's own is repaired (a killed run's last line cut before appending)
+        done = {k for f in _item_files(out) for k, v in read_done(f, repair=f == path).items() if "score" in v}
     engine = StreamEngine(model, tokenizer, options)
     ran = resumed = 0
     own: dict[str, dict[str, Any]] = {}
