@@ -3,7 +3,6 @@ against what real clients streamed to a tiny-model server on a loopback port."""
 
 from __future__ import annotations
 
-import threading
 from types import SimpleNamespace
 
 import pytest
@@ -13,7 +12,7 @@ pytest.importorskip("uvicorn", reason="the [serve] extra is not installed")
 pytest.importorskip("prometheus_client", reason="the [serve] extra is not installed")
 
 from prometheus_client.parser import text_string_to_metric_families
-from serve_helpers import frames, wait_until
+from serve_helpers import frames, start_server, wait_until
 
 from livecue.client import SyncLiveClient
 from livecue.serve.app import create_app
@@ -22,25 +21,6 @@ from livecue.serve.protocol import Limits
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 LIMITS = Limits(max_message_bytes=200_000, max_frame_bytes=100_000, max_pixels=320 * 240, queue_size=4)
-
-
-def start_server(app, max_size: int):
-    """A uvicorn server for ``app`` on a free loopback port (a thread); returns (url, stop)."""
-    import uvicorn
-
-    from livecue.commands.serve import bind
-
-    sock = bind("127.0.0.1", 0)
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", ws_max_size=max_size))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    assert wait_until(lambda: srv.started, 20), "the server did not start"
-
-    def stop() -> None:
-        srv.should_exit = True
-        thread.join(10)
-
-    return f"http://127.0.0.1:{sock.getsockname()[1]}", stop
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import threading
 import time
 import weakref
 from types import SimpleNamespace
@@ -21,7 +20,7 @@ pytest.importorskip("fastapi", reason="the [serve] extra is not installed")
 pytest.importorskip("uvicorn", reason="the [serve] extra is not installed")
 pytest.importorskip("websockets", reason="the [serve] extra is not installed")
 
-from serve_helpers import frames, wait_until
+from serve_helpers import frames, start_server, wait_until
 
 from livecue import cli
 from livecue.client import LiveClient, ServerError, SyncLiveClient, http_url, ws_url
@@ -46,24 +45,11 @@ def jpeg(seed: int = 0, shape=(48, 64)) -> bytes:
 @pytest.fixture(scope="module")
 def server(tiny):
     """A real uvicorn server on a free loopback port, serving the tiny model."""
-    import uvicorn
-
-    from livecue.commands.serve import bind
-
     model, tok = tiny
     app = create_app(model, tok, max_sessions=12, limits=LIMITS)
-    sock = bind("127.0.0.1", 0)
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", ws_max_size=4 * LIMITS.max_message_bytes))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert srv.started, "the server did not start"
-    yield SimpleNamespace(url=f"http://127.0.0.1:{port}", app=app, scheduler=app.state.scheduler)
-    srv.should_exit = True
-    thread.join(10)
+    url, stop = start_server(app, 4 * LIMITS.max_message_bytes)
+    yield SimpleNamespace(url=url, app=app, scheduler=app.state.scheduler)
+    stop()
 
 
 def visible(text: str) -> str:

@@ -11,9 +11,9 @@ import struct
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import zlib
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import numpy as np
@@ -23,7 +23,7 @@ pytest.importorskip("fastapi", reason="the [serve] extra is not installed")
 pytest.importorskip("uvicorn", reason="the [serve] extra is not installed")
 pytest.importorskip("websockets", reason="the [serve] extra is not installed")
 
-from serve_helpers import frames, wait_until
+from serve_helpers import frames, start_server, wait_until
 
 from livecue.client import SyncLiveClient
 from livecue.inference.engine import StreamEngine
@@ -305,23 +305,9 @@ def test_a_dropped_session_is_freed_without_the_garbage_collector(tiny, graceful
         gc.enable()
 
 
-def _serve(app) -> tuple[SimpleNamespace, callable]:
-    import uvicorn
-
-    from livecue.commands.serve import bind
-
-    sock = bind("127.0.0.1", 0)
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    assert wait_until(lambda: srv.started), "the server did not start"
-
-    def stop() -> None:
-        srv.should_exit = True
-        thread.join(10)
-
-    return SimpleNamespace(url=f"http://127.0.0.1:{port}", app=app, scheduler=app.state.scheduler), stop
+def _serve(app) -> tuple[SimpleNamespace, Callable[[], None]]:
+    url, stop = start_server(app)
+    return SimpleNamespace(url=url, app=app, scheduler=app.state.scheduler), stop
 
 
 def test_context_growth_client_that_disconnects_is_cancelled_and_memory_stays_bounded(tiny):
