@@ -285,7 +285,9 @@ def srt_cues(text: str) -> list[tuple[float, float, str]]:
         m = SRT_TIMING.fullmatch(lines[1])
         assert m, lines[1]
         h1, m1, s1, ms1, h2, m2, s2, ms2 = map(int, m.groups())
-        start, end = h1 * 3600 + m1 * 60 + s1 + ms1 / 1000, h2 * 3600 + m2 * 60 + s2 + ms2 / 1000
+        # whole milliseconds divided once: the float nearest the written time (8.524, never 8.524000000000001)
+        start = (((h1 * 60 + m1) * 60 + s1) * 1000 + ms1) / 1000
+        end = (((h2 * 60 + m2) * 60 + s2) * 1000 + ms2) / 1000
         assert end > start
         cues.append((start, end, "\n".join(lines[2:])))
     return cues
