@@ -9,7 +9,7 @@ pair set is exactly right) and the *swapped* rate (among those frames, the share
 screen although its colour belongs to one on-screen object and its shape to another), and the colour / shape exact
 set. Used for issue 22 (benchmarks/results/default_model_binding.md).
 
-    python benchmarks/probe_binding.py DATA_DIR CACHE [--pooled K] [--no-cls] [--probe linear mlp token]
+    python benchmarks/probe_binding.py DATA_DIR CACHE [--pooled K] [--no-cls] [--segments N] [--probe linear mlp token]
         [--columns all|tower|colour] [--max-train N] [--epochs 10] [--compare OTHER_CACHE]
 
 DATA_DIR holds ``{train,test}.jsonl`` (``livecue world``); CACHE is a ``livecue encode`` feature cache of its videos.
@@ -23,6 +23,9 @@ because ``adaptive_avg_pool2d`` of the grid is the pooled token and a pooled tok
 grid cells, so its colour histogram is the mean of the cells' pixel shares (undoing the ``log(1 + 100·share)``
 scaling of ``livecue.model.vision.region_colours``). ``--pooled K`` / ``--no-cls`` derive that layout from the
 cache; ``--compare`` reports the largest difference to a cache encoded directly in that layout (float16 rounding).
+``--segments N`` adds ``vision.frame_colour_segments=N`` tokens as ``livecue encode`` would write them: the
+library's own ``colour_segments`` on the video's decoded frames (``decode_at_fps``, letterboxed) and the cache's
+tower grid (float16 like the cache).
 """
 
 from __future__ import annotations
@@ -38,8 +41,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
+from livecue.config import VisionConfig
 from livecue.data.features import INDEX, feature_file
+from livecue.data.video import decode_at_fps, letterbox
 from livecue.data.world import WorldConfig, simulate_stream
+from livecue.data.world_render import COLOURS
+from livecue.model.vision import colour_cells, colour_segments
 
 HIDDEN = 256
 
@@ -69,10 +76,30 @@ def derive(feats: torch.Tensor, header: dict, cls: bool, pooled: int) -> torch.T
     return torch.cat([tokens, torch.log1p(100 * shares.clamp(min=0)) / math.log(101)], -1) if colour else tokens
 
 
+def with_segments(tokens: torch.Tensor, feats: torch.Tensor, header: dict, video: Path, segments: int) -> torch.Tensor:
+    """Append ``segments`` colour-segment tokens (``livecue.model.vision.colour_segments``) to derived ``tokens``:
+    the frames decoded from ``video`` at the cache's fps, the tower grid from the cache's full-grid tokens."""
+    v = dict(header["vision"])
+    g, colour = v["frame_token_pooled"], v["frame_colour_bins"] ** 3
+    if v["kind"] != "efficientnet_lite0" or g != v["resolution"] // 32 or not colour:
+        raise ValueError("--segments needs an EfficientNet-Lite0 cache at its full grid with frame_colour_bins > 0")
+    v["frame_colour_segments"] = segments
+    cfg = VisionConfig(**v)
+    frames = [torch.from_numpy(f).permute(2, 0, 1) for _, f in decode_at_fps(video, header["fps"])]
+    n = min(len(frames), feats.shape[0])
+    boxed = letterbox(torch.stack(frames[:n]), cfg.resolution).float()
+    off, width = int(v["frame_token_cls"]), feats.shape[-1] - colour
+    grid = feats[:n, off:off + g * g, :width].float().reshape(n, g, g, width).permute(0, 3, 1, 2)
+    seg = colour_segments(boxed, grid, cfg).half().float()  # the cache's float16
+    padded = F.pad(tokens[:n].float(), (0, cfg.segment_width))
+    return torch.cat([padded, seg], 1)
+
+
 def load(data: Path, split: str, cache: Path, header: dict, args: argparse.Namespace, pairs: list[str],
          colours: list[str], shapes: list[str], limit: int | None):
-    """Frames of one split -> tokens (N, K, D), labels (N, pairs + colours + shapes), objects on screen (N,)."""
-    xs, ys, counts = [], [], []
+    """Frames of one split -> tokens (N, K, D), labels (N, pairs + colours + shapes), objects on screen (N,), and
+    per object whose colour no other on-screen object shares: (frame, the token at it or -1, its pair) (M, 3)."""
+    xs, ys, counts, objects = [], [], [], []
     missing = 0
     for line in (data / f"{split}.jsonl").read_text().splitlines()[:limit]:
         rec = json.loads(line)
@@ -80,11 +107,19 @@ def load(data: Path, split: str, cache: Path, header: dict, args: argparse.Names
         if not file.is_file():
             missing += 1
             continue
-        feats = derive(load_file(str(file))["features"], header, args.cls, args.pooled).float()
+        raw = load_file(str(file))["features"]
+        feats = derive(raw, header, args.cls, args.pooled).float()
+        if args.segments:
+            feats = with_segments(feats, raw, header, data / rec["video"], args.segments)
         meta = rec["meta"]
         states = simulate_stream(WorldConfig.from_dict(meta["config"]), meta["seed"]).states
+        res = header["vision"]["resolution"]
         for k in range(min(len(states), feats.shape[0])):
             names = {o.name for o in states[k]}
+            for o in states[k]:
+                if [p.colour for p in states[k]].count(o.colour) == 1:
+                    objects.append((len(xs), object_token(feats[k], o, res, meta["config"]["grid"], args),
+                                    pairs.index(o.name)))
             xs.append(feats[k])
             ys.append([p in names for p in pairs] + [any(n.startswith(c + " ") for n in names) for c in colours]
                       + [any(n.endswith(" " + s) for n in names) for s in shapes])
@@ -93,7 +128,46 @@ def load(data: Path, split: str, cache: Path, header: dict, args: argparse.Names
         print(f"{split}: {missing} streams not in the cache, skipped")
     if not xs:
         raise ValueError(f"no {split} frames found in the cache {str(cache)!r}")
-    return torch.stack(xs), torch.tensor(ys, dtype=torch.float32), torch.tensor(counts)
+    return torch.stack(xs), torch.tensor(ys, dtype=torch.float32), torch.tensor(counts), torch.tensor(objects)
+
+
+def object_token(tokens: torch.Tensor, obj, res: int, grid: int, args: argparse.Namespace) -> int:
+    """The token at a world object: with ``--segments`` the segment whose colour cell is the object's colour's
+    (-1 if none), else the pooled token whose region holds the object's centre."""
+    if args.segments:
+        rgb = torch.tensor(COLOURS[obj.colour], dtype=torch.float32).view(1, 3, 1, 1)
+        cell = int(colour_cells(rgb, args.bins))
+        end = tokens.shape[1] - VisionConfig(frame_colour_bins=args.bins, frame_colour_segments=1).segment_width
+        for j in range(tokens.shape[0] - args.segments, tokens.shape[0]):
+            seg = tokens[j, end - args.bins**3:end]  # the segment's colour cell
+            if seg.abs().sum() > 0 and int(seg.argmax()) == cell:
+                return j
+        return -1
+    span = res / args.pooled
+    row, col = (min(int(v * res / grid // span), args.pooled - 1) for v in (obj.y, obj.x))
+    return int(args.cls) + row * args.pooled + col
+
+
+def object_readout(a: torch.Tensor, objects_tr: torch.Tensor, b: torch.Tensor, objects_te: torch.Tensor,
+                   n_pairs: int, args: argparse.Namespace) -> float:
+    """Fit a softmax MLP (256 GELU) on the token at each train object to name its pair; the test objects' accuracy
+    (an object with no token at it counts as wrong)."""
+    torch.manual_seed(args.seed)
+    probe = nn.Sequential(nn.Linear(a.shape[2], HIDDEN), nn.GELU(), nn.Linear(HIDDEN, n_pairs))
+    opt = torch.optim.Adam(probe.parameters(), 1e-3, weight_decay=args.weight_decay)
+    gen = torch.Generator().manual_seed(args.seed)
+    train = objects_tr[objects_tr[:, 1] >= 0]
+    x, y = a[train[:, 0], train[:, 1]], train[:, 2]
+    for _ in range(args.epochs):
+        for idx in torch.randperm(len(x), generator=gen).split(args.batch_size):
+            loss = F.cross_entropy(probe(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    found = objects_te[:, 1] >= 0
+    with torch.no_grad():
+        pred = probe(b[objects_te[found, 0], objects_te[found, 1]]).argmax(1)
+    return (pred == objects_te[found, 2]).sum().item() / len(objects_te)
 
 
 def build_probe(kind: str, tokens: int, width: int, out: int) -> nn.Module:
@@ -152,13 +226,16 @@ def main() -> None:
     p.add_argument("cache", type=Path, help="livecue encode feature cache of its videos")
     p.add_argument("--pooled", type=int, default=None, help="k×k pooled tokens (default: the cache's)")
     p.add_argument("--no-cls", dest="cls", action="store_false", default=None, help="drop the CLS token")
-    p.add_argument("--probe", nargs="+", choices=["linear", "mlp", "token"], default=["linear", "mlp", "token"])
+    p.add_argument("--segments", type=int, default=0, help="add N colour-segment tokens (vision.frame_colour_segments)")
+    p.add_argument("--probe", nargs="+", choices=["linear", "mlp", "token", "object"],
+                   default=["linear", "mlp", "token"])
     p.add_argument("--max-train", type=int, default=None, help="use the first N train streams")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--columns", choices=["all", "tower", "colour"], default="all",
-                   help="tower: only the tower's features; colour: only the colour histograms")
+                   help="tower: only the tower's features; colour: only the colour histograms (and segments' "
+                        "silhouettes and centroids)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compare", type=Path, default=None,
                    help="a cache encoded directly in the derived layout: print the largest difference and stop")
@@ -170,6 +247,7 @@ def main() -> None:
     vision = header["vision"]
     args.cls = vision["frame_token_cls"] if args.cls is None else args.cls
     args.pooled = vision["frame_token_pooled"] if args.pooled is None else args.pooled
+    args.bins = vision["frame_colour_bins"]
     if args.compare is not None:
         diffs = []
         for key in json.loads((args.compare / INDEX).read_text())["videos"]:
@@ -186,20 +264,23 @@ def main() -> None:
     pairs = [f"{c} {s}" for c in colours for s in shapes]
     pair_parts = [(ci, si) for ci in range(len(colours)) for si in range(len(shapes))]
     start = time.perf_counter()
-    xtr, ytr, _ = load(args.data, "train", args.cache, header, args, pairs, colours, shapes, args.max_train)
-    xte, yte, count = load(args.data, "test", args.cache, header, args, pairs, colours, shapes, None)
+    xtr, ytr, _, otr = load(args.data, "train", args.cache, header, args, pairs, colours, shapes, args.max_train)
+    xte, yte, count, ote = load(args.data, "test", args.cache, header, args, pairs, colours, shapes, None)
     colour = vision["frame_colour_bins"] ** 3
     if args.columns != "all" and not colour:
         raise SystemExit("error: --columns tower|colour needs a cache encoded with vision.frame_colour_bins > 0")
-    cols = {"all": slice(None), "tower": slice(0, xtr.shape[2] - colour), "colour": slice(xtr.shape[2] - colour, None)}
+    segment = VisionConfig(frame_colour_bins=2, frame_colour_segments=args.segments).segment_width
+    tower = xtr.shape[2] - colour - segment
+    cols = {"all": slice(None), "tower": slice(0, tower), "colour": slice(tower, None)}
     xtr, xte = xtr[..., cols[args.columns]], xte[..., cols[args.columns]]
     mu, sd = xtr.mean((0, 1)), xtr.std((0, 1)) + 1e-4  # per feature column, shared by all tokens
-    # each column group (tower, colour histogram) gets the same total variance, so the 1280 tower columns do not
-    # drown the histogram's 27 in the probe's first layer
-    widths = torch.tensor([xtr.shape[2] - colour] * (xtr.shape[2] - colour) + [colour] * colour)[cols[args.columns]]
+    # each column group (tower, colour histogram, segment silhouette + centroid) gets the same total variance, so
+    # the 1280 tower columns do not drown the histogram's 27 in the probe's first layer
+    widths = torch.tensor([tower] * tower + [colour] * colour + [segment] * segment)[cols[args.columns]]
     sd = sd * widths.sqrt() if args.columns == "all" else sd
     a, b = (xtr - mu) / sd, (xte - mu) / sd
     layout = ("cls + " if args.cls else "") + f"{args.pooled}x{args.pooled}" + (
+        f" + {args.segments} segments" if args.segments else "") + (
         "" if args.columns == "all" else f" ({args.columns} only)")
     print(f"layout {layout} = {a.shape[1]} tokens x {a.shape[2]} ({vision['frame_colour_bins']} colour bins); "
           f"{len(a)} train frames, {len(b)} test frames ({int((count >= 2).sum())} with >= 2 objects); "
@@ -208,6 +289,11 @@ def main() -> None:
           "| colour exact set | shape exact set | fit s |")
     for kind in args.probe:
         start = time.perf_counter()
+        if kind == "object":
+            acc = object_readout(a, otr, b, ote, len(pairs), args)
+            print(f"object readout ({'segment' if args.segments else 'region'} token at each object, "
+                  f"{len(ote)} test objects): pair accuracy {acc:.3f} ({time.perf_counter() - start:.0f} s)")
+            continue
         m = fit_and_score(kind, a, ytr, b, yte, count, len(pairs), len(colours), pair_parts, args)
         print(f"| {layout} | {a.shape[1]} | {kind} | {m['pair_label']:.3f} | {m['pair_exact']:.3f} | "
               f"{m['binding']:.3f} | {m['swapped']:.3f} | {m['colour_exact']:.3f} | {m['shape_exact']:.3f} | "

@@ -75,8 +75,9 @@ def _check_size_keys(where: str, values: dict[str, Any], nested: bool) -> None:
 class VisionConfig:
     """The frame encoder: the vision tower and the tokens it emits per frame.
 
-    Each frame becomes K = (1 if ``frame_token_cls``) + ``frame_token_pooled``² tokens of width D_vision (the
-    tower's width, plus ``frame_colour_bins``³ colour values); the connector maps them into the LM.
+    Each frame becomes K = (1 if ``frame_token_cls``) + ``frame_token_pooled``² + ``frame_colour_segments`` tokens
+    of width D_vision (the tower's width, plus :attr:`colour_width` colour values); the connector maps them into
+    the LM.
     """
 
     kind: str = "siglip"
@@ -105,6 +106,20 @@ class VisionConfig:
     (0: none). The vision width grows by b³; the token count does not. For towers whose features are nearly
     colour-invariant (ImageNet CNNs), so that the connector sees which colours sit where, next to what the tower saw
     there."""
+    frame_colour_segments: int = 0
+    """n in 0..8 (needs ``frame_colour_bins`` ≥ 2): also emit n *colour-segment* tokens per frame, after the others,
+    one per colour cell of the frame's histogram, largest first, skipping the largest of all (the background) and
+    cells under ``frame_segment_min_share`` (a missing segment is a token of zeros). A segment token carries
+    object-bound evidence the region tokens mix up when two objects share a region: the tower's features averaged
+    over the segment's pixels, the segment's own colour cell (log-scaled share, the other cells zero), its
+    silhouette (its pixels in their square bounding box, ``frame_segment_size``² values) and its centroid (x, y in
+    [0, 1]). The vision width grows by ``frame_segment_size``² + 2 (zeros on the other tokens). 0: none."""
+    frame_segment_size: int = 8
+    """s in 2..32: side of a colour segment's silhouette (s² values per token; used when
+    ``frame_colour_segments`` > 0)."""
+    frame_segment_min_share: float = 0.002
+    """A colour cell becomes a segment when at least this share of the frame's pixels (in (0, 1)) falls in it;
+    smaller ones (anti-aliased edges, noise) are skipped."""
     frozen: bool = True
     """Keep the tower's weights frozen (upstream's recipe and livecue's never train it); false: they train too."""
     mean: list[float] | None = None
@@ -126,6 +141,16 @@ class VisionConfig:
         _check_sizes("vision", self.random_init)
         _check(0 <= self.frame_colour_bins <= 8,
                f"vision.frame_colour_bins must be in 0..8 (b³ histogram cells), got {self.frame_colour_bins}")
+        _check(0 <= self.frame_colour_segments <= 8,
+               f"vision.frame_colour_segments must be in 0..8 (segment tokens per frame), "
+               f"got {self.frame_colour_segments}")
+        _check(not self.frame_colour_segments or self.frame_colour_bins >= 2,
+               f"vision.frame_colour_segments={self.frame_colour_segments} needs vision.frame_colour_bins >= 2 "
+               f"(a segment is a colour cell of the histogram), got frame_colour_bins={self.frame_colour_bins}")
+        _check(2 <= self.frame_segment_size <= 32,
+               f"vision.frame_segment_size must be in 2..32 (silhouette side), got {self.frame_segment_size}")
+        _check(0 < self.frame_segment_min_share < 1,
+               f"vision.frame_segment_min_share must be in (0, 1), got {self.frame_segment_min_share}")
         _check(self.frame_token_cls or self.frame_token_pooled > 0,
                "vision emits no token per frame: set frame_token_cls or frame_token_pooled > 0")
         for name in ("mean", "std"):
@@ -134,13 +159,19 @@ class VisionConfig:
 
     @property
     def frame_num_tokens(self) -> int:
-        """K: tokens per frame (CLS + k×k)."""
-        return int(self.frame_token_cls) + self.frame_token_pooled**2
+        """K: tokens per frame (CLS + k×k + colour segments)."""
+        return int(self.frame_token_cls) + self.frame_token_pooled**2 + self.frame_colour_segments
+
+    @property
+    def segment_width(self) -> int:
+        """Values :attr:`frame_colour_segments` appends to every token (silhouette s² + centroid 2; 0 when off)."""
+        return self.frame_segment_size**2 + 2 if self.frame_colour_segments else 0
 
     @property
     def colour_width(self) -> int:
-        """Values :attr:`frame_colour_bins` appends to every token (b³ histogram cells; 0 when off)."""
-        return self.frame_colour_bins**3
+        """Values appended to the tower's features in every token: the b³ histogram cells of
+        :attr:`frame_colour_bins`, then :attr:`segment_width` (0 when both are off)."""
+        return self.frame_colour_bins**3 + self.segment_width
 
 
 @dataclass
@@ -412,8 +443,8 @@ class TrainConfig:
     decoded from the videos. null: decode the videos."""
     init_from: str | None = None
     """A trained livecue checkpoint (e.g. ``RUN/final``) to continue from, LoRA and connector included, instead
-    of a fresh model; its vision config must equal this one but for ``vision.frame_colour_bins``. null: a fresh
-    model."""
+    of a fresh model; its vision config must equal this one but for its colour fields (``vision.frame_colour_bins``,
+    ``frame_colour_segments``, ``frame_segment_size``, ``frame_segment_min_share``). null: a fresh model."""
     max_steps: int = -1
     """The number of update steps (> 0); -1: as many as ``epochs`` take."""
     epochs: float = 2.0

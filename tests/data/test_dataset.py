@@ -149,6 +149,15 @@ def test_feature_cache_is_resumable(world, parts, monkeypatch, capsys):
     index2 = json.loads((out2 / "index.json").read_text())
     assert index2["frame_num_tokens"] == model.frame_num_tokens and index2["vision"]["frame_colour_bins"] == 2
     assert FeatureCache(out2).load(ds_feat.records[1]["video"]).shape[-1] == model.vision.hidden_size + 8
+    # ... and colour segments: 2 more tokens per frame, each token 4² + 2 values wider
+    out3 = world.parent / "cache_segments"
+    assert cli.main(["encode", str(world), "--out", str(out3), "--model", "tiny", "--dtype", "float32",
+                     "--vision.frame_colour_bins=2", "--vision.frame_colour_segments=2",
+                     "--vision.frame_segment_size=4"]) == 0
+    index3 = json.loads((out3 / "index.json").read_text())
+    assert index3["frame_num_tokens"] == model.frame_num_tokens + 2
+    assert FeatureCache(out3).load(ds_feat.records[1]["video"]).shape[1:] == (model.frame_num_tokens + 2,
+                                                                              model.vision.hidden_size + 8 + 18)
 
 
 def test_encode_errors(tmp_path, capsys):

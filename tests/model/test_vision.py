@@ -357,3 +357,75 @@ def test_colour_bins_config_errors():
     with pytest.raises(ValueError, match="frame_colour_bins must be in 0..8"):
         VisionConfig(frame_colour_bins=9)
     assert VisionConfig(frame_colour_bins=3).colour_width == 27 and VisionConfig().colour_width == 0
+
+
+# ---- colour segments ----------------------------------------------------------------------------------------------
+def test_colour_segments_are_tokens_bound_to_each_colours_own_pixels():
+    plain = tiny_encoder("dinov2", 3, frame_colour_bins=2)
+    enc = tiny_encoder("dinov2", 3, frame_colour_bins=2, frame_colour_segments=3, frame_segment_size=4)
+    extra = 4 * 4 + 2
+    assert enc.num_tokens == 13 and enc.hidden_size == D + 8 + extra and enc.cfg.segment_width == extra
+    # a dark frame (cell 0, the background), a red 8×8 square (cell 4), a blue 4×12 bar (cell 1), one green pixel
+    # (cell 2: 1/1024 of the frame, under the 0.002 minimum share)
+    frame = torch.full((1, 3, 32, 32), 20, dtype=torch.uint8)
+    frame[0, :, 4:12, 20:28] = torch.tensor([230, 30, 30], dtype=torch.uint8).view(3, 1, 1)
+    frame[0, :, 24:28, 2:14] = torch.tensor([30, 30, 230], dtype=torch.uint8).view(3, 1, 1)
+    frame[0, :, 30, 30] = torch.tensor([30, 230, 30], dtype=torch.uint8)
+    with torch.no_grad():
+        out = enc(frame)[0]
+        base = plain(frame)[0]
+        _, grid = enc._cls_and_grid(enc.preprocess(frame))  # (1, D, 4, 4): 8-px patch cells
+    assert out.shape == (13, D + 8 + extra)
+    torch.testing.assert_close(out[:10, :D + 8], base)  # the region tokens are what they were ...
+    assert out[:10, D + 8:].abs().max() == 0  # ... with no silhouette or centroid
+    red, blue, empty = out[10], out[11], out[12]  # largest first; the background and the green pixel are no segment
+    assert empty.abs().max() == 0
+
+    def colour_column(cell, pixels):
+        expected = torch.zeros(8)
+        expected[cell] = math.log1p(100 * pixels / 1024) / math.log(101)
+        return expected
+
+    torch.testing.assert_close(red[D:D + 8], colour_column(4, 64))
+    torch.testing.assert_close(blue[D:D + 8], colour_column(1, 48))
+    # the tower's features averaged over the segment's pixels: the red square's rows 4-12 lie half in patch row 0,
+    # half in row 1, its cols 20-28 half in patch col 2, half in col 3: equal weights on those four patch cells
+    torch.testing.assert_close(red[:D], grid[0, :, 0:2, 2:4].mean((1, 2)), atol=1e-5, rtol=1e-5)
+    # the bar: rows 24-28 in patch row 3; cols 2-14: 6 px in col 0, 6 in col 1
+    torch.testing.assert_close(blue[:D], (grid[0, :, 3, 0] + grid[0, :, 3, 1]) / 2, atol=1e-5, rtol=1e-5)
+    # silhouettes in their square bounding box, 4×4: the square fills it; the 4×12 bar is the middle third of its
+    # 12-px square (rows 20..32 centred on the bar's rows 24..28)
+    torch.testing.assert_close(red[D + 8:D + 24], torch.ones(16))
+    expected_bar = F.adaptive_avg_pool2d(torch.cat([torch.zeros(4, 12), torch.ones(4, 12), torch.zeros(4, 12)])
+                                         [None, None], 4).flatten()
+    torch.testing.assert_close(blue[D + 8:D + 24], expected_bar)
+    # centroids: mean pixel centre over the side, (x, y)
+    torch.testing.assert_close(red[-2:], torch.tensor([24 / 32, 8 / 32]))
+    torch.testing.assert_close(blue[-2:], torch.tensor([8 / 32, 26 / 32]))
+
+
+def test_colour_segments_skip_the_background_and_small_cells():
+    enc = tiny_encoder("dinov2", 2, frame_colour_bins=2, frame_colour_segments=2, frame_segment_min_share=0.05)
+    frame = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)  # frame 0: all black -> no segment
+    frame[1, 0, :, 16:] = 255  # frame 1: the right half red: red and black tie at 0.5; one of them is background
+    frame[1, 1, :2, :2] = 255  # 4 green pixels (0.4 %): under 5 %, no segment
+    with torch.no_grad():
+        out = enc(frame)
+    seg = out[:, -2:, D:D + 8]
+    assert out[0, -2:].abs().max() == 0
+    assert (seg[1, 0] > 0).sum() == 1 and seg[1, 0].argmax() in (0, 4) and out[1, -1].abs().max() == 0
+
+
+def test_colour_segments_config():
+    with pytest.raises(ValueError, match="frame_colour_segments must be in 0..8"):
+        VisionConfig(frame_colour_bins=2, frame_colour_segments=9)
+    with pytest.raises(ValueError, match=r"frame_colour_segments=2 needs vision.frame_colour_bins >= 2 .*got "
+                                         r"frame_colour_bins=0"):
+        VisionConfig(frame_colour_segments=2)
+    with pytest.raises(ValueError, match="frame_segment_size must be in 2..32"):
+        VisionConfig(frame_colour_bins=2, frame_colour_segments=1, frame_segment_size=1)
+    with pytest.raises(ValueError, match=r"frame_segment_min_share must be in \(0, 1\)"):
+        VisionConfig(frame_segment_min_share=0.0)
+    cfg = VisionConfig(frame_colour_bins=3, frame_colour_segments=3)
+    assert cfg.frame_num_tokens == 13 and cfg.segment_width == 66 and cfg.colour_width == 27 + 66
+    assert VisionConfig(frame_colour_bins=3).segment_width == 0

@@ -211,3 +211,26 @@ def test_connector_learning_rate_groups(data, tmp_path):
     assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.connector.parameters()}
     n_trainable = sum(1 for p in model.parameters() if p.requires_grad)
     assert len(groups[0]["params"]) + len(groups[1]["params"]) == n_trainable
+
+
+def test_continue_with_colour_segments_keeps_the_region_tokens(data, tmp_path):
+    from livecue.model.load import load_model
+    from livecue.train.trainable import setup_model
+
+    base = train(cfg_for(data, tmp_path / "base", **{"train.max_steps": 2,
+                                                     "vision.frame_colour_bins": 2})).final_dir
+    over = {"train.init_from": str(base), "vision.frame_colour_bins": 2, "vision.frame_colour_segments": 2,
+            "vision.frame_segment_size": 4, "train.max_steps": 2}
+    old, _ = load_model(base)
+    new, _ = setup_model(cfg_for(data, tmp_path / "segments", **over))
+    new.eval()
+    k = old.frame_num_tokens
+    assert new.frame_num_tokens == k + 2 and new.connector[0].in_features == old.connector[0].in_features + 18
+    # the tower's and the histogram's connector columns are kept, so every region token embeds as before
+    frames = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(new.project(new.encode_frames(frames))[:, :k],
+                                   old.project(old.encode_frames(frames)))
+    result = train(cfg_for(data, tmp_path / "segments", **over))
+    reloaded, _ = load_model(result.final_dir)
+    assert reloaded.cfg.vision.frame_colour_segments == 2 and reloaded.frame_num_tokens == k + 2

@@ -37,10 +37,13 @@ def main(argv: list[str]) -> int:
         print(f"connector    {cfg.connector.kind}  {count(model.connector):,} params")
         print(f"lm           {type(model.lm).__name__} {cfg.lm.name_or_path or '(random init)'}  {count(model.lm):,} "
               f"params, {model.dtype}")
-        print(f"frame        {cfg.frame_num_tokens} tokens (cls={cfg.vision.frame_token_cls}, "
-              f"pooled={cfg.vision.frame_token_pooled}x{cfg.vision.frame_token_pooled}"
-              + (f", +{cfg.vision.colour_width} colour-histogram values ({cfg.vision.frame_colour_bins}³ bins)"
-                 if cfg.vision.frame_colour_bins else "") + f"), {cfg.stream.fps:g} fps")
+        v = cfg.vision
+        print(f"frame        {cfg.frame_num_tokens} tokens (cls={v.frame_token_cls}, "
+              f"pooled={v.frame_token_pooled}x{v.frame_token_pooled}"
+              + (f", +{v.frame_colour_bins ** 3} colour-histogram values ({v.frame_colour_bins}³ bins)"
+                 if v.frame_colour_bins else "")
+              + (f", +{v.frame_colour_segments} colour-segment tokens ({v.frame_segment_size}² silhouette)"
+                 if v.frame_colour_segments else "") + f"), {cfg.stream.fps:g} fps")
     print(f"markers      {cfg.stream.v_placeholder}={markers.v}  frame end={markers.frame_end} "
           f"({token(markers.frame_end)})  silence={markers.silence} ({token(markers.silence)})  "
           f"speak={list(markers.speak)} ({speak})  eos={markers.eos} ({token(markers.eos)})")

@@ -321,8 +321,10 @@ def _layout(cfg: LiveConfig) -> str:
     v = cfg.vision
     parts = (["CLS"] if v.frame_token_cls else []) + ([f"{v.frame_token_pooled}×{v.frame_token_pooled} pooled"]
                                                       if v.frame_token_pooled else [])
-    colour = (f", each with a {v.colour_width}-value colour histogram of its region ({v.frame_colour_bins}³ bins)"
-              if v.frame_colour_bins else "")
+    parts += [f"{v.frame_colour_segments} colour segments ({v.frame_segment_size}×{v.frame_segment_size} "
+              f"silhouette)"] if v.frame_colour_segments else []
+    colour = (f", each with a {v.frame_colour_bins**3}-value colour histogram of its region ({v.frame_colour_bins}³ "
+              f"bins)" if v.frame_colour_bins else "")
     return f"{' + '.join(parts)} = {v.frame_num_tokens} tokens per frame{colour}, {v.resolution} px"
 
 

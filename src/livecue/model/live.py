@@ -150,9 +150,10 @@ class LiveModel(nn.Module):
                              f"got {tuple(features.shape)}")
         width = self.feature_width
         if features.shape[2] != width:
-            bins = self.cfg.vision.frame_colour_bins
+            v = self.cfg.vision
             hint = ("from another model?" if self.cfg.is_vlm else "from another vision config? e.g. a feature cache "
-                    f"encoded with another vision.frame_colour_bins; this model's is {bins}")
+                    f"encoded with another vision.frame_colour_bins / frame_colour_segments / frame_segment_size; "
+                    f"this model's are {v.frame_colour_bins} / {v.frame_colour_segments} / {v.frame_segment_size}")
             raise ValueError(f"frame features are {features.shape[2]} wide but this model's connector takes {width} "
                              f"(features {hint})")
         return self.connector(features.to(self.device, self.dtype))

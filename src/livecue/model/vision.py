@@ -9,8 +9,10 @@ A *tower* is any image encoder. Adapters turn its output into a "CLS" vector and
 * ``efficientnet_lite0``: a CNN; "CLS" = global average pool of the final feature map, patches = that map.
 
 Patch grids are ``adaptive_avg_pool2d``-ed to k×k and flattened row-major. With ``frame_colour_bins`` every token
-also carries a colour histogram of the pixels it covers (``region_colours``). Frames are letterboxed (long side to
-the resolution, centred on a black square), scaled to [0, 1] and normalised with the tower's mean/std.
+also carries a colour histogram of the pixels it covers (``region_colours``); with ``frame_colour_segments`` each
+frame also gets one token per large colour cell, bound to that colour's own pixels (``colour_segments``). Frames
+are letterboxed (long side to the resolution, centred on a black square), scaled to [0, 1] and normalised with the
+tower's mean/std.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ class FrameEncoder(nn.Module):
 
     Shape:
         frames: (F, 3, H, W) uint8 (any H, W; letterboxed to the resolution)
-        output: (F, K, D) with K = int(cls) + k*k and D the tower's hidden size (+ ``cfg.colour_width``).
+        output: (F, K, D) with K = int(cls) + k*k + segments and D the tower's hidden size (+ ``cfg.colour_width``).
     """
 
     def __init__(self, tower: nn.Module, cfg: VisionConfig, hidden_size: int,
@@ -98,10 +100,13 @@ class FrameEncoder(nn.Module):
         if k:
             pooled = F.adaptive_avg_pool2d(grid, k)  # (F, D, k, k)
             tokens.append(pooled.flatten(2).transpose(1, 2))  # (F, k*k, D), row-major
-        out = torch.cat(tokens, dim=1)  # (F, K, D)
+        out = torch.cat(tokens, dim=1)  # (F, K0, D)
         if self.cfg.frame_colour_bins:
-            colours = region_colours(boxed, grid.shape[-1], self.cfg)  # (F, K, colour_width)
+            colours = region_colours(boxed, grid.shape[-1], self.cfg)  # (F, K0, b³)
             out = torch.cat([out, colours.to(out.dtype)], dim=-1)
+        if self.cfg.frame_colour_segments:
+            out = F.pad(out, (0, self.cfg.segment_width))  # region tokens: no silhouette, no centroid
+            out = torch.cat([out, colour_segments(boxed, grid, self.cfg).to(out.dtype)], dim=1)
         return out
 
     def _cls_and_grid(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,8 +140,7 @@ def region_colours(boxed: torch.Tensor, grid_size: int, cfg: VisionConfig) -> to
     :class:`FrameEncoder`.
     """
     b, k, res = cfg.frame_colour_bins, cfg.frame_token_pooled, boxed.shape[-1]
-    level = ((boxed * b + 0.5) / 255).floor().clamp(0, b - 1).long()  # (F, 3, R, R)
-    cell = (level[:, 0] * b + level[:, 1]) * b + level[:, 2]  # (F, R, R)
+    cell = colour_cells(boxed, b)  # (F, R, R)
 
     def share(r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:  # (F, b³): counts per cell / pixels
         region = cell[:, r0:r1, c0:c1].reshape(cell.shape[0], -1)
@@ -149,6 +153,65 @@ def region_colours(boxed: torch.Tensor, grid_size: int, cfg: VisionConfig) -> to
     to_px = [(round(a * res / grid_size), round(e * res / grid_size)) for a, e in edges]
     out += [share(r0, r1, c0, c1) for r0, r1 in to_px for c0, c1 in to_px]
     return torch.log1p(100 * torch.stack(out, dim=1)) / math.log(101)
+
+
+def colour_cells(boxed: torch.Tensor, bins: int) -> torch.Tensor:
+    """Each pixel's histogram cell ``(r·b + g)·b + b_``, a channel's level ``min(floor(byte·b / 255), b − 1)``.
+
+    Shape: boxed (F, 3, R, R) in [0, 255] -> (F, R, R) long."""
+    level = ((boxed * bins + 0.5) / 255).floor().clamp(0, bins - 1).long()  # (F, 3, R, R)
+    return (level[:, 0] * bins + level[:, 1]) * bins + level[:, 2]
+
+
+def colour_segments(boxed: torch.Tensor, grid: torch.Tensor, cfg: VisionConfig) -> torch.Tensor:
+    """The ``frame_colour_segments`` tokens of each frame (see :class:`~livecue.config.VisionConfig`).
+
+    A frame's segments are its histogram cells (:func:`colour_cells`) by pixel count, largest first, less the
+    largest of all (the background) and those under ``frame_segment_min_share`` of the frame; slots left over are
+    zeros. Segment j's token is ``[tower, colour, silhouette, centroid]``:
+
+    * tower (D): the tower's g×g feature grid averaged with weights = the share of each grid cell's pixels in the
+      segment (the pixel mask ``adaptive_avg_pool2d``-ed to g×g), so the features describe what is *at that colour*;
+    * colour (b³): ``log(1 + 100·share) / log(101)`` of the segment's share of the frame at its own cell, 0 elsewhere
+      (the same scale as :func:`region_colours`);
+    * silhouette (s²): the mask inside the square of side max(height, width) centred on its bounding box (outside
+      the frame counts as empty), ``adaptive_avg_pool2d``-ed to s×s, row-major: the segment's shape at any size;
+    * centroid (2): the mean x and y of its pixel centres over the side, in [0, 1].
+
+    Shape: boxed (F, 3, R, R) letterboxed pixels in [0, 255], grid (F, D, g, g) -> (F, n, D + colour_width), float32.
+    """
+    n, size, res = cfg.frame_colour_segments, cfg.frame_segment_size, boxed.shape[-1]
+    cells = cfg.frame_colour_bins**3
+    cell = colour_cells(boxed, cfg.frame_colour_bins)  # (F, R, R)
+    frames, width = cell.shape[0], grid.shape[1]
+    counts = torch.zeros(frames, cells, device=cell.device).scatter_add_(
+        1, cell.flatten(1), torch.ones(frames, res * res, device=cell.device))
+    share = counts / (res * res)
+    ranked = share.clone()
+    ranked[torch.arange(frames), share.argmax(1)] = -1.0  # the background never becomes a segment
+    top = ranked.topk(n, dim=1)  # largest first; n <= 8 <= b³
+    centres = (torch.arange(res, device=cell.device, dtype=torch.float32) + 0.5) / res
+    out = torch.zeros(frames, n, width + cfg.colour_width, device=cell.device)
+    for f in range(frames):
+        for j in range(n):
+            c, part = int(top.indices[f, j]), float(top.values[f, j])
+            if part < cfg.frame_segment_min_share:
+                break  # the rest are smaller still
+            mask = (cell[f] == c).float()  # (R, R)
+            weights = F.adaptive_avg_pool2d(mask[None, None], grid.shape[-2:])[0, 0]  # (g, g)
+            tower = (grid[f].float() * weights).sum((1, 2)) / weights.sum()
+            colour = torch.zeros(cells, device=cell.device)
+            colour[c] = math.log1p(100 * part) / math.log(101)
+            ys, xs = mask.nonzero(as_tuple=True)
+            y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+            side = max(y1 - y0, x1 - x0)
+            top_y, left_x = (y0 + y1 - side) // 2, (x0 + x1 - side) // 2  # the square centred on the box
+            padded = F.pad(mask, (side, side, side, side))  # outside the frame is empty
+            square = padded[top_y + side:top_y + 2 * side, left_x + side:left_x + 2 * side]
+            silhouette = F.adaptive_avg_pool2d(square[None, None], size).flatten()
+            centroid = torch.stack([centres[xs].mean(), centres[ys].mean()])
+            out[f, j] = torch.cat([tower, colour, silhouette, centroid])
+    return out
 
 
 def _to_grid(patches: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,8 @@
   LoRA on the LM (and a VLM's vision encoder / projector: ``vlm.lora_vision`` / ``lora_projector``); the connector
   trainable, the vision tower frozen unless the config trains it; what trains kept in float32.
 * :func:`own_name`: a run that continues a checkpoint gets a name of its own, not the checkpoint's.
-* :func:`adopt_colour_bins`: continue a checkpoint with another ``vision.frame_colour_bins``.
+* :func:`adopt_colour_layout`: continue a checkpoint with other colour evidence per token (``vision.frame_colour_bins``,
+  ``frame_colour_segments``).
 * :func:`param_groups`: the optimizer's parameter groups (the connector in its own when it has its own lr).
 """
 
@@ -42,7 +43,7 @@ def setup_model(cfg: LiveConfig, keep_name: bool = False) -> tuple[Any, Any]:
     tc = cfg.train
     if tc.init_from:
         model, tok = load_model(tc.init_from, merge_lora=False)
-        adopt_colour_bins(model, cfg)
+        adopt_colour_layout(model, cfg)
         model.cfg = cfg if keep_name else own_name(cfg, model.cfg.name)
     else:
         model, tok = build_model(cfg, seed=tc.seed, warn_random=False)  # training learns its random parts
@@ -85,10 +86,17 @@ def param_groups(model: Any, cfg: LiveConfig) -> list[dict[str, Any]]:
     return groups
 
 
-def adopt_colour_bins(model: Any, cfg: LiveConfig) -> None:
-    """Continue a checkpoint with another ``vision.frame_colour_bins`` (the only vision field that may change under
-    ``train.init_from``): the same tower emits the new colour columns, and the connector's first layer gets zero
-    weights for them, so the continued model starts with exactly the checkpoint's outputs.
+#: The vision fields :func:`adopt_colour_layout` lets a continued checkpoint change.
+COLOUR_FIELDS = ("frame_colour_bins", "frame_colour_segments", "frame_segment_size", "frame_segment_min_share")
+
+
+def adopt_colour_layout(model: Any, cfg: LiveConfig) -> None:
+    """Continue a checkpoint with other colour evidence per token (only the :data:`COLOUR_FIELDS` of the vision
+    config may change under ``train.init_from``): the same tower emits the new columns and tokens, and the
+    connector's first layer gets zero weights for every new input column (the tower's columns, and the histogram's
+    when ``frame_colour_bins`` stays, keep theirs). A change of ``frame_colour_bins`` alone keeps the token count, so
+    the continued model starts with exactly the checkpoint's outputs; new colour-segment tokens are new inputs to
+    the LM (the frame's other tokens keep their embeddings exactly).
 
     Raises:
         ValueError: another vision field differs, naming the fields.
@@ -97,9 +105,9 @@ def adopt_colour_bins(model: Any, cfg: LiveConfig) -> None:
     if old == new:
         return
     changed = sorted(k for k in vars(new) if getattr(new, k) != getattr(old, k))
-    if changed != ["frame_colour_bins"]:
-        raise ValueError(f"train.init_from's vision config differs in {changed}; only vision.frame_colour_bins can "
-                         f"change when continuing a checkpoint")
+    if not set(changed) <= set(COLOUR_FIELDS):
+        raise ValueError(f"train.init_from's vision config differs in {changed}; only {', '.join(COLOUR_FIELDS)} "
+                         f"can change when continuing a checkpoint")
     tower_width = model.connector[0].in_features - old.colour_width
     if model.vision is not None:
         enc = model.vision
@@ -107,10 +115,11 @@ def adopt_colour_bins(model: Any, cfg: LiveConfig) -> None:
                                     tuple(enc.std.flatten().tolist()))
     first = model.connector[0]
     wider = nn.Linear(tower_width + new.colour_width, first.out_features).to(first.weight.device, first.weight.dtype)
+    kept = tower_width + (new.frame_colour_bins**3 if new.frame_colour_bins == old.frame_colour_bins else 0)
     with torch.no_grad():
         wider.weight.zero_()
-        wider.weight[:, :tower_width] = first.weight[:, :tower_width]
+        wider.weight[:, :kept] = first.weight[:, :kept]
         wider.bias.copy_(first.bias)
     model.connector[0] = wider
-    log.info("vision.frame_colour_bins %d -> %d: connector input %d -> %d (new columns start at zero)",
-             old.frame_colour_bins, new.frame_colour_bins, first.in_features, wider.in_features)
+    log.info("vision %s changed: connector input %d -> %d (new columns start at zero), %d -> %d tokens per frame",
+             ", ".join(changed), first.in_features, wider.in_features, old.frame_num_tokens, new.frame_num_tokens)
