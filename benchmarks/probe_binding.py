@@ -148,22 +148,26 @@ def object_token(tokens: torch.Tensor, obj, res: int, grid: int, args: argparse.
     return int(args.cls) + row * args.pooled + col
 
 
+def fit(probe: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, args: argparse.Namespace) -> None:
+    """Adam (lr 1e-3, ``--weight-decay``), ``--epochs`` seeded shuffles of ``--batch-size``."""
+    opt = torch.optim.Adam(probe.parameters(), 1e-3, weight_decay=args.weight_decay)
+    gen = torch.Generator().manual_seed(args.seed)
+    for _ in range(args.epochs):
+        for idx in torch.randperm(len(x), generator=gen).split(args.batch_size):
+            loss = loss_fn(probe(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+
 def object_readout(a: torch.Tensor, objects_tr: torch.Tensor, b: torch.Tensor, objects_te: torch.Tensor,
                    n_pairs: int, args: argparse.Namespace) -> float:
     """Fit a softmax MLP (256 GELU) on the token at each train object to name its pair; the test objects' accuracy
     (an object with no token at it counts as wrong)."""
     torch.manual_seed(args.seed)
     probe = nn.Sequential(nn.Linear(a.shape[2], HIDDEN), nn.GELU(), nn.Linear(HIDDEN, n_pairs))
-    opt = torch.optim.Adam(probe.parameters(), 1e-3, weight_decay=args.weight_decay)
-    gen = torch.Generator().manual_seed(args.seed)
     train = objects_tr[objects_tr[:, 1] >= 0]
-    x, y = a[train[:, 0], train[:, 1]], train[:, 2]
-    for _ in range(args.epochs):
-        for idx in torch.randperm(len(x), generator=gen).split(args.batch_size):
-            loss = F.cross_entropy(probe(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    fit(probe, a[train[:, 0], train[:, 1]], train[:, 2], F.cross_entropy, args)
     found = objects_te[:, 1] >= 0
     with torch.no_grad():
         pred = probe(b[objects_te[found, 0], objects_te[found, 1]]).argmax(1)
@@ -194,14 +198,7 @@ def fit_and_score(kind: str, a: torch.Tensor, ytr: torch.Tensor, b: torch.Tensor
                   args: argparse.Namespace) -> dict[str, float]:
     torch.manual_seed(args.seed)
     probe = build_probe(kind, a.shape[1], a.shape[2], ytr.shape[1])
-    opt = torch.optim.Adam(probe.parameters(), 1e-3, weight_decay=args.weight_decay)
-    gen = torch.Generator().manual_seed(args.seed)
-    for _ in range(args.epochs):
-        for idx in torch.randperm(len(a), generator=gen).split(args.batch_size):
-            loss = F.binary_cross_entropy_with_logits(probe(a[idx]), ytr[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    fit(probe, a, ytr, F.binary_cross_entropy_with_logits, args)
     with torch.no_grad():
         pred = torch.cat([probe(chunk) for chunk in b.split(512)]) > 0
     truth = yte > 0.5
