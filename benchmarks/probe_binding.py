@@ -9,7 +9,8 @@ pair set is exactly right) and the *swapped* rate (among those frames, the share
 screen although its colour belongs to one on-screen object and its shape to another), and the colour / shape exact
 set. Used for issue 22 (benchmarks/results/default_model_binding.md).
 
-    python benchmarks/probe_binding.py DATA_DIR CACHE [--pooled K] [--no-cls] [--segments N] [--probe linear mlp token]
+    python benchmarks/probe_binding.py DATA_DIR CACHE [--pooled K] [--no-cls] [--segments N]
+        [--probe linear mlp token object]
         [--columns all|tower|colour] [--max-train N] [--epochs 10] [--compare OTHER_CACHE]
 
 DATA_DIR holds ``{train,test}.jsonl`` (``livecue world``); CACHE is a ``livecue encode`` feature cache of its videos.

@@ -215,7 +215,7 @@ def test_connector_learning_rate_groups(data, tmp_path):
 
 def test_continue_with_colour_segments_keeps_the_region_tokens(data, tmp_path):
     from livecue.model.load import load_model
-    from livecue.train.trainable import setup_model
+    from livecue.train.trainable import adopt_colour_layout, setup_model
 
     base = train(cfg_for(data, tmp_path / "base", **{"train.max_steps": 2,
                                                      "vision.frame_colour_bins": 2})).final_dir
@@ -234,3 +234,10 @@ def test_continue_with_colour_segments_keeps_the_region_tokens(data, tmp_path):
     result = train(cfg_for(data, tmp_path / "segments", **over))
     reloaded, _ = load_model(result.final_dir)
     assert reloaded.cfg.vision.frame_colour_segments == 2 and reloaded.frame_num_tokens == k + 2
+    # continuing with another minimum share keeps every connector column, silhouettes and centroids included
+    with torch.no_grad():
+        reloaded.connector[0].weight.normal_()
+    weights = reloaded.connector[0].weight.clone()
+    adopt_colour_layout(reloaded, cfg_for(data, tmp_path / "again", **dict(over, **{
+        "vision.frame_segment_min_share": 0.01})))
+    torch.testing.assert_close(reloaded.connector[0].weight, weights)

@@ -93,10 +93,11 @@ COLOUR_FIELDS = ("frame_colour_bins", "frame_colour_segments", "frame_segment_si
 def adopt_colour_layout(model: Any, cfg: LiveConfig) -> None:
     """Continue a checkpoint with other colour evidence per token (only the :data:`COLOUR_FIELDS` of the vision
     config may change under ``train.init_from``): the same tower emits the new columns and tokens, and the
-    connector's first layer gets zero weights for every new input column (the tower's columns, and the histogram's
-    when ``frame_colour_bins`` stays, keep theirs). A change of ``frame_colour_bins`` alone keeps the token count, so
-    the continued model starts with exactly the checkpoint's outputs; new colour-segment tokens are new inputs to
-    the LM (the frame's other tokens keep their embeddings exactly).
+    connector's first layer gets zero weights for every new input column (the tower's columns keep theirs, the
+    histogram's when ``frame_colour_bins`` stays, the segments' silhouette + centroid when their width stays). A
+    change of ``frame_colour_bins`` alone keeps the token count, so the continued model starts with exactly the
+    checkpoint's outputs; new colour-segment tokens are new inputs to the LM (the frame's other tokens keep their
+    embeddings exactly).
 
     Raises:
         ValueError: another vision field differs, naming the fields.
@@ -115,10 +116,16 @@ def adopt_colour_layout(model: Any, cfg: LiveConfig) -> None:
                                     tuple(enc.std.flatten().tolist()))
     first = model.connector[0]
     wider = nn.Linear(tower_width + new.colour_width, first.out_features).to(first.weight.device, first.weight.dtype)
-    kept = tower_width + (new.frame_colour_bins**3 if new.frame_colour_bins == old.frame_colour_bins else 0)
+    old_cells, new_cells = old.frame_colour_bins**3, new.frame_colour_bins**3
+    kept = [(0, 0, tower_width)]  # (column in the old layout, column in the new, width) of what stays the same
+    if new_cells == old_cells:
+        kept.append((tower_width, tower_width, new_cells))
+    if old.segment_width and old.segment_width == new.segment_width:
+        kept.append((tower_width + old_cells, tower_width + new_cells, new.segment_width))
     with torch.no_grad():
         wider.weight.zero_()
-        wider.weight[:, :kept] = first.weight[:, :kept]
+        for at_old, at_new, width in kept:
+            wider.weight[:, at_new:at_new + width] = first.weight[:, at_old:at_old + width]
         wider.bias.copy_(first.bias)
     model.connector[0] = wider
     log.info("vision %s changed: connector input %d -> %d (new columns start at zero), %d -> %d tokens per frame",
