@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Reproduce livecue's default model (issues 7, 22): built-in world data -> feature caches -> seven LIVE training stages.
+# Reproduce livecue's default model (issues 7, 22): built-in world data -> feature caches -> nine LIVE training stages.
 #   bash scripts/train_default_model.sh [DATA_DIR] [RUN_DIR]
-# CPU only, offline; needs the [models] extra (scripts/setup.sh). About 6 h on 2 cores (stages 1-5 ~3.5 h, the
-# colour-segment encode ~35 min, stages 6-7 ~2 h, θ calibration ~10 min). Then scripts/package_default_model.sh
-# RUN_DIR/stage7/final copies the result into src/livecue/assets/default_model.
+# CPU only, offline; needs the [models] extra (scripts/setup.sh). About 8.5 h on 2 cores (stages 1-5 ~3.5 h, the
+# colour-segment encode ~60 min, stages 6-9 ~3.5 h, θ calibration ~10 min). Then scripts/package_default_model.sh
+# RUN_DIR/stage9/final copies the result into src/livecue/assets/default_model.
 # STEPS=N caps every stage at N update steps (a smoke run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,17 +51,21 @@ stage stage5 "$DATA/world_cache_h3" "$W/train900.jsonl" --train.init_from="$RUN/
 # 6-7 (issue 22): three more tokens per frame, one per large colour of the frame (vision.frame_colour_segments=3: the
 # tower under that colour's pixels, its colour cell, an 8x8 silhouette, the centroid; the connector's new columns
 # start at zero), whole 16-s streams (stream.max_num_frames=32), fresh streams: seed 2 (300) + the first 60 seed-0
-# train streams for stage 6 (1.5 epochs at 2e-4), + seed 3 (300) for stage 7 (1 epoch at 3e-4). Stages 6-7 ran
-# without a validation pass; θ is then calibrated on the 40 validation streams and written into stage 7's config.
+# train streams for stage 6 (1.5 epochs at 2e-4), + seed 3 (300) for stage 7 (1 epoch at 3e-4); stages 8 and 9: 600
+# more fresh streams each (seeds 4 and 5, then 6 and 7), 1 epoch at 3e-4. Stages 6-9 run without a validation pass;
+# θ is then calibrated on the 40 validation streams and written into the last stage's config.
 S="$DATA/world_seg"
-if [ ! -f "$S/train7.jsonl" ]; then
-  "$LIVECUE" world --out "$DATA/world_seed2" --n 300 --seed 2 --split train --duration 16
-  "$LIVECUE" world --out "$DATA/world_seed3" --n 300 --seed 3 --split train --duration 16
+if [ ! -f "$S/train9.jsonl" ]; then
+  for seed in 2 3 4 5 6 7; do
+    "$LIVECUE" world --out "$DATA/world_seed$seed" --n 300 --seed "$seed" --split train --duration 16
+  done
   for split in val test; do "$LIVECUE" world --out "$S" --n 40 --seed 0 --split "$split" --duration 16; done
   "$LIVECUE" world --out "$S" --n 60 --seed 0 --split train --duration 16  # = the first 60 of $W/train.jsonl
-  mv "$DATA"/world_seed2/videos/* "$DATA"/world_seed3/videos/* "$S/videos/"
+  for seed in 2 3 4 5 6 7; do mv "$DATA/world_seed$seed"/videos/* "$S/videos/"; done
   cat "$DATA/world_seed2/train.jsonl" "$S/train.jsonl" > "$S/train6.jsonl"
   cat "$S/train6.jsonl" "$DATA/world_seed3/train.jsonl" > "$S/train7.jsonl"
+  cat "$DATA/world_seed4/train.jsonl" "$DATA/world_seed5/train.jsonl" > "$S/train8.jsonl"
+  cat "$DATA/world_seed6/train.jsonl" "$DATA/world_seed7/train.jsonl" > "$S/train9.jsonl"
 fi
 SEG=(--vision.frame_colour_bins=3 --vision.frame_colour_segments=3 --stream.max_num_frames=32)
 "$LIVECUE" encode "$S" --out "$DATA/world_seg_cache" --model configs/default_model.yaml --dtype float16 "${SEG[@]}"
@@ -75,7 +79,9 @@ segments() {  # segments NAME TRAIN_DATA INIT [overrides...]: the stage() recipe
 }
 segments stage6 "$S/train6.jsonl" "$RUN/stage5/final" --train.epochs=1.5 --train.learning_rate=2e-4 --train.save_steps=135
 segments stage7 "$S/train7.jsonl" "$RUN/stage6/final" --train.epochs=1 --train.learning_rate=3e-4 --train.save_steps=165
-[ -n "$STEPS" ] || "$LIVECUE" eval --model "$RUN/stage7/final" --data "$S/val.jsonl" --task narration \
-    --feature-cache "$DATA/world_seg_cache" --calibrate --grid 0.5,0.55,0.6,0.65,0.7,0.725,0.75,0.8,0.85,0.9 \
-    --free-samples 4 --save-threshold --out "$RUN/stage7/calibration"
-echo "trained: $RUN/stage7/final"
+segments stage8 "$S/train8.jsonl" "$RUN/stage7/final" --train.epochs=1 --train.learning_rate=3e-4 --train.save_steps=150
+segments stage9 "$S/train9.jsonl" "$RUN/stage8/final" --train.epochs=1 --train.learning_rate=3e-4 --train.save_steps=150
+[ -n "$STEPS" ] || "$LIVECUE" eval --model "$RUN/stage9/final" --data "$S/val.jsonl" --task narration \
+    --feature-cache "$DATA/world_seg_cache" --calibrate --grid 0.35,0.4,0.45,0.5,0.55,0.6,0.65,0.7,0.75,0.8 \
+    --free-samples 4 --save-threshold --out "$RUN/stage9/calibration"
+echo "trained: $RUN/stage9/final"

@@ -56,5 +56,5 @@ def test_the_default_models_card(capsys):
     out = rows(capsys.readouterr().out)
     assert out["model"] == ["livecue-default"]
     assert out["base"] == ["HuggingFaceTB/SmolLM2-135M-Instruct  (license apache-2.0)"]
-    assert out["trained on"][0].startswith("the built-in world") and ", 4,862 steps" in out["trained on"][0]
+    assert out["trained on"][0].startswith("the built-in world") and ", 6,062 steps" in out["trained on"][0]
     assert len(out["metrics"]) == 2 and all("livecue eval --model default" in m for m in out["metrics"])

@@ -142,7 +142,7 @@ def test_config_section_escapes_the_lora_regex_in_its_table():
         | frame layout | CLS + 3×3 pooled + 3 colour segments (8×8 silhouette) = 13 tokens per frame, each with a \
 27-value colour histogram of its region (3³ bins), 224 px |
         | frame rate | 2 fps |
-        | decision | silent iff p(',') ≥ θ = 0.5 |
+        | decision | silent iff p(',') ≥ θ = 0.75 |
         | template | `live` chat format |
         | replies | at most 24 tokens |
         | training records | cut at 32 frames |
