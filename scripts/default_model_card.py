@@ -72,8 +72,8 @@ def facts() -> CardFacts:
         "background): on other video it still decides when to speak, but its words describe that world. It is a "
         "demonstration of the LIVE recipe at small scale, not a general video narrator.",
         f"Its timing is better than its words: LM-Correctness {narration['lm_correctness']:.2f} against the paper's "
-        "target of 0.90. Most misses name the colour of another object on screen, the article of an appearance "
-        "(\"The\" for \"A\"), a count or an event verb (`benchmarks/results/default_model.md`).",
+        "target of 0.90. Most misses are a place, direction, article or count word, the colour of another object on "
+        "screen, or an event verb (`benchmarks/results/default_model.md`).",
         "It was trained on 16-s streams (32 frames); longer streams were measured with the previous default model "
         "only (`benchmarks/results/memory_quality.md`)."]
     return CardFacts(training=training, evaluations=evaluations, limitations=limitations)
