@@ -6,7 +6,12 @@ window fills and, after an eviction re-rotated by the evicted token count, equal
 
 import pytest
 import torch
-from vlm_engine_invariants import assert_batched_equals_sequential, assert_bounded_equals_unbounded_until_full, feats
+from vlm_engine_invariants import (
+    assert_batched_equals_sequential,
+    assert_bounded_equals_unbounded_until_full,
+    feats,
+    theta_between,
+)
 
 from livecue.config import preset
 from livecue.data.labels import tokenize_conversation
@@ -60,7 +65,7 @@ def test_stream_is_the_rendered_template_and_equals_teacher_forcing(engine):
             p = torch.softmax(logits[ends[e.frame]].float(), dim=-1)[engine.markers.silence].item()
             assert p == pytest.approx(e.p_silence, rel=1e-4, abs=1e-6)
     # greedy decisions at θ: the same as the teacher-forced ones
-    theta = sorted(e.p_silence for e in events if hasattr(e, "p_silence"))[3]
+    theta = theta_between(events)
     t = engine.session(SYS, threshold=theta, record=True)
     got = [e for i in range(8) for e in t.push_frame(f[i], i * 0.5)]
     with torch.inference_mode():

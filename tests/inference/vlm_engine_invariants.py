@@ -13,6 +13,15 @@ def feats(engine, n, seed=0):
     return torch.randn(n, engine.model.frame_num_tokens, engine.model.vision.hidden_size, generator=g)
 
 
+def theta_between(events) -> float:
+    """A threshold with some silence decisions of ``events`` on each side, in the middle of the widest gap between
+    their p(silence) values (relatively), so that recomputing a p in another forward (float noise ~1e-7) flips none."""
+    ps = sorted(e.p_silence for e in events if hasattr(e, "p_silence"))
+    lo, hi = max(zip(ps[1:-2], ps[2:-1]), key=lambda pair: (pair[1] - pair[0]) / max(pair[1], 1e-30))
+    assert hi - lo > 1e-3 * hi, f"no gap between the p(silence) values {ps}"
+    return (lo + hi) / 2
+
+
 def assert_batched_equals_sequential(engine, system: str, p_silence_tolerance: dict | None = None) -> None:
     """Three sessions (one speaks and is asked, one stays silent, one bounded and asked) stepped together, starting
     at different ticks: every event, history, position and cache equals the session stepped alone.
