@@ -74,8 +74,8 @@ def facts() -> CardFacts:
         f"Its timing is better than its words: LM-Correctness {narration['lm_correctness']:.2f} against the paper's "
         "target of 0.90. Most misses are a place, direction, article or count word, the colour of another object on "
         "screen, or an event verb (`benchmarks/results/default_model.md`).",
-        "It was trained on 16-s streams (32 frames); longer streams were measured with the previous default model "
-        "only (`benchmarks/results/memory_quality.md`)."]
+        "It was trained on 16-s streams (32 frames); longer streams were measured with the 2026-11-24 default model "
+        "(stage 5) only (`benchmarks/results/memory_quality.md`)."]
     return CardFacts(training=training, evaluations=evaluations, limitations=limitations)
 
 
